@@ -1,0 +1,447 @@
+//! [`AuthConfig`]: every setting of the layer, its defaults in one place,
+//! validated when it is built.
+
+use std::fmt;
+use std::time::Duration;
+
+use url::{Host, Url};
+
+use crate::cookie::{CookieAttributes, Keys};
+use crate::error::ConfigError;
+use crate::redirect::ReturnTo;
+
+/// The longest session-cookie lifetime browsers honour (RFC 6265bis §5.5).
+const MAX_COOKIE_AGE: Duration = Duration::from_secs(400 * 24 * 3600);
+
+/// The layer's configuration. Built once at start-up; every `with_*` that
+/// parses input returns `Result`, so a bad value fails at boot.
+///
+/// ```
+/// use std::time::Duration;
+/// use authgate::AuthConfig;
+///
+/// let config = AuthConfig::new("https://app.example")?
+///     .with_key(&[7u8; 64])?
+///     .with_sign_in_page("/signin")?
+///     .with_cache_ttl(Duration::from_secs(30));
+/// assert_eq!(config.session_cookie_name(), "__Host-authgate");
+/// # Ok::<(), authgate::ConfigError>(())
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct AuthConfig {
+    pub(crate) public_origin: Url,
+    pub(crate) secure: bool,
+    pub(crate) cookie_base: String,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) previous_keys: Vec<Vec<u8>>,
+    pub(crate) route_prefix: String,
+    pub(crate) sign_in_page: String,
+    pub(crate) after_sign_in: String,
+    pub(crate) after_sign_out: String,
+    pub(crate) reset_password_page: String,
+    pub(crate) notice_page: String,
+    pub(crate) session_max_age: Duration,
+    pub(crate) flow_ttl: Duration,
+    pub(crate) cache: CacheSettings,
+}
+
+/// Resolver cache settings (see [`AuthConfig::with_cache_ttl`] and friends).
+#[derive(Debug, Clone)]
+pub(crate) struct CacheSettings {
+    pub(crate) fresh_ttl: Duration,
+    pub(crate) stale_window: Duration,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) failure_cooldown: Duration,
+    pub(crate) max_bytes: u64,
+    pub(crate) max_in_flight: usize,
+    pub(crate) queue_timeout: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            fresh_ttl: Duration::from_secs(60),
+            stale_window: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(10),
+            failure_cooldown: Duration::from_secs(2),
+            max_bytes: 64 * 1024 * 1024,
+            max_in_flight: 64,
+            queue_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("public_origin", &self.public_origin.as_str())
+            .field("secure", &self.secure)
+            .field("session_cookie_name", &self.session_cookie_name())
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("route_prefix", &self.route_prefix)
+            .field("sign_in_page", &self.sign_in_page)
+            .field("after_sign_in", &self.after_sign_in)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(domain)) => domain == "localhost" || domain.ends_with(".localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn check_path(what: &'static str, value: &str) -> Result<String, ConfigError> {
+    let valid = value.starts_with('/')
+        && !value.starts_with("//")
+        && !value.contains('\\')
+        && !value.bytes().any(|b| b.is_ascii_control() || b == b' ');
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(ConfigError::InvalidPath {
+            what,
+            value: value.to_owned(),
+        })
+    }
+}
+
+impl AuthConfig {
+    /// A configuration for the app served at `public_origin` (scheme, host,
+    /// port). Every absolute URL authgate emits is built from it, never
+    /// from `Host` or `X-Forwarded-*` (SECURITY.md T-A4).
+    ///
+    /// An `https://` origin gets `Secure` cookies with the `__Host-` prefix.
+    /// A plain `http://` origin is accepted only on a loopback host
+    /// (`localhost`, `127.0.0.1`, `::1`) and turns on development mode:
+    /// no `Secure`, no prefix, and a warning in the log when the layer is
+    /// built. For other plain-http hosts see
+    /// [`new_allowing_plain_http`](Self::new_allowing_plain_http).
+    pub fn new(public_origin: &str) -> Result<Self, ConfigError> {
+        let config = Self::new_allowing_plain_http(public_origin)?;
+        if !config.secure && !is_loopback(&config.public_origin) {
+            return Err(ConfigError::InsecureOrigin(public_origin.to_owned()));
+        }
+        Ok(config)
+    }
+
+    /// Like [`new`](Self::new) but accepts plain `http://` on any host.
+    ///
+    /// # Warning
+    ///
+    /// Without TLS the session cookie travels in clear text and can be set
+    /// by anyone on the network path. Use only behind a trusted TLS proxy
+    /// that you cannot configure to forward `https`, or in a lab.
+    pub fn new_allowing_plain_http(public_origin: &str) -> Result<Self, ConfigError> {
+        let invalid = || ConfigError::InvalidUrl {
+            what: "public origin",
+            value: public_origin.to_owned(),
+        };
+        let url = Url::parse(public_origin).map_err(|_| invalid())?;
+        let secure = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(invalid()),
+        };
+        if url.host().is_none()
+            || !url.username().is_empty()
+            || url.password().is_some()
+            || url.path() != "/"
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(invalid());
+        }
+        Ok(Self {
+            public_origin: url,
+            secure,
+            cookie_base: "authgate".to_owned(),
+            key: None,
+            previous_keys: Vec::new(),
+            route_prefix: "/auth".to_owned(),
+            sign_in_page: "/signin".to_owned(),
+            after_sign_in: "/".to_owned(),
+            after_sign_out: "/".to_owned(),
+            reset_password_page: "/reset-password".to_owned(),
+            notice_page: "/".to_owned(),
+            session_max_age: Duration::from_secs(30 * 24 * 3600),
+            flow_ttl: Duration::from_secs(600),
+            cache: CacheSettings::default(),
+        })
+    }
+
+    /// The key (at least 64 bytes) that encrypts the flow and reset cookies
+    /// and keys the token hashes. Default: a random per-process key, with a
+    /// warning (flows in flight then break on restart and across
+    /// instances).
+    pub fn with_key(mut self, key: impl AsRef<[u8]>) -> Result<Self, ConfigError> {
+        let key = key.as_ref();
+        if key.len() < 64 {
+            return Err(ConfigError::KeyTooShort(key.len()));
+        }
+        self.key = Some(key.to_vec());
+        Ok(self)
+    }
+
+    /// A previous key, still accepted to decrypt cookies during rotation.
+    pub fn with_previous_key(mut self, key: impl AsRef<[u8]>) -> Result<Self, ConfigError> {
+        let key = key.as_ref();
+        if key.len() < 64 {
+            return Err(ConfigError::KeyTooShort(key.len()));
+        }
+        self.previous_keys.push(key.to_vec());
+        Ok(self)
+    }
+
+    /// The cookie name, without prefix. Default: `authgate` (so
+    /// `__Host-authgate` over https). The flow and reset cookies append
+    /// `-flow` and `-reset`.
+    pub fn with_cookie_name(mut self, name: &str) -> Result<Self, ConfigError> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && !name.to_ascii_lowercase().starts_with("__host-")
+            && !name.to_ascii_lowercase().starts_with("__secure-")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            return Err(ConfigError::InvalidCookieName(name.to_owned()));
+        }
+        self.cookie_base = name.to_owned();
+        Ok(self)
+    }
+
+    /// The path under which the layer answers its own routes. Default:
+    /// `/auth` (`/auth/signin/{provider}`, `/auth/callback`,
+    /// `/auth/signout`).
+    pub fn with_route_prefix(mut self, prefix: &str) -> Result<Self, ConfigError> {
+        let prefix = check_path("route prefix", prefix)?;
+        let prefix = prefix.trim_end_matches('/');
+        if prefix.is_empty() {
+            return Err(ConfigError::InvalidPath {
+                what: "route prefix",
+                value: "/".into(),
+            });
+        }
+        self.route_prefix = prefix.to_owned();
+        Ok(self)
+    }
+
+    /// The app's sign-in page, where page navigations without a user are
+    /// sent with `?return_to=`. Default: `/signin`.
+    pub fn with_sign_in_page(mut self, path: &str) -> Result<Self, ConfigError> {
+        self.sign_in_page = check_path("sign-in page", path)?;
+        Ok(self)
+    }
+
+    /// Where to go after signing in when no `return_to` was given.
+    /// Default: `/`.
+    pub fn with_after_sign_in(mut self, path: &str) -> Result<Self, ConfigError> {
+        self.after_sign_in = check_path("after sign-in", path)?;
+        Ok(self)
+    }
+
+    /// Where to go after signing out when no `return_to` was given.
+    /// Default: `/`.
+    pub fn with_after_sign_out(mut self, path: &str) -> Result<Self, ConfigError> {
+        self.after_sign_out = check_path("after sign-out", path)?;
+        Ok(self)
+    }
+
+    /// The app's page with the new-password form, where a password-reset
+    /// landing is sent (the key stays server-side in an encrypted cookie).
+    /// Default: `/reset-password`.
+    pub fn with_reset_password_page(mut self, path: &str) -> Result<Self, ConfigError> {
+        self.reset_password_page = check_path("reset-password page", path)?;
+        Ok(self)
+    }
+
+    /// Where landings that only carry a notice go (e.g. an e-mail change
+    /// confirmed: `?notice=email-changed`). Default: `/`.
+    pub fn with_notice_page(mut self, path: &str) -> Result<Self, ConfigError> {
+        self.notice_page = check_path("notice page", path)?;
+        Ok(self)
+    }
+
+    /// The session cookie's `Max-Age`, capped at 400 days. Default: 30 days.
+    pub fn with_session_max_age(mut self, max_age: Duration) -> Result<Self, ConfigError> {
+        if max_age.is_zero() || max_age > MAX_COOKIE_AGE {
+            return Err(ConfigError::OutOfRange(
+                "session max age must be between 1 s and 400 days",
+            ));
+        }
+        self.session_max_age = max_age;
+        Ok(self)
+    }
+
+    /// How long a resolved user is served from the cache without asking the
+    /// upstream (jittered by up to 10 %). Default: 60 s.
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache.fresh_ttl = ttl;
+        self
+    }
+
+    /// How long past its TTL a cached user is still served while the
+    /// upstream fails (stale-if-error). Default: 5 min.
+    pub fn with_stale_window(mut self, window: Duration) -> Self {
+        self.cache.stale_window = window;
+        self
+    }
+
+    /// How long a definitive "invalid token" is remembered. Default: 10 s.
+    pub fn with_negative_ttl(mut self, ttl: Duration) -> Self {
+        self.cache.negative_ttl = ttl;
+        self
+    }
+
+    /// How long a token is not retried upstream after a transient failure.
+    /// Default: 2 s.
+    pub fn with_failure_cooldown(mut self, cooldown: Duration) -> Self {
+        self.cache.failure_cooldown = cooldown;
+        self
+    }
+
+    /// The cache's memory bound in bytes (users weighed by their size).
+    /// Default: 64 MiB.
+    pub fn with_cache_max_bytes(mut self, bytes: u64) -> Self {
+        self.cache.max_bytes = bytes;
+        self
+    }
+
+    /// The most user lookups in flight upstream at once; more wait up to
+    /// the queue timeout, then count as unavailable. Default: 64, 1 s.
+    pub fn with_upstream_concurrency(
+        mut self,
+        max_in_flight: usize,
+        queue_timeout: Duration,
+    ) -> Self {
+        self.cache.max_in_flight = max_in_flight.max(1);
+        self.cache.queue_timeout = queue_timeout;
+        self
+    }
+
+    /// The session cookie's name, with its prefix.
+    pub fn session_cookie_name(&self) -> String {
+        if self.secure {
+            format!("__Host-{}", self.cookie_base)
+        } else {
+            self.cookie_base.clone()
+        }
+    }
+
+    /// The public origin.
+    pub fn public_origin(&self) -> &Url {
+        &self.public_origin
+    }
+
+    /// Whether cookies are `Secure` (an https origin).
+    pub fn is_secure(&self) -> bool {
+        self.secure
+    }
+
+    /// The route prefix (default `/auth`).
+    pub fn route_prefix(&self) -> &str {
+        &self.route_prefix
+    }
+
+    /// The absolute URL of the OAuth/landing callback route: give it to the
+    /// upstream as the app's redirect URL.
+    pub fn callback_url(&self) -> String {
+        self.absolute(&format!("{}/callback", self.route_prefix))
+    }
+
+    /// The `return_to` validator for this origin.
+    pub fn return_to(&self) -> ReturnTo {
+        ReturnTo::new(self.public_origin.clone(), &self.route_prefix)
+    }
+
+    pub(crate) fn absolute(&self, path: &str) -> String {
+        self.public_origin
+            .join(path)
+            .map_or_else(|_| self.public_origin.to_string(), String::from)
+    }
+
+    pub(crate) fn attributes(&self) -> CookieAttributes {
+        CookieAttributes {
+            secure: self.secure,
+        }
+    }
+
+    pub(crate) fn build_keys(&self) -> Keys {
+        let current = match &self.key {
+            Some(key) => cookie::Key::from(key),
+            None => {
+                tracing::warn!(
+                    "authgate: no key configured (AuthConfig::with_key); using a random per-process key: \
+                     sign-ins in flight break on restart and across instances"
+                );
+                cookie::Key::generate()
+            }
+        };
+        let previous = self
+            .previous_keys
+            .iter()
+            .map(|k| cookie::Key::from(k))
+            .collect();
+        Keys::new(current, previous)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_validated() {
+        let cases = [
+            ("https://app.example", true),
+            ("https://app.example:8443", true),
+            ("http://127.0.0.1:3000", true),
+            ("http://localhost:3000", true),
+            ("http://[::1]:3000", true),
+            ("http://app.example", false),
+            ("https://app.example/path", false),
+            ("https://user@app.example", false),
+            ("ftp://app.example", false),
+            ("not a url", false),
+        ];
+        for (origin, ok) in cases {
+            assert_eq!(AuthConfig::new(origin).is_ok(), ok, "{origin}");
+        }
+        assert!(AuthConfig::new_allowing_plain_http("http://app.example").is_ok());
+    }
+
+    #[test]
+    fn cookie_names_follow_the_scheme() {
+        let secure = AuthConfig::new("https://app.example").unwrap();
+        assert_eq!(secure.session_cookie_name(), "__Host-authgate");
+        let dev = AuthConfig::new("http://127.0.0.1:3000").unwrap();
+        assert_eq!(dev.session_cookie_name(), "authgate");
+        assert!(secure.clone().with_cookie_name("__Host-x").is_err());
+        assert!(secure.clone().with_cookie_name("a;b").is_err());
+        assert!(secure.with_key([0u8; 10]).is_err());
+    }
+
+    #[test]
+    fn paths_must_be_local() {
+        let config = AuthConfig::new("https://app.example").unwrap();
+        for bad in ["signin", "//evil", "/\\evil", "/a b", ""] {
+            assert!(config.clone().with_sign_in_page(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(config.callback_url(), "https://app.example/auth/callback");
+    }
+
+    #[test]
+    fn debug_redacts_the_key() {
+        let config = AuthConfig::new("https://app.example")
+            .unwrap()
+            .with_key([42u8; 64])
+            .unwrap();
+        assert!(!format!("{config:?}").contains("42"));
+    }
+}

@@ -1,0 +1,209 @@
+//! What the layer shares between requests ([`Shared`]) and what it puts in
+//! each request's extensions ([`RequestAuth`]), plus the response hygiene
+//! applied on the way out.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http::header::{CACHE_CONTROL, EXPIRES, PRAGMA, SET_COOKIE, VARY};
+use http::{HeaderMap, HeaderValue};
+use tokio::sync::OnceCell;
+
+use crate::config::AuthConfig;
+use crate::cookie::{CookieAttributes, Keys, SessionCookie, encode_token};
+use crate::redirect::ReturnTo;
+use crate::resolve::{AuthState, Resolution, Resolver};
+use crate::upstream::{Grant, SessionToken};
+
+/// The `Cache-Control` of any response that sets or clears a cookie
+/// (SECURITY.md §4, the CVE-2025-48947 fix).
+pub(crate) const NO_STORE_STRICT: &str = "private, no-cache, no-store, must-revalidate, max-age=0";
+/// The `Cache-Control` of a response whose request resolved a user.
+pub(crate) const NO_STORE_PRIVATE: &str = "private, no-store";
+
+/// Everything the layer's services share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: AuthConfig,
+    pub(crate) resolver: Resolver,
+    pub(crate) keys: Keys,
+    pub(crate) session_name: String,
+    pub(crate) flow_name: String,
+    pub(crate) reset_name: String,
+    pub(crate) return_to: ReturnTo,
+    pub(crate) attributes: CookieAttributes,
+}
+
+impl Shared {
+    pub(crate) fn new(config: AuthConfig, resolver: Resolver, keys: Keys) -> Self {
+        let session_name = config.session_cookie_name();
+        Self {
+            flow_name: format!("{session_name}-flow"),
+            reset_name: format!("{session_name}-reset"),
+            session_name,
+            return_to: config.return_to(),
+            attributes: config.attributes(),
+            config,
+            resolver,
+            keys,
+        }
+    }
+
+    /// The `Set-Cookie` line that stores a session token.
+    pub(crate) fn session_cookie(&self, grant: &Grant) -> String {
+        let mut max_age = self.config.session_max_age;
+        if let Some(remaining) = grant
+            .expires_at
+            .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
+        {
+            max_age = max_age.min(remaining);
+        }
+        self.attributes
+            .build(&self.session_name, encode_token(&grant.token), max_age)
+    }
+}
+
+/// A cookie change to apply to the response.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// `Set-Cookie` lines to add.
+    pub(crate) set_cookies: Vec<String>,
+    /// The session cookie is being replaced or removed: the resolution's own
+    /// removal must not be added.
+    pub(crate) session_written: bool,
+}
+
+/// The per-request auth context in the request's extensions.
+#[derive(Debug)]
+pub(crate) struct RequestAuth {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) cookie: SessionCookie,
+    resolution: OnceCell<Resolution>,
+    changes: Mutex<Changes>,
+}
+
+impl RequestAuth {
+    pub(crate) fn new(shared: Arc<Shared>, cookie: SessionCookie) -> Self {
+        Self {
+            shared,
+            cookie,
+            resolution: OnceCell::new(),
+            changes: Mutex::new(Changes::default()),
+        }
+    }
+
+    /// The request's session token, if it carried exactly one valid one.
+    pub(crate) fn token(&self) -> Option<&SessionToken> {
+        match &self.cookie {
+            SessionCookie::Present(token) => Some(token),
+            _ => None,
+        }
+    }
+
+    /// Resolves the user at most once per request.
+    pub(crate) async fn resolve(&self) -> &Resolution {
+        self.resolution
+            .get_or_init(|| async {
+                match &self.cookie {
+                    SessionCookie::Present(token) => self.shared.resolver.resolve(token).await,
+                    SessionCookie::Malformed => Resolution {
+                        state: AuthState::Anonymous,
+                        clear_cookie: true,
+                    },
+                    SessionCookie::Absent | SessionCookie::Ambiguous => Resolution {
+                        state: AuthState::Anonymous,
+                        clear_cookie: false,
+                    },
+                }
+            })
+            .await
+    }
+
+    pub(crate) fn with_changes<R>(&self, f: impl FnOnce(&mut Changes) -> R) -> R {
+        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut changes)
+    }
+
+    /// Applies cookie changes and cache hygiene to the response headers.
+    pub(crate) fn finish(&self, headers: &mut HeaderMap) {
+        let changes =
+            std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner));
+        let resolution = self.resolution.get();
+        let mut set_cookies = changes.set_cookies;
+        if !changes.session_written && resolution.is_some_and(|r| r.clear_cookie) {
+            set_cookies.push(self.shared.attributes.removal(&self.shared.session_name));
+        }
+        // A page rendered for a cookie-bearing request may be user-specific.
+        let resolved = resolution.is_some() && !matches!(self.cookie, SessionCookie::Absent);
+        apply_hygiene(headers, &set_cookies, resolved);
+    }
+}
+
+/// Adds `Set-Cookie` lines and the cache headers of SECURITY.md §4:
+/// cookie writes get the strict `no-store` set, user-resolved responses
+/// `private, no-store`; both get `Vary: Cookie` appended, overriding
+/// whatever the handler set (`public`, `s-maxage`).
+pub(crate) fn apply_hygiene(headers: &mut HeaderMap, set_cookies: &[String], resolved: bool) {
+    for line in set_cookies {
+        match HeaderValue::from_str(line) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                headers.append(SET_COOKIE, value);
+            }
+            Err(_) => tracing::error!("authgate: a Set-Cookie line could not be encoded; dropped"),
+        }
+    }
+    if !set_cookies.is_empty() {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static(NO_STORE_STRICT));
+        headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+        headers.insert(EXPIRES, HeaderValue::from_static("0"));
+    } else if resolved {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static(NO_STORE_PRIVATE));
+    } else {
+        return;
+    }
+    let varies_on_cookie = headers.get_all(VARY).iter().any(|value| {
+        value.to_str().is_ok_and(|v| {
+            v.split(',').any(|token| {
+                matches!(token.trim(), "*") || token.trim().eq_ignore_ascii_case("cookie")
+            })
+        })
+    });
+    if !varies_on_cookie {
+        headers.append(VARY, HeaderValue::from_static("Cookie"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hygiene_overrides_public_and_appends_vary() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=600"),
+        );
+        headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+        apply_hygiene(&mut headers, &["a=b".to_owned()], false);
+        assert_eq!(headers[CACHE_CONTROL], NO_STORE_STRICT);
+        let vary: Vec<_> = headers.get_all(VARY).iter().collect();
+        assert_eq!(vary, ["Accept-Encoding", "Cookie"]);
+        assert_eq!(headers[PRAGMA], "no-cache");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("public, s-maxage=60"),
+        );
+        apply_hygiene(&mut headers, &[], true);
+        assert_eq!(headers[CACHE_CONTROL], NO_STORE_PRIVATE);
+        assert_eq!(headers[VARY], "Cookie");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("public"));
+        apply_hygiene(&mut headers, &[], false);
+        assert_eq!(headers[CACHE_CONTROL], "public");
+        assert!(headers.get(VARY).is_none());
+    }
+}

@@ -1,0 +1,209 @@
+//! [`AuthLayer`], its service [`AuthService`] and its [`ResponseFuture`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::AuthConfig;
+use crate::context::{RequestAuth, Shared};
+use crate::cookie::{SessionCookie, find_session_cookie};
+use crate::resolve::Resolver;
+use crate::routes;
+use crate::upstream::Upstream;
+
+/// The tower layer that puts authgate in front of an app.
+///
+/// On every request it reads the session cookie (no upstream call), puts
+/// the per-request auth context in the extensions for the extractors,
+/// answers its own routes under the prefix (`/auth/signin/{provider}`,
+/// `/auth/callback`, `/auth/signout`), and on the way out applies cookie
+/// changes and `Cache-Control`/`Vary` hygiene. See the
+/// [crate docs](crate) for an example.
+#[derive(Clone)]
+#[must_use]
+pub struct AuthLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for AuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthLayer")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthLayer {
+    /// Builds the layer: the resolver, its cache and the cookie keys.
+    pub fn new(config: AuthConfig, upstream: impl Upstream) -> Self {
+        Self::from_arc(config, Arc::new(upstream))
+    }
+
+    /// Like [`new`](Self::new), with an upstream that is already shared.
+    pub fn from_arc(config: AuthConfig, upstream: Arc<dyn Upstream>) -> Self {
+        if !config.secure {
+            tracing::warn!(
+                origin = %config.public_origin,
+                "authgate: development mode: plain-http origin, cookies without Secure and without the __Host- prefix"
+            );
+        }
+        let keys = config.build_keys();
+        let resolver = Resolver::new(upstream, keys.hash_key(), config.cache.clone());
+        Self {
+            shared: Arc::new(Shared::new(config, resolver, keys)),
+        }
+    }
+
+    /// The resolver (cache and upstream lookups) behind this layer.
+    pub fn resolver(&self) -> &Resolver {
+        &self.shared.resolver
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AuthConfig {
+        &self.shared.config
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service made by [`AuthLayer`]. See the [crate docs](crate).
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for AuthService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> AuthService<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AuthService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        if let Some(route) = routes::match_route(&self.shared, req.uri().path()) {
+            let (parts, _body) = req.into_parts();
+            let shared = self.shared.clone();
+            return ResponseFuture {
+                kind: Kind::Route {
+                    future: Box::pin(routes::handle(shared, route, parts)),
+                },
+            };
+        }
+        let cookie = find_session_cookie(req.headers(), &self.shared.session_name);
+        if cookie == SessionCookie::Ambiguous {
+            tracing::warn!(
+                "authgate: two different session cookies in one request (cookie tossing?); treating it as anonymous"
+            );
+        }
+        let auth = Arc::new(RequestAuth::new(self.shared.clone(), cookie));
+        req.extensions_mut().insert(auth.clone());
+        ResponseFuture {
+            kind: Kind::Inner {
+                future: self.inner.call(req),
+                auth: Some(auth),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`AuthService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Inner {
+            #[pin]
+            future: F,
+            auth: Option<Arc<RequestAuth>>,
+        },
+        Route {
+            future: Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>,
+        },
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: From<Bytes>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { future, auth } => {
+                let mut response = ready!(future.poll(cx))?;
+                if let Some(auth) = auth.take() {
+                    auth.finish(response.headers_mut());
+                }
+                Poll::Ready(Ok(response))
+            }
+            KindProj::Route { future } => {
+                let response = ready!(future.as_mut().poll(cx));
+                Poll::Ready(Ok(response.map(B::from)))
+            }
+        }
+    }
+}

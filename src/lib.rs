@@ -1,0 +1,26 @@
+#![doc = include_str!("docs.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod altogic;
+mod config;
+mod context;
+mod cookie;
+mod error;
+mod extract;
+mod layer;
+pub mod redirect;
+pub mod rejection;
+mod resolve;
+mod routes;
+pub mod upstream;
+
+#[cfg(feature = "dev-upstream")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dev-upstream")))]
+pub mod dev;
+
+pub use config::AuthConfig;
+pub use error::{ConfigError, Error, ErrorKind, UpstreamErrorItem};
+pub use extract::{Auth, CurrentUser, SameOrigin, is_same_origin};
+pub use layer::{AuthLayer, AuthService, ResponseFuture};
+pub use resolve::{AuthState, Resolver};
+pub use upstream::{Grant, SessionToken, SignOutScope, Upstream, User};

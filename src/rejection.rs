@@ -1,0 +1,241 @@
+//! Rejections of the extractors: [`CurrentUserRejection`] and its leaves.
+
+use std::fmt;
+
+use axum::response::{IntoResponse, Response};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::{HeaderValue, StatusCode};
+
+/// The request did not pass through [`AuthLayer`](crate::AuthLayer).
+/// A 500 whose body names the layer to install.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct MissingAuthLayer;
+
+impl MissingAuthLayer {
+    /// The status: 500.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+
+    /// The body text.
+    pub fn body_text(&self) -> &'static str {
+        "authgate: the auth context is missing; wrap the app in authgate::AuthLayer (e.g. `AuthLayer::new(config, upstream).layer(app)`)"
+    }
+}
+
+impl fmt::Display for MissingAuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.body_text())
+    }
+}
+
+impl std::error::Error for MissingAuthLayer {}
+
+impl IntoResponse for MissingAuthLayer {
+    fn into_response(self) -> Response {
+        tracing::error!("{}", self.body_text());
+        (self.status(), self.body_text()).into_response()
+    }
+}
+
+/// Nobody is signed in. A page navigation gets a 303 to the sign-in page
+/// with a validated `return_to`; anything else gets a 401 with a small JSON
+/// body.
+#[derive(Debug, Clone)]
+pub struct NotSignedIn {
+    pub(crate) sign_in: Option<String>,
+}
+
+impl NotSignedIn {
+    /// 303 for a page navigation, else 401.
+    pub fn status(&self) -> StatusCode {
+        if self.sign_in.is_some() {
+            StatusCode::SEE_OTHER
+        } else {
+            StatusCode::UNAUTHORIZED
+        }
+    }
+
+    /// Where a navigation is sent, if it is one.
+    pub fn location(&self) -> Option<&str> {
+        self.sign_in.as_deref()
+    }
+
+    /// The body text.
+    pub fn body_text(&self) -> &'static str {
+        r#"{"error":"not_signed_in","message":"sign in to continue"}"#
+    }
+}
+
+impl fmt::Display for NotSignedIn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not signed in")
+    }
+}
+
+impl std::error::Error for NotSignedIn {}
+
+impl IntoResponse for NotSignedIn {
+    fn into_response(self) -> Response {
+        let mut response = match self.sign_in.as_deref().map(HeaderValue::from_str) {
+            Some(Ok(location)) => {
+                let mut response = StatusCode::SEE_OTHER.into_response();
+                response.headers_mut().insert(LOCATION, location);
+                response
+            }
+            _ => {
+                let mut response = (StatusCode::UNAUTHORIZED, self.body_text()).into_response();
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response
+            }
+        };
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+/// The upstream could not be asked and no cached user is usable: a 503
+/// with `Retry-After`, never a redirect (no loops, nobody signed out by an
+/// outage).
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct UpstreamUnavailable;
+
+impl UpstreamUnavailable {
+    /// The status: 503.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    /// The body text.
+    pub fn body_text(&self) -> &'static str {
+        "The sign-in service is unavailable right now. You are still signed in; please try again in a moment."
+    }
+
+    /// Seconds to wait before retrying.
+    pub fn retry_after(&self) -> u32 {
+        5
+    }
+}
+
+impl fmt::Display for UpstreamUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the auth upstream is unavailable")
+    }
+}
+
+impl std::error::Error for UpstreamUnavailable {}
+
+impl IntoResponse for UpstreamUnavailable {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), self.body_text()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(RETRY_AFTER, HeaderValue::from(self.retry_after()));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+/// Why [`CurrentUser`](crate::CurrentUser) rejected the request.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CurrentUserRejection {
+    /// See [`MissingAuthLayer`].
+    MissingAuthLayer(MissingAuthLayer),
+    /// See [`NotSignedIn`].
+    NotSignedIn(NotSignedIn),
+    /// See [`UpstreamUnavailable`].
+    UpstreamUnavailable(UpstreamUnavailable),
+}
+
+impl CurrentUserRejection {
+    /// The HTTP status of the rejection.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingAuthLayer(r) => r.status(),
+            Self::NotSignedIn(r) => r.status(),
+            Self::UpstreamUnavailable(r) => r.status(),
+        }
+    }
+
+    /// The body text of the rejection.
+    pub fn body_text(&self) -> &'static str {
+        match self {
+            Self::MissingAuthLayer(r) => r.body_text(),
+            Self::NotSignedIn(r) => r.body_text(),
+            Self::UpstreamUnavailable(r) => r.body_text(),
+        }
+    }
+}
+
+impl fmt::Display for CurrentUserRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingAuthLayer(r) => r.fmt(f),
+            Self::NotSignedIn(r) => r.fmt(f),
+            Self::UpstreamUnavailable(r) => r.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for CurrentUserRejection {}
+
+impl From<MissingAuthLayer> for CurrentUserRejection {
+    fn from(r: MissingAuthLayer) -> Self {
+        Self::MissingAuthLayer(r)
+    }
+}
+
+impl From<NotSignedIn> for CurrentUserRejection {
+    fn from(r: NotSignedIn) -> Self {
+        Self::NotSignedIn(r)
+    }
+}
+
+impl From<UpstreamUnavailable> for CurrentUserRejection {
+    fn from(r: UpstreamUnavailable) -> Self {
+        Self::UpstreamUnavailable(r)
+    }
+}
+
+impl IntoResponse for CurrentUserRejection {
+    fn into_response(self) -> Response {
+        match self {
+            Self::MissingAuthLayer(r) => r.into_response(),
+            Self::NotSignedIn(r) => r.into_response(),
+            Self::UpstreamUnavailable(r) => r.into_response(),
+        }
+    }
+}
+
+/// A state-changing request that did not come from the app's own pages
+/// (SECURITY.md T-D1): 403.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct CrossSiteRequest;
+
+impl CrossSiteRequest {
+    /// The body text.
+    pub fn body_text(&self) -> &'static str {
+        "This form was sent from another site and was refused."
+    }
+}
+
+impl fmt::Display for CrossSiteRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("cross-site request refused")
+    }
+}
+
+impl std::error::Error for CrossSiteRequest {}
+
+impl IntoResponse for CrossSiteRequest {
+    fn into_response(self) -> Response {
+        (StatusCode::FORBIDDEN, self.body_text()).into_response()
+    }
+}

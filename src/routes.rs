@@ -1,0 +1,365 @@
+//! The routes the layer answers itself, under the prefix (default `/auth`):
+//!
+//! | route | what it does |
+//! |---|---|
+//! | `GET /auth/signin/{provider}?return_to=` | seals a flow cookie (provider, validated `return_to`) and 303s to the upstream's sign-in page |
+//! | `GET /auth/callback` | the upstream's landings: grant exchange → session cookie → 303 to the validated `return_to`; password reset → encrypted reset cookie → 303 to the reset page; e-mail changed → 303 with a notice; failure → an escaped error page |
+//! | `POST /auth/signout?scope=this\|all\|others&return_to=` | cross-site check, upstream sign-out, cookie cleared with mirrored attributes even if the upstream fails, tombstone, 303 |
+//!
+//! Callback responses carry `Referrer-Policy: no-referrer` and `no-store`;
+//! `HEAD` never spends a token. Other paths under the prefix go to the app.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::request::Parts;
+use http::{HeaderValue, Method, Response, StatusCode};
+
+use crate::context::{Shared, apply_hygiene};
+use crate::cookie::{SessionCookie, find_cookie, find_session_cookie};
+use crate::extract::is_same_origin;
+use crate::upstream::{CallbackOutcome, CallbackParams, FlowRecord, Grant, SignOutScope};
+
+/// The longest message from the upstream shown on an error page.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// One of the layer's own routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    SignIn(String),
+    Callback,
+    SignOut,
+}
+
+/// Which of the layer's routes `path` is, if any.
+pub(crate) fn match_route(shared: &Shared, path: &str) -> Option<Route> {
+    let rest = path.strip_prefix(shared.config.route_prefix.as_str())?;
+    match rest {
+        "/callback" => Some(Route::Callback),
+        "/signout" => Some(Route::SignOut),
+        _ => {
+            let provider = rest.strip_prefix("/signin/")?;
+            (!provider.is_empty() && !provider.contains('/'))
+                .then(|| Route::SignIn(provider.to_owned()))
+        }
+    }
+}
+
+/// A response the layer builds: status, headers, body, cookies.
+struct Page {
+    response: Response<Bytes>,
+    set_cookies: Vec<String>,
+}
+
+impl Page {
+    fn new(status: StatusCode) -> Self {
+        let mut response = Response::new(Bytes::new());
+        *response.status_mut() = status;
+        Self {
+            response,
+            set_cookies: Vec::new(),
+        }
+    }
+
+    fn redirect(location: &str) -> Self {
+        let mut page = Self::new(StatusCode::SEE_OTHER);
+        match HeaderValue::from_str(location) {
+            Ok(value) => {
+                page.response.headers_mut().insert(LOCATION, value);
+            }
+            Err(_) => {
+                return Self::html(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    "Invalid redirect.",
+                    None,
+                );
+            }
+        }
+        page
+    }
+
+    fn html(status: StatusCode, title: &str, message: &str, link: Option<(&str, &str)>) -> Self {
+        let mut page = Self::new(status);
+        let link = link.map_or(String::new(), |(href, text)| {
+            format!(r#"<p><a href="{}">{}</a></p>"#, escape(href), escape(text))
+        });
+        let body = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+             <body><h1>{title}</h1><p>{message}</p>{link}</body></html>",
+            title = escape(title),
+            message = escape(message),
+        );
+        *page.response.body_mut() = Bytes::from(body);
+        let headers = page.response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
+        page
+    }
+
+    fn cookie(mut self, line: String) -> Self {
+        self.set_cookies.push(line);
+        self
+    }
+
+    fn finish(mut self) -> Response<Bytes> {
+        let headers = self.response.headers_mut();
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+        apply_hygiene(headers, &self.set_cookies, false);
+        self.response
+    }
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub(crate) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn method_not_allowed(allow: &'static str) -> Page {
+    let mut page = Page::html(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed",
+        "This address does not accept that method.",
+        None,
+    );
+    page.response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    page
+}
+
+fn single_param<'a>(params: &'a CallbackParams, name: &str) -> Option<&'a str> {
+    params.single(name).ok().flatten()
+}
+
+/// Answers one of the layer's routes.
+pub(crate) async fn handle(shared: Arc<Shared>, route: Route, parts: Parts) -> Response<Bytes> {
+    let page = match route {
+        Route::SignIn(provider) => sign_in(&shared, &provider, &parts),
+        Route::Callback => callback(&shared, &parts).await,
+        Route::SignOut => sign_out(&shared, &parts).await,
+    };
+    page.finish()
+}
+
+fn sign_in(shared: &Shared, provider: &str, parts: &Parts) -> Page {
+    if !matches!(parts.method, Method::GET | Method::HEAD) {
+        return method_not_allowed("GET, HEAD");
+    }
+    let upstream = shared.resolver.upstream();
+    let Some(provider) = upstream.providers().iter().find(|p| **p == provider) else {
+        return Page::html(
+            StatusCode::NOT_FOUND,
+            "Unknown provider",
+            "This sign-in provider is not available.",
+            None,
+        );
+    };
+    let params = CallbackParams::parse(parts.uri.query().unwrap_or(""));
+    let return_to = shared.return_to.validate_or(
+        single_param(&params, "return_to"),
+        &shared.config.after_sign_in,
+    );
+    let flow = FlowRecord {
+        provider: (*provider).to_owned(),
+        return_to,
+    };
+    let sealed = shared
+        .keys
+        .seal(&shared.flow_name, "flow", &flow, shared.config.flow_ttl);
+    let (Some(sealed), Ok(url)) = (sealed, upstream.sign_in_url(provider, &flow)) else {
+        return Page::html(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Sign-in unavailable",
+            "The sign-in could not be started.",
+            None,
+        );
+    };
+    let cookie = shared
+        .attributes
+        .build(&shared.flow_name, sealed, shared.config.flow_ttl);
+    Page::redirect(url.as_str()).cookie(cookie)
+}
+
+async fn callback(shared: &Shared, parts: &Parts) -> Page {
+    match parts.method {
+        // A prefetcher or link scanner: never spend the token.
+        Method::HEAD => return Page::new(StatusCode::OK),
+        Method::GET => {}
+        _ => return method_not_allowed("GET, HEAD"),
+    }
+    let sign_in_page = shared.config.sign_in_page.as_str();
+    let flow: Option<FlowRecord> = find_cookie(&parts.headers, &shared.flow_name)
+        .and_then(|value| shared.keys.open(&shared.flow_name, "flow", value));
+    let remove_flow = shared.attributes.removal(&shared.flow_name);
+    let params = CallbackParams::parse(parts.uri.query().unwrap_or(""));
+    let upstream = shared.resolver.upstream();
+    let outcome = match upstream.complete_callback(&params, flow.as_ref()).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            tracing::warn!(error = %err, "authgate: callback could not reach the upstream");
+            let mut page = Page::html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in unavailable",
+                "The sign-in service did not answer. Please try again in a moment.",
+                Some((sign_in_page, "Back to sign in")),
+            );
+            page.response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            return page;
+        }
+    };
+    match outcome {
+        CallbackOutcome::SignedIn { grant, method } => {
+            let return_to = shared.return_to.validate_or(
+                flow.as_ref().map(|f| f.return_to.as_str()),
+                &shared.config.after_sign_in,
+            );
+            let session = signed_in(shared, parts, grant, &method);
+            Page::redirect(&return_to)
+                .cookie(session)
+                .cookie(remove_flow)
+        }
+        CallbackOutcome::PasswordReset(key) => {
+            let ttl = shared.config.flow_ttl;
+            let Some(sealed) = shared
+                .keys
+                .seal(&shared.reset_name, "reset", &key.expose(), ttl)
+            else {
+                return Page::html(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Reset unavailable",
+                    "The reset could not be started.",
+                    None,
+                );
+            };
+            let reset = shared.attributes.build(&shared.reset_name, sealed, ttl);
+            let location = shared.config.absolute(&shared.config.reset_password_page);
+            Page::redirect(&location).cookie(reset).cookie(remove_flow)
+        }
+        CallbackOutcome::EmailChanged => {
+            let mut location = shared.config.absolute(&shared.config.notice_page);
+            location.push(if location.contains('?') { '&' } else { '?' });
+            location.push_str("notice=email-changed");
+            Page::redirect(&location).cookie(remove_flow)
+        }
+        CallbackOutcome::Failed { status, message } => {
+            tracing::info!(%status, "authgate: callback refused");
+            let message: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+            let status = if status.is_client_error() || status.is_server_error() {
+                status
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            Page::html(
+                status,
+                "Sign-in failed",
+                &message,
+                Some((sign_in_page, "Back to sign in")),
+            )
+            .cookie(remove_flow)
+        }
+    }
+}
+
+/// Turns a grant into the session cookie line, replacing any previous
+/// session of this browser in the cache.
+fn signed_in(shared: &Shared, parts: &Parts, grant: Grant, method: &str) -> String {
+    let resolver = &shared.resolver;
+    let previous = find_session_cookie(&parts.headers, &shared.session_name);
+    if let SessionCookie::Present(previous) = previous
+        && previous != grant.token
+    {
+        resolver.revoke(&previous);
+    }
+    tracing::info!(token = %resolver.fingerprint(&grant.token), method, "authgate: signed in");
+    let line = shared.session_cookie(&grant);
+    if let Some(user) = grant.user {
+        resolver.prime(&grant.token, user);
+    }
+    line
+}
+
+async fn sign_out(shared: &Shared, parts: &Parts) -> Page {
+    if parts.method != Method::POST {
+        return method_not_allowed("POST");
+    }
+    if !is_same_origin(&parts.headers, &shared.config.public_origin) {
+        tracing::warn!("authgate: cross-site sign-out refused");
+        return Page::html(
+            StatusCode::FORBIDDEN,
+            "Sign-out refused",
+            "This sign-out request came from another site and was refused.",
+            None,
+        );
+    }
+    let params = CallbackParams::parse(parts.uri.query().unwrap_or(""));
+    let Some(scope) = SignOutScope::parse(single_param(&params, "scope").unwrap_or("")) else {
+        return Page::html(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "Unknown sign-out scope.",
+            None,
+        );
+    };
+    let location = shared.return_to.validate_or(
+        single_param(&params, "return_to"),
+        &shared.config.after_sign_out,
+    );
+    let removal = shared.attributes.removal(&shared.session_name);
+    let SessionCookie::Present(token) = find_session_cookie(&parts.headers, &shared.session_name)
+    else {
+        // Nobody to sign out: idempotent, no upstream call.
+        return Page::redirect(&location).cookie(removal);
+    };
+    let resolver = &shared.resolver;
+    let user_id = if scope == SignOutScope::This {
+        None
+    } else {
+        resolver
+            .resolve(&token)
+            .await
+            .state
+            .user()
+            .map(|u| u.id.clone())
+    };
+    if let Err(err) = resolver.upstream().sign_out(&token, scope).await {
+        tracing::warn!(error = %err, "authgate: upstream sign-out failed; signed out locally");
+    }
+    match (scope, &user_id) {
+        (SignOutScope::Others, Some(id)) => resolver.revoke_user(id, Some(&token)),
+        (SignOutScope::All, Some(id)) => resolver.revoke_user(id, None),
+        _ => {}
+    }
+    tracing::info!(token = %resolver.fingerprint(&token), ?scope, "authgate: signed out");
+    if scope == SignOutScope::Others {
+        return Page::redirect(&location);
+    }
+    resolver.revoke(&token);
+    let mut page = Page::redirect(&location).cookie(removal);
+    page.response
+        .headers_mut()
+        .insert("clear-site-data", HeaderValue::from_static("\"cache\""));
+    page
+}

@@ -1,0 +1,647 @@
+//! The layer's own routes against the dev upstream: sign-in start,
+//! callback landings, sign-out (SECURITY.md T-A*, T-B*, T-D1).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use authgate::ErrorKind;
+use common::*;
+use http::StatusCode;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+
+const FLOW: &str = "__Host-authgate-flow";
+const RESET: &str = "__Host-authgate-reset";
+
+/// Starts an OAuth sign-in, runs the dev simulator, and returns the flow
+/// cookie and the callback path.
+async fn oauth_landing(site: &Site, provider: &str, return_to: &str) -> (String, String) {
+    let path = format!("/auth/signin/{provider}?return_to={}", urlencode(return_to));
+    let response = site.get(&path, None).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let target = location(&response).to_owned();
+    assert_eq!(target, format!("{}/_auth/{provider}", site.dev.url()));
+    let flow = set_cookie(response.headers(), FLOW).expect("flow cookie");
+    let http = no_redirect_client();
+    let landing = http
+        .post(&target)
+        .form(&[
+            ("name", "Grace Hopper"),
+            ("email", "grace@example.test"),
+            ("decision", "continue"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(landing.status(), StatusCode::SEE_OTHER);
+    let callback = local_path(landing.headers()["location"].to_str().unwrap());
+    (format!("{FLOW}={}", flow.value()), callback)
+}
+
+fn urlencode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn oauth_sign_in_round_trip_sets_a_session_and_returns_to_the_page() {
+    let site = site().await;
+    let response = site
+        .get("/auth/signin/google?return_to=%2Faccount%3Ftab%3D2", None)
+        .await;
+    assert_eq!(response.headers()["referrer-policy"], "no-referrer");
+    assert!(
+        response.headers()[CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("no-store")
+    );
+    let flow = set_cookie(response.headers(), FLOW).unwrap();
+    // T-B1 design: flow cookie attributes.
+    assert_eq!(flow.secure(), Some(true));
+    assert_eq!(flow.http_only(), Some(true));
+    assert_eq!(flow.same_site(), Some(cookie::SameSite::Lax));
+    assert_eq!(flow.path(), Some("/"));
+    assert_eq!(flow.max_age(), Some(time::Duration::minutes(10)));
+    assert!(
+        !flow.value().contains("account"),
+        "flow cookie is encrypted"
+    );
+
+    let (flow, callback) = oauth_landing(&site, "google", "/account?tab=2").await;
+    assert!(callback.starts_with("/auth/callback?"));
+    let response = site.get(&callback, Some(&flow)).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    // T-B5: 303 to a token-free URL, no-store, no-referrer.
+    assert_eq!(location(&response), "https://app.example/account?tab=2");
+    assert_eq!(response.headers()["referrer-policy"], "no-referrer");
+    assert!(
+        response.headers()[CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("no-store")
+    );
+    let session = set_cookie(response.headers(), "__Host-authgate").expect("session cookie");
+    assert!(
+        is_removal(&set_cookie(response.headers(), FLOW).unwrap()),
+        "flow cookie deleted"
+    );
+    assert!(!session.value().is_empty());
+
+    let account = site
+        .get("/account", Some(&site.cookie(session.value())))
+        .await;
+    assert_eq!(account.status(), StatusCode::OK);
+    assert_eq!(
+        body_string(account).await,
+        "account: Grace Hopper <grace@example.test>"
+    );
+}
+
+#[tokio::test]
+async fn t_b1_oauth_landing_without_a_flow_cookie_signs_nobody_in() {
+    let site = site().await;
+    let (_flow, callback) = oauth_landing(&site, "github", "/account").await;
+    let calls = site.dev.upstream_calls();
+    let response = site.get(&callback, None).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(set_cookie(response.headers(), "__Host-authgate").is_none());
+    assert_eq!(site.dev.upstream_calls(), calls, "no grant exchange");
+}
+
+#[tokio::test]
+async fn t_b1_tampered_flow_cookie_is_rejected() {
+    let site = site().await;
+    let (flow, callback) = oauth_landing(&site, "google", "/account").await;
+    let mut bytes = flow.into_bytes();
+    let last = bytes.len() - 3;
+    bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(bytes).unwrap();
+    let response = site.get(&callback, Some(&tampered)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(set_cookie(response.headers(), "__Host-authgate").is_none());
+}
+
+#[tokio::test]
+async fn t_b3_replayed_grant_signs_nobody_in_and_keeps_the_first_session() {
+    let site = site().await;
+    let (flow, callback) = oauth_landing(&site, "discord", "/account").await;
+    let first = site.get(&callback, Some(&flow)).await;
+    let session = set_cookie(first.headers(), "__Host-authgate").unwrap();
+    let cookie = format!("{flow}; {}", site.cookie(session.value()));
+
+    let replay = site.get(&callback, Some(&cookie)).await;
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        set_cookie(replay.headers(), "__Host-authgate").is_none(),
+        "session untouched"
+    );
+    let page = body_string(replay).await;
+    assert!(page.contains("expired or was already used"), "{page}");
+
+    let account = site
+        .get("/account", Some(&site.cookie(session.value())))
+        .await;
+    assert_eq!(account.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn t_b3_head_never_spends_the_grant() {
+    let site = site().await;
+    let (flow, callback) = oauth_landing(&site, "google", "/").await;
+    let calls = site.dev.upstream_calls();
+    let head = site.send(request("HEAD", &callback, Some(&flow))).await;
+    assert_eq!(head.status(), StatusCode::OK);
+    assert!(set_cookies(head.headers()).is_empty());
+    assert_eq!(site.dev.upstream_calls(), calls);
+    let get = site.get(&callback, Some(&flow)).await;
+    assert_eq!(
+        get.status(),
+        StatusCode::SEE_OTHER,
+        "the grant is still good"
+    );
+}
+
+#[tokio::test]
+async fn magic_link_landing_signs_in() {
+    let site = site().await;
+    site.user("mia@example.test").await;
+    site.client
+        .send_magic_link_email("mia@example.test")
+        .await
+        .unwrap();
+    let link = site
+        .dev
+        .last_message_to("mia@example.test")
+        .unwrap()
+        .link
+        .unwrap();
+    let callback = site.follow_upstream(&link).await;
+    assert_eq!(
+        query_param(&callback, "action").as_deref(),
+        Some("magic-link")
+    );
+    let response = site.get(&callback, None).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "https://app.example/account");
+    let session = set_cookie(response.headers(), "__Host-authgate").unwrap();
+    let page = body_string(site.get("/", Some(&site.cookie(session.value()))).await).await;
+    assert_eq!(page, "home: signed in as mia@example.test");
+}
+
+#[tokio::test]
+async fn email_confirmation_landing_signs_in() {
+    let site = site().await;
+    site.dev.set_email_confirmation(true);
+    let response = site
+        .client
+        .sign_up_with_email("eve@example.test", "password-1", None)
+        .await
+        .unwrap();
+    assert!(response.session.is_none(), "confirmation pending");
+    let link = site
+        .dev
+        .last_message_to("eve@example.test")
+        .unwrap()
+        .link
+        .unwrap();
+    let callback = site.follow_upstream(&link).await;
+    let response = site.get(&callback, None).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(set_cookie(response.headers(), "__Host-authgate").is_some());
+}
+
+#[tokio::test]
+async fn t_b5_reset_landing_moves_the_key_off_the_url_and_never_signs_in() {
+    let site = site().await;
+    site.user("rob@example.test").await;
+    site.client
+        .send_reset_pwd_email("rob@example.test")
+        .await
+        .unwrap();
+    let link = site
+        .dev
+        .last_message_to("rob@example.test")
+        .unwrap()
+        .link
+        .unwrap();
+    let callback = site.follow_upstream(&link).await;
+    let key = query_param(&callback, "access_token").unwrap();
+
+    let response = site.get(&callback, None).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "https://app.example/reset-password");
+    assert!(!location(&response).contains(&key));
+    assert!(
+        set_cookie(response.headers(), "__Host-authgate").is_none(),
+        "T-B6.2: no session"
+    );
+    let reset = set_cookie(response.headers(), RESET).expect("reset cookie");
+    assert!(!reset.value().contains(&key), "the key is sealed");
+    assert_eq!(reset.http_only(), Some(true));
+    let reset_cookie = format!("{RESET}={}", reset.value());
+
+    let page = body_string(site.get("/reset-password", Some(&reset_cookie)).await).await;
+    assert_eq!(page, "reset: pending");
+    let done = site
+        .send(form(
+            "/reset-password",
+            Some(&reset_cookie),
+            "password=brand-new-1",
+        ))
+        .await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert!(is_removal(&set_cookie(done.headers(), RESET).unwrap()));
+    site.session("rob@example.test", "brand-new-1").await;
+}
+
+#[tokio::test]
+async fn change_email_landing_redirects_with_a_notice() {
+    let site = site().await;
+    site.dev.set_email_confirmation(true);
+    site.client
+        .sign_up_with_email(
+            "old@example.test",
+            "password-1",
+            Some(serde_json::json!({"emailVerified": true})),
+        )
+        .await
+        .unwrap();
+    let token = site.session("old@example.test", "password-1").await;
+    let token = authgate::SessionToken::new(token).unwrap();
+    site.client
+        .change_email(&token, "password-1", "new@example.test")
+        .await
+        .unwrap();
+    let link = site
+        .dev
+        .last_message_to("new@example.test")
+        .unwrap()
+        .link
+        .unwrap();
+    let callback = site.follow_upstream(&link).await;
+    let response = site.get(&callback, None).await;
+    assert_eq!(
+        location(&response),
+        "https://app.example/?notice=email-changed"
+    );
+}
+
+#[tokio::test]
+async fn t_b4_error_landings_are_escaped_and_capped() {
+    let site = site().await;
+    let big = "x".repeat(60_000);
+    for (name, query) in [
+        (
+            "script",
+            "action=oauth-signin&status=401&error=%3Cscript%3Ealert(1)%3C%2Fscript%3E".to_owned(),
+        ),
+        (
+            "crlf",
+            "action=oauth-signin&status=401&error=%0d%0aSet-Cookie:a=b".to_owned(),
+        ),
+        ("60 KB", format!("action=magic-link&status=500&error={big}")),
+    ] {
+        let response = site.get(&format!("/auth/callback?{query}"), None).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{name}");
+        assert_eq!(response.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        assert!(response.headers().get("a").is_none());
+        let session = set_cookie(response.headers(), "__Host-authgate");
+        assert!(session.is_none(), "{name}: never touches the session");
+        let page = body_string(response).await;
+        assert!(!page.contains("<script>"), "{name}");
+        assert!(page.len() < 2_000, "{name}: capped");
+    }
+}
+
+#[tokio::test]
+async fn t_b6_actions_are_an_exact_allow_list_and_bad_tokens_never_go_upstream() {
+    let site = site().await;
+    let calls = site.dev.upstream_calls();
+    let long = "a".repeat(4097);
+    let cases = [
+        "action=Reset-Pwd&status=200&access_token=abc",
+        "action=reset-pwd%00&status=200&access_token=abc",
+        "action=reset-pwd%20&status=200&access_token=abc",
+        "action=&status=200&access_token=abc",
+        "action=unknown&status=200&access_token=abc",
+        "action=magic-link&action=reset-pwd&status=200&access_token=abc",
+        "action=magic-link&status=200&access_token=a&access_token=b",
+        "action=magic-link&status=200",
+        "action=magic-link&status=abc&access_token=abc",
+        "status=200&access_token=abc",
+        "action=magic-link&status=200&access_token=%0d%0a",
+        "action=magic-link&status=200&access_token=a%20b",
+    ];
+    for query in cases
+        .iter()
+        .map(|q| q.to_string())
+        .chain([format!("action=magic-link&status=200&access_token={long}")])
+    {
+        let response = site.get(&format!("/auth/callback?{query}"), None).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query:.80}");
+    }
+    assert_eq!(
+        site.dev.upstream_calls(),
+        calls,
+        "no upstream call for any of them"
+    );
+}
+
+#[tokio::test]
+async fn t_b3_injected_key_reaches_the_upstream_as_one_value() {
+    let site = site().await;
+    for token in ["abc%26key%3Devil", "abc%23x", "..%2F..%2Fadmin"] {
+        let response = site
+            .get(
+                &format!("/auth/callback?action=magic-link&status=200&access_token={token}"),
+                None,
+            )
+            .await;
+        // The dev upstream sees one unknown key and refuses it.
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{token}");
+        assert!(set_cookie(response.headers(), "__Host-authgate").is_none());
+    }
+}
+
+#[tokio::test]
+async fn t_b3_tokens_in_page_queries_are_ignored() {
+    let site = site().await;
+    site.user("q@example.test").await;
+    site.client
+        .send_magic_link_email("q@example.test")
+        .await
+        .unwrap();
+    let link = site
+        .dev
+        .last_message_to("q@example.test")
+        .unwrap()
+        .link
+        .unwrap();
+    let callback = site.follow_upstream(&link).await;
+    let key = query_param(&callback, "access_token").unwrap();
+    let response = site
+        .get(&format!("/account?access_token={key}"), None)
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(location(&response).starts_with("/signin?return_to="));
+}
+
+#[tokio::test]
+async fn t_a4_host_headers_never_reach_a_location_or_cookie() {
+    let site = site().await;
+    let request = http::Request::get("/auth/signin/google?return_to=/account")
+        .header("host", "evil.example")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "http")
+        .header("forwarded", "host=evil.example;proto=http")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = site.send(request).await;
+    for (_, value) in response.headers() {
+        assert!(!value.to_str().unwrap_or("").contains("evil.example"));
+    }
+    let response = site
+        .send(
+            http::Request::post("/auth/signout")
+                .header("host", "evil.example")
+                .header("origin", "https://evil.example")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn unknown_provider_is_a_404_and_other_prefix_paths_reach_the_app() {
+    let site = site().await;
+    let response = site.get("/auth/signin/google%0d%0aX:1", None).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let response = site.get("/auth/signin/myspace", None).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(set_cookies(response.headers()).is_empty());
+}
+
+#[tokio::test]
+async fn t_d1_sign_out_is_post_only_and_same_origin_only() {
+    let site = site().await;
+    let (_, token) = site.user("out@example.test").await;
+    let cookie = site.cookie(&token);
+    let get = site.get("/auth/signout", Some(&cookie)).await;
+    assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(get.headers()["allow"], "POST");
+
+    let cases: [(&str, &[(&str, &str)]); 4] = [
+        (
+            "cross-site fetch metadata",
+            &[("sec-fetch-site", "cross-site")],
+        ),
+        (
+            "same-site fetch metadata",
+            &[("sec-fetch-site", "same-site")],
+        ),
+        ("foreign origin", &[("origin", "https://evil.example")]),
+        ("no headers at all", &[]),
+    ];
+    for (name, headers) in cases {
+        let mut builder = http::Request::post("/auth/signout").header("cookie", &cookie);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let response = site
+            .send(builder.body(axum::body::Body::empty()).unwrap())
+            .await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{name}");
+        assert!(set_cookies(response.headers()).is_empty(), "{name}");
+    }
+    // Still signed in.
+    assert_eq!(
+        site.get("/account", Some(&cookie)).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn t_d1_sign_out_revokes_upstream_clears_with_mirrored_attributes_and_tombstones() {
+    let site = site().await;
+    let (_, token) = site.user("bye@example.test").await;
+    let cookie = site.cookie(&token);
+    assert_eq!(
+        site.get("/account", Some(&cookie)).await.status(),
+        StatusCode::OK
+    );
+
+    let response = site
+        .send(form("/auth/signout?return_to=/bye", Some(&cookie), ""))
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "https://app.example/bye");
+    assert_eq!(response.headers()["clear-site-data"], "\"cache\"");
+    let removal = set_cookie(response.headers(), "__Host-authgate").unwrap();
+    assert!(is_removal(&removal));
+    assert_eq!(removal.secure(), Some(true));
+    assert_eq!(removal.http_only(), Some(true));
+    assert_eq!(removal.same_site(), Some(cookie::SameSite::Lax));
+    assert_eq!(removal.path(), Some("/"));
+    assert!(
+        response.headers()[CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("no-store")
+    );
+
+    let token = authgate::SessionToken::new(token).unwrap();
+    let err = site.client.get_user(&token).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidSession, "revoked upstream");
+    let calls = site.dev.upstream_calls();
+    let after = site.get("/account", Some(&cookie)).await;
+    assert_eq!(after.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        site.dev.upstream_calls(),
+        calls,
+        "tombstone answers without upstream"
+    );
+}
+
+#[tokio::test]
+async fn t_d1_sign_out_without_a_session_is_idempotent() {
+    let site = site().await;
+    let calls = site.dev.upstream_calls();
+    let response = site.send(form("/auth/signout", None, "")).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "https://app.example/");
+    assert_eq!(site.dev.upstream_calls(), calls);
+}
+
+#[tokio::test]
+async fn t_d1_sign_out_clears_the_cookie_even_when_the_upstream_is_down() {
+    let site = site().await;
+    let (_, token) = site.user("down@example.test").await;
+    let cookie = site.cookie(&token);
+    site.dev.clone().shutdown().await;
+    let response = site.send(form("/auth/signout", Some(&cookie), "")).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(is_removal(
+        &set_cookie(response.headers(), "__Host-authgate").unwrap()
+    ));
+}
+
+#[tokio::test]
+async fn sign_out_scopes_others_and_all() {
+    let site = site().await;
+    let (_, here) = site.user("multi@example.test").await;
+    let there = site.session("multi@example.test", "password-1").await;
+    for token in [&here, &there] {
+        assert_eq!(
+            site.get("/account", Some(&site.cookie(token)))
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
+    let response = site
+        .send(form(
+            "/auth/signout?scope=others",
+            Some(&site.cookie(&here)),
+            "",
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(
+        set_cookie(response.headers(), "__Host-authgate").is_none(),
+        "this session kept"
+    );
+    assert_eq!(
+        site.get("/account", Some(&site.cookie(&here)))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        site.get("/account", Some(&site.cookie(&there)))
+            .await
+            .status(),
+        StatusCode::SEE_OTHER,
+        "the other session is gone, also from the cache"
+    );
+
+    let third = site.session("multi@example.test", "password-1").await;
+    assert_eq!(
+        site.get("/account", Some(&site.cookie(&third)))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let response = site
+        .send(form(
+            "/auth/signout?scope=all",
+            Some(&site.cookie(&here)),
+            "",
+        ))
+        .await;
+    assert!(is_removal(
+        &set_cookie(response.headers(), "__Host-authgate").unwrap()
+    ));
+    for token in [&here, &third] {
+        assert_eq!(
+            site.get("/account", Some(&site.cookie(token)))
+                .await
+                .status(),
+            StatusCode::SEE_OTHER
+        );
+    }
+    let bad = site
+        .send(form("/auth/signout?scope=everything", None, ""))
+        .await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn t_a1_sign_out_return_to_never_leaves_the_origin() {
+    let site = site().await;
+    let mut inputs: Vec<String> = [
+        "//evil.example",
+        "/\\evil.example",
+        "https:evil.example",
+        "/%09/evil.example",
+        "/.//evil.example",
+        "https://app.example@evil.example",
+        "javascript:alert(1)",
+        "/auth/callback?access_token=x",
+        "/ok%0d%0aSet-Cookie:%20__Host-authgate=attacker",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let corpus = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/open-redirect-payloads.json"
+    );
+    match std::fs::read_to_string(corpus) {
+        Ok(text) => inputs.extend(serde_json::from_str::<Vec<String>>(&text).unwrap()),
+        Err(_) => {
+            eprintln!("corpus skipped: {corpus} not found (CI has ../shared beside the repo)")
+        }
+    }
+    let total = inputs.len();
+    for input in inputs {
+        let path = format!("/auth/signout?return_to={}", urlencode(&input));
+        let response = site.send(form(&path, None, "")).await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "{input:?}");
+        let target = location(&response);
+        let page = url::Url::parse("https://app.example/some/page").unwrap();
+        let resolved = page.join(target).unwrap();
+        assert_eq!(resolved.origin(), page.origin(), "{input:?} -> {target}");
+        assert!(
+            !resolved.path().starts_with("/auth/"),
+            "{input:?} -> {target}"
+        );
+        assert_eq!(
+            set_cookies(response.headers()).len(),
+            1,
+            "{input:?}: only our removal"
+        );
+    }
+    eprintln!("sign-out return_to: {total} inputs through the route, 0 escapes");
+}
