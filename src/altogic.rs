@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::error::{ConfigError, Error, ErrorKind, UpstreamErrorItem};
+use crate::events::{AuthEvent, AuthEvents, FlowRejection, SignInMethod};
 use crate::upstream::{
     BoxFuture, CallbackOutcome, CallbackParams, FlowRecord, Grant, Lookup, Secret, SessionToken,
     SignOutScope, Upstream, User,
@@ -77,6 +78,7 @@ struct Inner {
     client_key: HeaderValue,
     api_key: Option<HeaderValue>,
     body_limit: usize,
+    events: AuthEvents,
 }
 
 impl fmt::Debug for Client {
@@ -100,6 +102,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     body_limit: usize,
     http: Option<reqwest::Client>,
+    events: AuthEvents,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -143,6 +146,13 @@ impl ClientBuilder {
     /// request.
     pub fn with_http_client(mut self, client: reqwest::Client) -> Self {
         self.http = Some(client);
+        self
+    }
+
+    /// Where to report password, e-mail and phone changes made through
+    /// this client (see [`crate::events`]). Default: `tracing` only.
+    pub fn with_events(mut self, events: AuthEvents) -> Self {
+        self.events = events;
         self
     }
 
@@ -197,6 +207,7 @@ impl ClientBuilder {
                 client_key,
                 api_key,
                 body_limit: self.body_limit,
+                events: self.events,
             }),
         })
     }
@@ -210,27 +221,29 @@ pub struct AuthResponse {
     pub user: User,
     /// The new session; `None` while e-mail or phone confirmation is pending.
     pub session: Option<Session>,
+    method: SignInMethod,
 }
 
 impl AuthResponse {
     /// The session as a [`Grant`] for
     /// [`Auth::sign_in`](crate::Auth::sign_in), if one was created.
     pub fn grant(&self) -> Option<Grant> {
-        self.session.as_ref().map(|session| Grant {
-            token: session.token.clone(),
-            user: Some(self.user.clone()),
-            expires_at: None,
+        self.session.as_ref().map(|session| {
+            Grant::new(session.token.clone(), self.method.clone()).with_user(self.user.clone())
         })
     }
 
     /// Consumes the response into a [`Grant`], if a session was created.
     pub fn into_grant(self) -> Option<Grant> {
         let user = self.user;
-        self.session.map(|session| Grant {
-            token: session.token,
-            user: Some(user),
-            expires_at: None,
-        })
+        let method = self.method;
+        self.session
+            .map(|session| Grant::new(session.token, method).with_user(user))
+    }
+
+    /// How this response signed the user in, if it did.
+    pub fn method(&self) -> &SignInMethod {
+        &self.method
     }
 }
 
@@ -318,6 +331,7 @@ impl Client {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             body_limit: DEFAULT_BODY_LIMIT,
             http: None,
+            events: AuthEvents::default(),
         }
     }
 
@@ -341,7 +355,7 @@ impl Client {
         let value = self
             .json(Method::POST, "signup-email", &[], None, Some(&body))
             .await?;
-        auth_response(value)
+        auth_response(value, SignInMethod::SignUp)
     }
 
     /// `POST /auth/signup-phone`.
@@ -355,7 +369,7 @@ impl Client {
         let value = self
             .json(Method::POST, "signup-phone", &[], None, Some(&body))
             .await?;
-        auth_response(value)
+        auth_response(value, SignInMethod::SignUp)
     }
 
     /// `POST /auth/signin-email`.
@@ -368,7 +382,7 @@ impl Client {
         let value = self
             .json(Method::POST, "signin-email", &[], None, Some(&body))
             .await?;
-        auth_response(value)
+        auth_response(value, SignInMethod::Password)
     }
 
     /// `POST /auth/signin-phone`.
@@ -381,7 +395,7 @@ impl Client {
         let value = self
             .json(Method::POST, "signin-phone", &[], None, Some(&body))
             .await?;
-        auth_response(value)
+        auth_response(value, SignInMethod::Password)
     }
 
     /// `POST /auth/send-code`: texts a sign-in code to the phone.
@@ -396,7 +410,7 @@ impl Client {
         let value = self
             .json(Method::POST, "signin-code", &query, None, None)
             .await?;
-        auth_response(value)
+        auth_response(value, SignInMethod::Code)
     }
 
     /// The URL that starts an OAuth sign-in with `provider`
@@ -420,7 +434,7 @@ impl Client {
         let value = self
             .json(Method::GET, "grant", &[("key", access_token)], None, None)
             .await?;
-        auth_response(value)
+        auth_response(value, SignInMethod::Other("grant".to_owned()))
     }
 
     // ---- the signed-in user ----------------------------------------------
@@ -500,7 +514,9 @@ impl Client {
     ) -> Result<(), Error> {
         let body = json!({"newPassword": new_password, "oldPassword": old_password});
         self.no_data(Method::POST, "change-pwd", &[], Some(session), Some(&body))
-            .await
+            .await?;
+        self.emit(AuthEvent::PasswordChanged { user_id: None });
+        Ok(())
     }
 
     /// `POST /auth/change-email`: Altogic mails a confirmation to the new
@@ -521,7 +537,13 @@ impl Client {
                 Some(&body),
             )
             .await?;
-        user_from_value(value)
+        let user = user_from_value(value)?;
+        if user.email.as_deref() == Some(new_email) {
+            self.emit(AuthEvent::EmailChanged {
+                user_id: Some(user.id.clone()),
+            });
+        }
+        Ok(user)
     }
 
     /// `POST /auth/change-phone`: Altogic texts a code to the new phone (if
@@ -542,7 +564,13 @@ impl Client {
                 Some(&body),
             )
             .await?;
-        user_from_value(value)
+        let user = user_from_value(value)?;
+        if user.phone.as_deref() == Some(new_phone) {
+            self.emit(AuthEvent::PhoneChanged {
+                user_id: Some(user.id.clone()),
+            });
+        }
+        Ok(user)
     }
 
     /// `POST /auth/verify-phone`: confirms a phone with its SMS code. After a
@@ -553,7 +581,14 @@ impl Client {
         let value = self
             .json(Method::POST, "verify-phone", &query, None, None)
             .await?;
-        auth_response(value)
+        let response = auth_response(value, SignInMethod::PhoneVerification)?;
+        if response.session.is_none() {
+            // No session: this confirmed a phone change, not a sign-up.
+            self.emit(AuthEvent::PhoneChanged {
+                user_id: Some(response.user.id.clone()),
+            });
+        }
+        Ok(response)
     }
 
     /// `POST /auth/resend`: resends the e-mail confirmation.
@@ -595,7 +630,9 @@ impl Client {
             None,
             Some(&body),
         )
-        .await
+        .await?;
+        self.emit(AuthEvent::PasswordChanged { user_id: None });
+        Ok(())
     }
 
     /// `POST /auth/send-reset-code`: texts a password-reset code.
@@ -625,7 +662,13 @@ impl Client {
             None,
             Some(&body),
         )
-        .await
+        .await?;
+        self.emit(AuthEvent::PasswordChanged { user_id: None });
+        Ok(())
+    }
+
+    fn emit(&self, event: AuthEvent) {
+        self.inner.events.emit(event);
     }
 
     // ---- transport -------------------------------------------------------
@@ -817,7 +860,7 @@ fn session_from_value(value: Value) -> Result<Session, Error> {
     })
 }
 
-fn auth_response(value: Value) -> Result<AuthResponse, Error> {
+fn auth_response(value: Value, method: SignInMethod) -> Result<AuthResponse, Error> {
     let Value::Object(mut map) = value else {
         return Err(Error::new(ErrorKind::Decode).with_source("answer is not an object"));
     };
@@ -826,13 +869,18 @@ fn auth_response(value: Value) -> Result<AuthResponse, Error> {
         None | Some(Value::Null) => None,
         Some(session) => Some(session_from_value(session)?),
     };
-    Ok(AuthResponse { user, session })
+    Ok(AuthResponse {
+        user,
+        session,
+        method,
+    })
 }
 
-fn failed(status: StatusCode, message: &str) -> CallbackOutcome {
+fn failed(status: StatusCode, message: &str, rejection: Option<FlowRejection>) -> CallbackOutcome {
     CallbackOutcome::Failed {
         status,
         message: message.to_owned(),
+        rejection,
     }
 }
 
@@ -849,51 +897,65 @@ impl Client {
         flow: Option<&FlowRecord>,
     ) -> Result<CallbackOutcome, Error> {
         const BAD: StatusCode = StatusCode::BAD_REQUEST;
+        const MALFORMED: &str = "This sign-in link is malformed.";
+        let malformed = || {
+            Ok(failed(
+                BAD,
+                MALFORMED,
+                Some(FlowRejection::MalformedLanding),
+            ))
+        };
         if params.has_duplicates() {
-            return Ok(failed(BAD, "This sign-in link is malformed."));
+            return malformed();
         }
         let single = |name| params.single(name).ok().flatten();
         let Some(action) = single("action").filter(|a| ACTIONS.contains(a)) else {
-            return Ok(failed(BAD, "This sign-in link is malformed."));
+            return malformed();
         };
         let status = single("status")
             .and_then(|s| s.parse::<u16>().ok())
             .filter(|s| (200..=599).contains(s));
         let Some(status) = status else {
-            return Ok(failed(BAD, "This sign-in link is malformed."));
+            return malformed();
         };
         if !(200..300).contains(&status) || single("error").is_some() {
             let message = single("error").unwrap_or("The sign-in did not complete.");
-            return Ok(failed(BAD, message));
+            return Ok(failed(BAD, message, None));
         }
         if action == "change-email" {
             return Ok(CallbackOutcome::EmailChanged);
         }
         let Some(key) = single("access_token").filter(|k| plausible_grant(k)) else {
-            return Ok(failed(BAD, "This sign-in link is malformed."));
+            return malformed();
         };
         if action == "reset-pwd" {
             return Ok(CallbackOutcome::PasswordReset(Secret::new(key)));
         }
         let method = match (action, flow) {
-            ("oauth-signin", Some(flow)) => format!("oauth:{}", flow.provider),
+            ("oauth-signin", Some(flow)) => SignInMethod::OAuth(flow.provider.clone()),
             ("oauth-signin", None) => {
                 // A landing this browser never started: login CSRF.
                 return Ok(failed(
                     BAD,
                     "No sign-in was started in this browser. Please start again.",
+                    Some(FlowRejection::MissingFlow),
                 ));
             }
-            (other, _) => other.to_owned(),
+            ("magic-link", _) => SignInMethod::MagicLink,
+            _ => SignInMethod::EmailConfirmation,
         };
         match self.get_auth_grant(key).await {
             Ok(response) => match response.into_grant() {
-                Some(grant) => Ok(CallbackOutcome::SignedIn { grant, method }),
+                Some(mut grant) => {
+                    grant.method = method;
+                    Ok(CallbackOutcome::SignedIn(grant))
+                }
                 None => Err(Error::new(ErrorKind::Decode).with_source("grant without session")),
             },
             Err(err) if err.status().is_some_and(|s| s.is_client_error()) => Ok(failed(
                 BAD,
                 "This link has expired or was already used. Please sign in again.",
+                Some(FlowRejection::ReplayedGrant),
             )),
             Err(err) => Err(err),
         }

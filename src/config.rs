@@ -8,6 +8,7 @@ use url::{Host, Url};
 
 use crate::cookie::{CookieAttributes, Keys};
 use crate::error::ConfigError;
+use crate::events::AuthEvents;
 use crate::redirect::ReturnTo;
 
 /// The longest session-cookie lifetime browsers honour (RFC 6265bis §5.5).
@@ -44,6 +45,7 @@ pub struct AuthConfig {
     pub(crate) session_max_age: Duration,
     pub(crate) flow_ttl: Duration,
     pub(crate) cache: CacheSettings,
+    pub(crate) events: AuthEvents,
 }
 
 /// Resolver cache settings (see [`AuthConfig::with_cache_ttl`] and friends).
@@ -172,6 +174,7 @@ impl AuthConfig {
             session_max_age: Duration::from_secs(30 * 24 * 3600),
             flow_ttl: Duration::from_secs(600),
             cache: CacheSettings::default(),
+            events: AuthEvents::default(),
         })
     }
 
@@ -322,6 +325,13 @@ impl AuthConfig {
     ) -> Self {
         self.cache.max_in_flight = max_in_flight.max(1);
         self.cache.queue_timeout = queue_timeout;
+        self
+    }
+
+    /// Where auth events go (sign-in, sign-out, invalidated sessions,
+    /// rejected flows); see [`crate::events`]. Default: `tracing` only.
+    pub fn with_events(mut self, events: AuthEvents) -> Self {
+        self.events = events;
         self
     }
 

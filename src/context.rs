@@ -10,6 +10,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::AuthConfig;
 use crate::cookie::{CookieAttributes, Keys, SessionCookie, encode_token};
+use crate::events::{AuthEvent, FlowRejection};
 use crate::redirect::ReturnTo;
 use crate::resolve::{AuthState, Resolution, Resolver};
 use crate::upstream::{Grant, SessionToken};
@@ -46,6 +47,40 @@ impl Shared {
             resolver,
             keys,
         }
+    }
+
+    /// A validated `return_to`, or the fallback; a refused input is
+    /// reported as an open-redirect attempt.
+    pub(crate) fn return_to_or(&self, input: Option<&str>, fallback: &str) -> String {
+        if let Some(input) = input.filter(|i| !i.is_empty()) {
+            match self.return_to.validate(input) {
+                Some(url) => return url,
+                None => self.resolver.emit(AuthEvent::FlowRejected {
+                    reason: FlowRejection::OpenRedirect,
+                    session: None,
+                }),
+            }
+        }
+        self.return_to.validate_or(None, fallback)
+    }
+
+    /// Turns a grant into the session cookie line: primes the cache with the
+    /// user, forgets the browser's previous session, reports the sign-in.
+    pub(crate) fn sign_in(&self, previous: Option<&SessionToken>, grant: Grant) -> String {
+        let resolver = &self.resolver;
+        if let Some(previous) = previous.filter(|p| **p != grant.token) {
+            resolver.revoke(previous);
+        }
+        resolver.emit(AuthEvent::SignedIn {
+            user_id: grant.user.as_ref().map(|u| u.id.clone()),
+            method: grant.method.clone(),
+            session: resolver.session_hash(&grant.token),
+        });
+        let line = self.session_cookie(&grant);
+        if let Some(user) = grant.user {
+            resolver.prime(&grant.token, user);
+        }
+        line
     }
 
     /// The `Set-Cookie` line that stores a session token.

@@ -14,6 +14,7 @@ use url::Url;
 use crate::config::AuthConfig;
 use crate::context::RequestAuth;
 use crate::error::Error;
+use crate::events::{AuthEvent, FlowRejection};
 use crate::rejection::{
     CrossSiteRequest, CurrentUserRejection, MissingAuthLayer, NotSignedIn, UpstreamUnavailable,
 };
@@ -180,24 +181,14 @@ impl Auth {
     /// after-sign-in page.
     pub fn return_to(&self, input: Option<&str>) -> String {
         let shared = &self.inner.shared;
-        shared
-            .return_to
-            .validate_or(input, &shared.config.after_sign_in)
+        shared.return_to_or(input, &shared.config.after_sign_in)
     }
 
     /// Signs the browser in with a session from the upstream: sets the
     /// session cookie on the response (a new value, replacing any previous
     /// one) and primes the cache with the user.
     pub fn sign_in(&self, grant: Grant) {
-        let shared = &self.inner.shared;
-        if let Some(previous) = self.inner.token().filter(|t| *t != &grant.token) {
-            shared.resolver.revoke(previous);
-        }
-        let line = shared.session_cookie(&grant);
-        tracing::info!(token = %shared.resolver.fingerprint(&grant.token), "authgate: signed in");
-        if let Some(user) = grant.user {
-            shared.resolver.prime(&grant.token, user);
-        }
+        let line = self.inner.shared.sign_in(self.inner.token(), grant);
         self.inner.with_changes(|changes| {
             changes.set_cookies.push(line);
             changes.session_written = true;
@@ -234,7 +225,11 @@ impl Auth {
         if scope != SignOutScope::Others {
             self.clear_session_cookie();
         }
-        tracing::info!(token = %shared.resolver.fingerprint(token), ?scope, "authgate: signed out");
+        shared.resolver.emit(AuthEvent::SignedOut {
+            user_id,
+            scope,
+            session: shared.resolver.session_hash(token),
+        });
         result
     }
 
@@ -321,7 +316,10 @@ impl<S: Send + Sync> FromRequestParts<S> for SameOrigin {
         {
             Ok(SameOrigin)
         } else {
-            tracing::warn!(method = %parts.method, path = parts.uri.path(), "authgate: cross-site request refused");
+            auth.shared.resolver.emit(AuthEvent::FlowRejected {
+                reason: FlowRejection::CrossSite,
+                session: None,
+            });
             Err(CrossSiteRequest.into_response())
         }
     }

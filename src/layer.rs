@@ -15,6 +15,7 @@ use tower_service::Service;
 use crate::config::AuthConfig;
 use crate::context::{RequestAuth, Shared};
 use crate::cookie::{SessionCookie, find_session_cookie};
+use crate::events::{AuthEvent, FlowRejection};
 use crate::resolve::Resolver;
 use crate::routes;
 use crate::upstream::Upstream;
@@ -56,7 +57,12 @@ impl AuthLayer {
             );
         }
         let keys = config.build_keys();
-        let resolver = Resolver::new(upstream, keys.hash_key(), config.cache.clone());
+        let resolver = Resolver::new(
+            upstream,
+            keys.hash_key(),
+            config.cache.clone(),
+            config.events.clone(),
+        );
         Self {
             shared: Arc::new(Shared::new(config, resolver, keys)),
         }
@@ -141,9 +147,10 @@ where
         }
         let cookie = find_session_cookie(req.headers(), &self.shared.session_name);
         if cookie == SessionCookie::Ambiguous {
-            tracing::warn!(
-                "authgate: two different session cookies in one request (cookie tossing?); treating it as anonymous"
-            );
+            self.shared.resolver.emit(AuthEvent::FlowRejected {
+                reason: FlowRejection::DuplicateCookies,
+                session: None,
+            });
         }
         let auth = Arc::new(RequestAuth::new(self.shared.clone(), cookie));
         req.extensions_mut().insert(auth.clone());

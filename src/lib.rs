@@ -6,6 +6,7 @@ mod config;
 mod context;
 mod cookie;
 mod error;
+pub mod events;
 mod extract;
 mod layer;
 pub mod redirect;
@@ -17,6 +18,11 @@ pub mod upstream;
 #[cfg(feature = "dev-upstream")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dev-upstream")))]
 pub mod dev;
+
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+#[path = "test_kit.rs"]
+pub mod test;
 
 pub use config::AuthConfig;
 pub use error::{ConfigError, Error, ErrorKind, UpstreamErrorItem};

@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::config::CacheSettings;
+use crate::events::{AuthEvent, AuthEvents, SessionHash};
 use crate::upstream::{Lookup, SessionToken, Upstream, User};
 
 /// A keyed hash of a full token: the cache key, and (shortened) the only
@@ -138,6 +139,7 @@ struct Inner {
     permits: Semaphore,
     settings: CacheSettings,
     upstream_calls: std::sync::atomic::AtomicU64,
+    events: AuthEvents,
 }
 
 impl fmt::Debug for Resolver {
@@ -154,6 +156,7 @@ impl Resolver {
         upstream: Arc<dyn Upstream>,
         hash_key: &[u8],
         settings: CacheSettings,
+        events: AuthEvents,
     ) -> Self {
         let horizon = settings.fresh_ttl + settings.stale_window;
         let users = Cache::builder()
@@ -186,6 +189,7 @@ impl Resolver {
                 permits: Semaphore::new(settings.max_in_flight),
                 settings,
                 upstream_calls: std::sync::atomic::AtomicU64::new(0),
+                events,
             }),
         }
     }
@@ -298,6 +302,16 @@ impl Resolver {
     pub(crate) fn fingerprint(&self, token: &SessionToken) -> String {
         fingerprint(&self.key(token))
     }
+
+    /// The fingerprint as an event field.
+    pub(crate) fn session_hash(&self, token: &SessionToken) -> SessionHash {
+        SessionHash(self.fingerprint(token))
+    }
+
+    /// Emits an auth event.
+    pub(crate) fn emit(&self, event: AuthEvent) {
+        self.inner.events.emit(event);
+    }
 }
 
 fn fingerprint(key: &TokenKey) -> String {
@@ -358,7 +372,9 @@ impl Inner {
                 Fetched::Valid(user)
             }
             Ok(Ok(Lookup::Invalid)) => {
-                tracing::info!(token = %fingerprint(key), "authgate: upstream says the session is invalid");
+                self.events.emit(AuthEvent::SessionInvalidated {
+                    session: SessionHash(fingerprint(key)),
+                });
                 self.users.invalidate(key);
                 self.negative
                     .insert(*key, Instant::now() + settings.negative_ttl);

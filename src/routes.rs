@@ -18,8 +18,9 @@ use http::{HeaderValue, Method, Response, StatusCode};
 
 use crate::context::{Shared, apply_hygiene};
 use crate::cookie::{SessionCookie, find_cookie, find_session_cookie};
+use crate::events::{AuthEvent, FlowRejection};
 use crate::extract::is_same_origin;
-use crate::upstream::{CallbackOutcome, CallbackParams, FlowRecord, Grant, SignOutScope};
+use crate::upstream::{CallbackOutcome, CallbackParams, FlowRecord, SignOutScope};
 
 /// The longest message from the upstream shown on an error page.
 const MAX_MESSAGE_CHARS: usize = 300;
@@ -176,7 +177,7 @@ fn sign_in(shared: &Shared, provider: &str, parts: &Parts) -> Page {
         );
     };
     let params = CallbackParams::parse(parts.uri.query().unwrap_or(""));
-    let return_to = shared.return_to.validate_or(
+    let return_to = shared.return_to_or(
         single_param(&params, "return_to"),
         &shared.config.after_sign_in,
     );
@@ -209,8 +210,15 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
         _ => return method_not_allowed("GET, HEAD"),
     }
     let sign_in_page = shared.config.sign_in_page.as_str();
-    let flow: Option<FlowRecord> = find_cookie(&parts.headers, &shared.flow_name)
-        .and_then(|value| shared.keys.open(&shared.flow_name, "flow", value));
+    let sealed_flow = find_cookie(&parts.headers, &shared.flow_name);
+    let flow: Option<FlowRecord> =
+        sealed_flow.and_then(|value| shared.keys.open(&shared.flow_name, "flow", value));
+    if sealed_flow.is_some() && flow.is_none() {
+        shared.resolver.emit(AuthEvent::FlowRejected {
+            reason: FlowRejection::TamperedFlow,
+            session: None,
+        });
+    }
     let remove_flow = shared.attributes.removal(&shared.flow_name);
     let params = CallbackParams::parse(parts.uri.query().unwrap_or(""));
     let upstream = shared.resolver.upstream();
@@ -231,12 +239,16 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
         }
     };
     match outcome {
-        CallbackOutcome::SignedIn { grant, method } => {
+        CallbackOutcome::SignedIn(grant) => {
             let return_to = shared.return_to.validate_or(
                 flow.as_ref().map(|f| f.return_to.as_str()),
                 &shared.config.after_sign_in,
             );
-            let session = signed_in(shared, parts, grant, &method);
+            let previous = match find_session_cookie(&parts.headers, &shared.session_name) {
+                SessionCookie::Present(token) => Some(token),
+                _ => None,
+            };
+            let session = shared.sign_in(previous.as_ref(), grant);
             Page::redirect(&return_to)
                 .cookie(session)
                 .cookie(remove_flow)
@@ -259,13 +271,26 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
             Page::redirect(&location).cookie(reset).cookie(remove_flow)
         }
         CallbackOutcome::EmailChanged => {
+            shared
+                .resolver
+                .emit(AuthEvent::EmailChanged { user_id: None });
             let mut location = shared.config.absolute(&shared.config.notice_page);
             location.push(if location.contains('?') { '&' } else { '?' });
             location.push_str("notice=email-changed");
             Page::redirect(&location).cookie(remove_flow)
         }
-        CallbackOutcome::Failed { status, message } => {
-            tracing::info!(%status, "authgate: callback refused");
+        CallbackOutcome::Failed {
+            status,
+            message,
+            rejection,
+        } => {
+            match rejection {
+                Some(reason) => shared.resolver.emit(AuthEvent::FlowRejected {
+                    reason,
+                    session: None,
+                }),
+                None => tracing::info!(%status, "authgate: the upstream reported a failed sign-in"),
+            }
             let message: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
             let status = if status.is_client_error() || status.is_server_error() {
                 status
@@ -283,30 +308,15 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
     }
 }
 
-/// Turns a grant into the session cookie line, replacing any previous
-/// session of this browser in the cache.
-fn signed_in(shared: &Shared, parts: &Parts, grant: Grant, method: &str) -> String {
-    let resolver = &shared.resolver;
-    let previous = find_session_cookie(&parts.headers, &shared.session_name);
-    if let SessionCookie::Present(previous) = previous
-        && previous != grant.token
-    {
-        resolver.revoke(&previous);
-    }
-    tracing::info!(token = %resolver.fingerprint(&grant.token), method, "authgate: signed in");
-    let line = shared.session_cookie(&grant);
-    if let Some(user) = grant.user {
-        resolver.prime(&grant.token, user);
-    }
-    line
-}
-
 async fn sign_out(shared: &Shared, parts: &Parts) -> Page {
     if parts.method != Method::POST {
         return method_not_allowed("POST");
     }
     if !is_same_origin(&parts.headers, &shared.config.public_origin) {
-        tracing::warn!("authgate: cross-site sign-out refused");
+        shared.resolver.emit(AuthEvent::FlowRejected {
+            reason: FlowRejection::CrossSite,
+            session: None,
+        });
         return Page::html(
             StatusCode::FORBIDDEN,
             "Sign-out refused",
@@ -323,7 +333,7 @@ async fn sign_out(shared: &Shared, parts: &Parts) -> Page {
             None,
         );
     };
-    let location = shared.return_to.validate_or(
+    let location = shared.return_to_or(
         single_param(&params, "return_to"),
         &shared.config.after_sign_out,
     );
@@ -334,16 +344,14 @@ async fn sign_out(shared: &Shared, parts: &Parts) -> Page {
         return Page::redirect(&location).cookie(removal);
     };
     let resolver = &shared.resolver;
-    let user_id = if scope == SignOutScope::This {
-        None
-    } else {
-        resolver
-            .resolve(&token)
-            .await
-            .state
-            .user()
-            .map(|u| u.id.clone())
-    };
+    // Usually a cache hit; names the user in the event and for the
+    // user-wide evictions below.
+    let user_id = resolver
+        .resolve(&token)
+        .await
+        .state
+        .user()
+        .map(|u| u.id.clone());
     if let Err(err) = resolver.upstream().sign_out(&token, scope).await {
         tracing::warn!(error = %err, "authgate: upstream sign-out failed; signed out locally");
     }
@@ -352,7 +360,11 @@ async fn sign_out(shared: &Shared, parts: &Parts) -> Page {
         (SignOutScope::All, Some(id)) => resolver.revoke_user(id, None),
         _ => {}
     }
-    tracing::info!(token = %resolver.fingerprint(&token), ?scope, "authgate: signed out");
+    resolver.emit(AuthEvent::SignedOut {
+        user_id,
+        scope,
+        session: resolver.session_hash(&token),
+    });
     if scope == SignOutScope::Others {
         return Page::redirect(&location);
     }

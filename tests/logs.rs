@@ -155,11 +155,7 @@ async fn t_g1_no_token_in_logs_errors_or_debug_output() {
     debug_output.push_str(&format!("{:?}\n", CallbackParams::parse(&path)));
     debug_output.push_str(&format!(
         "{:?}\n",
-        authgate::Grant {
-            token: t.clone(),
-            user: None,
-            expires_at: None
-        }
+        authgate::Grant::new(t.clone(), authgate::events::SignInMethod::Password)
     ));
     let signed_in = site
         .client

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::events::{FlowRejection, SignInMethod};
 
 /// A boxed, sendable future, as returned by [`Upstream`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -145,6 +146,7 @@ impl User {
 /// A session handed out by the upstream (sign-in, sign-up, grant exchange).
 /// Turn it into a cookie with [`Auth::sign_in`](crate::Auth::sign_in).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Grant {
     /// The new session token.
     pub token: SessionToken,
@@ -152,6 +154,34 @@ pub struct Grant {
     pub user: Option<User>,
     /// When the session ends, if the upstream says.
     pub expires_at: Option<SystemTime>,
+    /// How the user signed in (for [auth events](crate::events)).
+    pub method: SignInMethod,
+}
+
+impl Grant {
+    /// A grant for a session token.
+    pub fn new(token: SessionToken, method: SignInMethod) -> Self {
+        Self {
+            token,
+            user: None,
+            expires_at: None,
+            method,
+        }
+    }
+
+    /// With the user the upstream returned.
+    #[must_use]
+    pub fn with_user(mut self, user: User) -> Self {
+        self.user = Some(user);
+        self
+    }
+
+    /// With the session's end.
+    #[must_use]
+    pub fn with_expires_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
 }
 
 /// The answer to "who owns this token?".
@@ -259,13 +289,8 @@ pub struct FlowRecord {
 #[non_exhaustive]
 #[allow(clippy::large_enum_variant)] // made once per callback, never stored
 pub enum CallbackOutcome {
-    /// A session was granted; the method says how the user signed in.
-    SignedIn {
-        /// The session.
-        grant: Grant,
-        /// How (e.g. `oauth:google`, `magic-link`, `email-confirm`).
-        method: String,
-    },
+    /// A session was granted ([`Grant::method`] says how).
+    SignedIn(Grant),
     /// A password-reset landing: the key to reset with.
     PasswordReset(Secret),
     /// An e-mail change was confirmed.
@@ -276,6 +301,8 @@ pub enum CallbackOutcome {
         status: http::StatusCode,
         /// A human-readable message.
         message: String,
+        /// Set when authgate (not the upstream) refused the landing.
+        rejection: Option<FlowRejection>,
     },
 }
 
