@@ -281,10 +281,11 @@ impl AuthEvents {
         }
         match &self.sink {
             None => {}
-            Some(Sink::Channel(sender)) if sender.try_send(event).is_err() => {
-                tracing::warn!(target: "authgate::events", "event channel full or closed; event dropped");
+            Some(Sink::Channel(sender)) => {
+                let _ = sender.try_send(event).inspect_err(|err| {
+                    tracing::warn!(target: "authgate::events", error = %err, "event dropped");
+                });
             }
-            Some(Sink::Channel(_)) => {}
             Some(Sink::Hook(hook)) => {
                 let hook = hook.clone();
                 let run = move || match catch_unwind(AssertUnwindSafe(|| hook(&event))) {
