@@ -78,6 +78,7 @@ struct Inner {
     client_key: HeaderValue,
     api_key: Option<HeaderValue>,
     body_limit: usize,
+    timeout: Duration,
     events: AuthEvents,
 }
 
@@ -142,8 +143,8 @@ impl ClientBuilder {
     }
 
     /// Shares an existing `reqwest::Client`. It must not follow redirects
-    /// (`redirect::Policy::none()`); the timeouts set here still apply per
-    /// request.
+    /// (`redirect::Policy::none()`). The total timeout set here still applies
+    /// to every request; the connect timeout is the shared client's own.
     pub fn with_http_client(mut self, client: reqwest::Client) -> Self {
         self.http = Some(client);
         self
@@ -207,6 +208,7 @@ impl ClientBuilder {
                 client_key,
                 api_key,
                 body_limit: self.body_limit,
+                timeout: self.timeout,
                 events: self.events,
             }),
         })
@@ -681,8 +683,11 @@ impl Client {
         session: Option<&SessionToken>,
         body: Option<&Value>,
     ) -> Result<Value, Error> {
-        let bytes = self.send(method, path, query, session, body).await?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::new(ErrorKind::Decode).with_source(e))
+        let answer = self.send(method, path, query, session, body).await?;
+        if !answer.json {
+            return Err(Error::new(ErrorKind::Decode).with_source("answer is not JSON"));
+        }
+        strict_json(&answer.bytes).map_err(|e| Error::new(ErrorKind::Decode).with_source(e))
     }
 
     async fn no_data(
@@ -705,7 +710,7 @@ impl Client {
         query: &[(&str, &str)],
         session: Option<&SessionToken>,
         body: Option<&Value>,
-    ) -> Result<Vec<u8>, Error> {
+    ) -> Result<Answer, Error> {
         let inner = &self.inner;
         let mut url = Url::parse(&format!("{}{path}", inner.api_base))
             .map_err(|e| Error::new(ErrorKind::InvalidInput).with_source(e))?;
@@ -716,6 +721,7 @@ impl Client {
         let mut request = inner
             .http
             .request(method, url)
+            .timeout(inner.timeout)
             .header("X-Client", "authgate")
             .header("X-Client-Key", inner.client_key.clone());
         if let Some(api_key) = &inner.api_key {
@@ -732,6 +738,10 @@ impl Client {
         }
         let mut response = request.send().await.map_err(Error::from_reqwest)?;
         let status = response.status();
+        let json = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_none_or(|value| is_json_media_type(value.as_bytes()));
         if response
             .content_length()
             .is_some_and(|len| len > inner.body_limit as u64)
@@ -746,9 +756,105 @@ impl Client {
             bytes.extend_from_slice(&chunk);
         }
         if status.is_success() {
-            return Ok(bytes);
+            return Ok(Answer { bytes, json });
         }
         Err(classify_failure(status, &bytes))
+    }
+}
+
+/// A 2xx answer's body, and whether it claims to be JSON.
+struct Answer {
+    bytes: Vec<u8>,
+    json: bool,
+}
+
+/// `application/json` or `application/*+json`, with any parameters.
+fn is_json_media_type(value: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses JSON like `serde_json`, but refuses objects with a duplicate key
+/// (where `serde_json::Value` silently keeps the last one, so
+/// `{"_id":"a","_id":"b"}` would name another user).
+fn strict_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde::de::DeserializeSeed::deserialize(StrictValue, &mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
+
+struct StrictValue;
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JSON without duplicate object keys")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(StrictValue)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(StrictValue)?;
+            if object.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom("duplicate object key"));
+            }
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -1044,6 +1150,34 @@ mod tests {
         for (name, status, body, definitive) in cases {
             let err = classify_failure(StatusCode::from_u16(status).unwrap(), body);
             assert_eq!(err.is_invalid_session(), definitive, "{name}");
+        }
+    }
+
+    #[test]
+    fn strict_json_refuses_duplicate_keys_at_any_depth() {
+        assert!(strict_json(br#"{"_id":"u1","_id":"u2"}"#).is_err());
+        assert!(strict_json(br#"{"a":[{"k":1,"k":2}]}"#).is_err());
+        assert!(strict_json(br#"{"_id":"u1"} trailing"#).is_err());
+        let value =
+            strict_json(br#"{"_id":"u1","n":1.5,"l":[true,null,-3],"o":{"x":"y"}}"#).unwrap();
+        assert_eq!(
+            value,
+            json!({"_id":"u1","n":1.5,"l":[true,null,-3],"o":{"x":"y"}})
+        );
+    }
+
+    #[test]
+    fn json_media_types() {
+        for (value, json) in [
+            ("application/json", true),
+            ("application/json; charset=utf-8", true),
+            ("Application/JSON", true),
+            ("application/problem+json", true),
+            ("text/html", false),
+            ("text/json", false),
+            ("application/jsonx", false),
+        ] {
+            assert_eq!(is_json_media_type(value.as_bytes()), json, "{value}");
         }
     }
 
