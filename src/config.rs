@@ -56,6 +56,7 @@ pub(crate) struct CacheSettings {
     pub(crate) negative_ttl: Duration,
     pub(crate) failure_cooldown: Duration,
     pub(crate) max_bytes: u64,
+    pub(crate) max_marks: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) queue_timeout: Duration,
 }
@@ -68,6 +69,7 @@ impl Default for CacheSettings {
             negative_ttl: Duration::from_secs(10),
             failure_cooldown: Duration::from_secs(2),
             max_bytes: 64 * 1024 * 1024,
+            max_marks: 100_000,
             max_in_flight: 64,
             queue_timeout: Duration::from_secs(1),
         }

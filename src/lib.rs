@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod altogic;
+mod cache;
 mod config;
 mod context;
 mod cookie;

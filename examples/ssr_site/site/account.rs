@@ -1,0 +1,320 @@
+//! The account page: the user fresh from the upstream, password, e-mail
+//! and phone changes, and the list of sessions with their sign-out
+//! buttons (the "all others" and "everywhere" buttons post to the layer's
+//! `/auth/signout`).
+
+use std::sync::Arc;
+
+use authgate::rejection::CurrentUserRejection;
+use authgate::{CurrentUser, SameOrigin, SessionToken, SignOutScope, User};
+use axum::extract::Form;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use minijinja::{Value, context};
+use serde::{Deserialize, Serialize};
+
+use super::render::unavailable;
+use super::{Problem, View, filled};
+
+/// Where a form post without a session is sent.
+const SIGN_IN_AGAIN: &str = "/signin?return_to=%2Faccount";
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct PasswordForm {
+    old_password: String,
+    new_password: String,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct ChangeForm {
+    new_email: String,
+    new_phone: String,
+    password: String,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct EndSessionForm {
+    session_id: String,
+}
+
+/// One row of the sessions table.
+#[derive(Serialize)]
+struct SessionRow {
+    id: String,
+    device: String,
+    created: String,
+    current: bool,
+}
+
+/// Which form of the page a problem belongs to.
+#[derive(Clone, Copy)]
+enum Section {
+    Password,
+    Email,
+    Phone,
+    Sessions,
+}
+
+/// `GET /account`. Without a user the `CurrentUser` rejection answers
+/// (303 to sign in for a page, 401 for an API call); during an outage with
+/// no usable cached user, the site's own 503 page.
+pub(crate) async fn page(view: View, user: Result<CurrentUser, CurrentUserRejection>) -> Response {
+    match user {
+        Ok(user) => render(view, user, None, context! {}).await,
+        Err(CurrentUserRejection::UpstreamUnavailable(rejection)) => {
+            unavailable(&view, rejection.retry_after())
+        }
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+/// The signed-in user and their token for a form post, or the response
+/// that replaces the handler (sign in again, or the 503 page).
+fn require(
+    view: &View,
+    user: Result<CurrentUser, CurrentUserRejection>,
+) -> Result<(CurrentUser, SessionToken), Box<Response>> {
+    match (user, view.auth.token()) {
+        (Ok(user), Some(token)) => Ok((user, token.clone())),
+        (Err(CurrentUserRejection::UpstreamUnavailable(rejection)), _) => {
+            Err(Box::new(unavailable(view, rejection.retry_after())))
+        }
+        _ => Err(Box::new(Redirect::to(SIGN_IN_AGAIN).into_response())),
+    }
+}
+
+/// Renders the account page, with `problem` shown on the form it belongs to.
+async fn render(
+    mut view: View,
+    current: CurrentUser,
+    problem: Option<(Section, Problem)>,
+    values: Value,
+) -> Response {
+    let Some(token) = view.auth.token().cloned() else {
+        return Redirect::to(SIGN_IN_AGAIN).into_response();
+    };
+    let altogic = view.altogic().clone();
+    let (fresh, sessions) =
+        tokio::join!(altogic.get_user(&token), altogic.get_all_sessions(&token));
+    // The layer's cached user may predate a change (a confirmed e-mail
+    // change, say): this page shows the database's copy.
+    let account: Arc<User> = match fresh {
+        Ok(fresh) => Arc::new(fresh),
+        Err(err) if err.is_invalid_session() => {
+            // Ended elsewhere while still cached here: sign this browser out.
+            if let Err(err) = view.auth.sign_out(SignOutScope::This).await {
+                tracing::debug!(error = %err, "ssr_site: upstream sign-out of an ended session");
+            }
+            return Redirect::to(SIGN_IN_AGAIN).into_response();
+        }
+        Err(_) => Arc::clone(&current.0),
+    };
+    let mut errors = ErrorSlots::default();
+    let rows = match sessions {
+        Ok(sessions) => sessions
+            .iter()
+            .map(|session| SessionRow {
+                id: session.id(),
+                device: session.device(),
+                created: session
+                    .creation_dtm
+                    .as_deref()
+                    .map_or_else(|| "—".to_owned(), readable_time),
+                current: session.token == token,
+            })
+            .collect(),
+        Err(err) => {
+            errors.sessions = Some(Problem::from_error(&err));
+            Vec::new()
+        }
+    };
+    let status = match problem {
+        Some((section, problem)) => {
+            let status = problem.status;
+            errors.put(section, problem);
+            status
+        }
+        None => StatusCode::OK,
+    };
+    let has_password = account.provider.as_deref().is_none_or(|p| p == "Altogic");
+    view.user = Some(Arc::clone(&account));
+    view.page(
+        status,
+        "account.html",
+        context! {
+            account => Value::from_serialize(&*account),
+            sessions => rows,
+            has_password,
+            errors,
+            values,
+        },
+    )
+}
+
+#[derive(Default, Serialize)]
+struct ErrorSlots {
+    password: Option<Problem>,
+    email: Option<Problem>,
+    phone: Option<Problem>,
+    sessions: Option<Problem>,
+}
+
+impl ErrorSlots {
+    fn put(&mut self, section: Section, problem: Problem) {
+        let slot = match section {
+            Section::Password => &mut self.password,
+            Section::Email => &mut self.email,
+            Section::Phone => &mut self.phone,
+            Section::Sessions => &mut self.sessions,
+        };
+        *slot = Some(problem);
+    }
+}
+
+/// `2024-05-01T09:30:12.345Z` → `2024-05-01 09:30 UTC`; anything else as is.
+fn readable_time(rfc3339: &str) -> String {
+    match (rfc3339.get(..10), rfc3339.get(11..16)) {
+        (Some(date), Some(time)) if rfc3339.ends_with('Z') => format!("{date} {time} UTC"),
+        _ => rfc3339.to_owned(),
+    }
+}
+
+/// `POST /account/password` (`old_password`, `new_password`)
+pub(crate) async fn change_password(
+    _: SameOrigin,
+    view: View,
+    user: Result<CurrentUser, CurrentUserRejection>,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    let (user, token) = match require(&view, user) {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    let problem = if form.old_password.is_empty() || form.new_password.is_empty() {
+        Problem::invalid("Enter your current password and a new one.")
+    } else {
+        match view
+            .altogic()
+            .change_password(&token, &form.new_password, &form.old_password)
+            .await
+        {
+            Ok(()) => return Redirect::to("/account?notice=password-changed").into_response(),
+            Err(err) => Problem::from_error(&err),
+        }
+    };
+    render(view, user, Some((Section::Password, problem)), context! {}).await
+}
+
+/// `POST /account/email` (`new_email`, `password`): changed at once, or
+/// (confirmation on) a link goes to the new address.
+pub(crate) async fn change_email(
+    _: SameOrigin,
+    view: View,
+    user: Result<CurrentUser, CurrentUserRejection>,
+    Form(form): Form<ChangeForm>,
+) -> Response {
+    let (user, token) = match require(&view, user) {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    let new_email = form.new_email.trim();
+    let problem = match filled(new_email) {
+        Some(new_email) if !form.password.is_empty() => {
+            match view
+                .altogic()
+                .change_email(&token, &form.password, new_email)
+                .await
+            {
+                Ok(updated) if updated.email != user.email => {
+                    return Redirect::to("/account?notice=email-changed").into_response();
+                }
+                Ok(_) => return Redirect::to("/account?notice=email-change-sent").into_response(),
+                Err(err) => Problem::from_error(&err),
+            }
+        }
+        _ => Problem::invalid("Enter the new e-mail address and your current password."),
+    };
+    let values = context! { new_email };
+    render(view, user, Some((Section::Email, problem)), values).await
+}
+
+/// `POST /account/phone` (`new_phone`, `password`): changed at once, or
+/// (confirmation on) a code goes to the new number and the code form shows.
+pub(crate) async fn change_phone(
+    _: SameOrigin,
+    view: View,
+    user: Result<CurrentUser, CurrentUserRejection>,
+    Form(form): Form<ChangeForm>,
+) -> Response {
+    let (user, token) = match require(&view, user) {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    let new_phone = form.new_phone.trim();
+    let problem = match filled(new_phone) {
+        Some(new_phone) if !form.password.is_empty() => {
+            match view
+                .altogic()
+                .change_phone(&token, &form.password, new_phone)
+                .await
+            {
+                Ok(updated) if updated.phone != user.phone => {
+                    return Redirect::to("/account?notice=phone-changed").into_response();
+                }
+                Ok(_) => {
+                    return view
+                        .with_notice(format!("We texted a code to {new_phone}."))
+                        .page(
+                            StatusCode::OK,
+                            "verify_phone.html",
+                            context! { phone => new_phone, can_resend => false },
+                        );
+                }
+                Err(err) => Problem::from_error(&err),
+            }
+        }
+        _ => Problem::invalid("Enter the new phone number and your current password."),
+    };
+    let values = context! { new_phone };
+    render(view, user, Some((Section::Phone, problem)), values).await
+}
+
+/// `POST /account/sessions/end` (`session_id`): ends one session by its id
+/// (`Session::id`, a hash: forms never carry tokens).
+pub(crate) async fn end_session(
+    _: SameOrigin,
+    view: View,
+    user: Result<CurrentUser, CurrentUserRejection>,
+    Form(form): Form<EndSessionForm>,
+) -> Response {
+    let (user, token) = match require(&view, user) {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    let altogic = view.altogic().clone();
+    let problem = match altogic.get_all_sessions(&token).await {
+        Ok(sessions) => match sessions.iter().find(|s| s.id() == form.session_id) {
+            // This browser's own session: a plain sign-out, cookie and all.
+            Some(session) if session.token == token => {
+                if let Err(err) = view.auth.sign_out(SignOutScope::This).await {
+                    tracing::warn!(error = %err, "ssr_site: upstream sign-out failed");
+                }
+                return Redirect::to("/").into_response();
+            }
+            Some(session) => match altogic.sign_out(&token, Some(&session.token)).await {
+                Ok(()) => return Redirect::to("/account?notice=session-ended").into_response(),
+                Err(err) => Problem::from_error(&err),
+            },
+            None => Problem {
+                status: StatusCode::NOT_FOUND,
+                message: "That session was already signed out.".to_owned(),
+                code: None,
+            },
+        },
+        Err(err) => Problem::from_error(&err),
+    };
+    render(view, user, Some((Section::Sessions, problem)), context! {}).await
+}

@@ -1,0 +1,207 @@
+//! The example site, everything but `main`: configuration, the router and
+//! its handlers, and the templates. `tests/ssr_site.rs` includes this module
+//! with `#[path]` and drives [`app`] in-process.
+
+mod account;
+mod password;
+mod render;
+pub(crate) mod settings;
+mod sign_in;
+mod sign_up;
+
+use std::io;
+use std::sync::Arc;
+
+use authgate::dev::DevUpstream;
+use authgate::{AuthConfig, AuthLayer, AuthService, ConfigError, altogic};
+use axum::Router;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_layer::Layer as _;
+
+pub(crate) use render::{Problem, View};
+
+/// The whole site: the router wrapped in the auth layer.
+pub(crate) type App = AuthService<Router>;
+
+/// Where a signed-in user lands when the sign-in had no `return_to`.
+pub(crate) const AFTER_SIGN_IN: &str = "/account";
+
+/// Shared by every handler.
+pub(crate) struct Site {
+    pub(crate) altogic: altogic::Client,
+    pub(crate) templates: render::Templates,
+    /// The dev upstream's outbox page, when the dev upstream is in use.
+    pub(crate) outbox_url: Option<String>,
+}
+
+/// Site settings beyond the auth configuration.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SiteOptions {
+    /// Link to this outbox (the dev upstream's `/_dev/outbox`) on every page.
+    pub(crate) outbox_url: Option<String>,
+}
+
+impl SiteOptions {
+    /// The options for a site backed by this dev upstream.
+    pub(crate) fn for_dev(dev: &DevUpstream) -> Self {
+        Self {
+            outbox_url: Some(format!("{}/_dev/outbox", dev.url())),
+        }
+    }
+}
+
+/// The layer's configuration for a site served at `public_url`.
+pub(crate) fn auth_config(public_url: &str, key: Option<&[u8]>) -> Result<AuthConfig, ConfigError> {
+    let config = AuthConfig::new(public_url)?
+        .with_sign_in_page("/signin")?
+        .with_after_sign_in(AFTER_SIGN_IN)?
+        .with_reset_password_page("/reset-password")?
+        // The account page reads the user fresh, so it shows a confirmed
+        // e-mail change at once.
+        .with_notice_page(AFTER_SIGN_IN)?;
+    match key {
+        Some(key) => config.with_key(key),
+        None => Ok(config),
+    }
+}
+
+/// Starts the embedded dev upstream the way the example uses it: e-mail and
+/// phone confirmation on, so every flow of the seed `AuthManager` shows.
+pub(crate) async fn spawn_dev_upstream() -> io::Result<DevUpstream> {
+    DevUpstream::builder()
+        .with_email_confirmation(true)
+        .with_phone_confirmation(true)
+        .spawn()
+        .await
+}
+
+/// The site: every page and form, wrapped in [`AuthLayer`] (which also
+/// answers `/auth/signin/{provider}`, `/auth/callback` and `/auth/signout`).
+pub(crate) fn app(config: AuthConfig, altogic: altogic::Client, options: SiteOptions) -> App {
+    let site = Arc::new(Site {
+        altogic: altogic.clone(),
+        templates: render::Templates::new(),
+        outbox_url: options.outbox_url,
+    });
+    let router = Router::new()
+        .route("/", get(home))
+        .route("/style.css", get(stylesheet))
+        .route("/signin", get(sign_in::page).post(sign_in::with_email))
+        .route("/signin/phone", post(sign_in::with_phone))
+        .route(
+            "/signin/code",
+            get(sign_in::code_page).post(sign_in::with_code),
+        )
+        .route("/signin/code/send", post(sign_in::send_code))
+        .route(
+            "/signin/magic",
+            get(sign_in::magic_page).post(sign_in::send_magic),
+        )
+        .route("/signup", get(sign_up::page).post(sign_up::with_email))
+        .route(
+            "/signup/phone",
+            get(sign_up::phone_page).post(sign_up::with_phone),
+        )
+        .route("/confirm-email/resend", post(sign_up::resend_email))
+        .route(
+            "/verify-phone",
+            get(sign_up::verify_phone_page).post(sign_up::verify_phone),
+        )
+        .route("/verify-phone/resend", post(sign_up::resend_code))
+        .route("/forgot-password", get(password::forgot_page))
+        .route("/forgot-password/email", post(password::send_reset_email))
+        .route("/forgot-password/sms", post(password::send_reset_code))
+        .route(
+            "/reset-password",
+            get(password::reset_page).post(password::reset),
+        )
+        .route("/reset-password/code", post(password::reset_with_code))
+        .route("/account", get(account::page))
+        .route("/account/password", post(account::change_password))
+        .route("/account/email", post(account::change_email))
+        .route("/account/phone", post(account::change_phone))
+        .route("/account/sessions/end", post(account::end_session))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(site);
+    AuthLayer::new(config, altogic).layer(router)
+}
+
+async fn home(view: View) -> Response {
+    view.page(StatusCode::OK, "home.html", minijinja::context! {})
+}
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/css; charset=utf-8"),
+            ),
+            (
+                CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            ),
+        ],
+        include_str!("../static/style.css"),
+    )
+        .into_response()
+}
+
+async fn not_found(view: View) -> Response {
+    view.page(
+        StatusCode::NOT_FOUND,
+        "not_found.html",
+        minijinja::context! {},
+    )
+}
+
+/// Headers every page of the site gets: no framing, no sniffing, no
+/// scripts or styles from elsewhere.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let defaults = [
+        (
+            "content-security-policy",
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "same-origin"),
+    ];
+    for (name, value) in defaults {
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Turns an upstream answer that carries a session into the session cookie
+/// and a 303 to the validated `return_to`.
+pub(crate) fn finish_sign_in(
+    view: &View,
+    response: altogic::AuthResponse,
+    return_to: Option<&str>,
+) -> Result<Response, Problem> {
+    let Some(grant) = response.into_grant() else {
+        // Only sign-ups with a pending confirmation answer without a
+        // session; a sign-in that does is the upstream misbehaving.
+        return Err(Problem {
+            status: StatusCode::BAD_GATEWAY,
+            message: "The sign-in service did not open a session. Please try again.".to_owned(),
+            code: None,
+        });
+    };
+    view.auth.sign_in(grant);
+    let target = view.auth.return_to(return_to.filter(|r| !r.is_empty()));
+    Ok(axum::response::Redirect::to(&target).into_response())
+}
+
+/// Trims a form field; `None` when nothing is left.
+pub(crate) fn filled(value: &str) -> Option<&str> {
+    Some(value.trim()).filter(|v| !v.is_empty())
+}

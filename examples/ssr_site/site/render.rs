@@ -1,0 +1,273 @@
+//! Pages: the embedded minijinja templates, the [`View`] every handler
+//! renders through, and [`Problem`], an error worth showing on a form.
+
+use std::sync::Arc;
+
+use authgate::{Auth, ErrorKind, User};
+use axum::extract::FromRequestParts;
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use minijinja::{Environment, Value, context};
+use serde::Serialize;
+
+use super::Site;
+
+/// Every template, embedded so the binary runs from anywhere.
+const TEMPLATES: &[(&str, &str)] = &[
+    ("base.html", include_str!("../templates/base.html")),
+    ("macros.html", include_str!("../templates/macros.html")),
+    ("home.html", include_str!("../templates/home.html")),
+    ("signin.html", include_str!("../templates/signin.html")),
+    (
+        "signin_code.html",
+        include_str!("../templates/signin_code.html"),
+    ),
+    (
+        "magic_link.html",
+        include_str!("../templates/magic_link.html"),
+    ),
+    ("signup.html", include_str!("../templates/signup.html")),
+    (
+        "signup_phone.html",
+        include_str!("../templates/signup_phone.html"),
+    ),
+    (
+        "check_email.html",
+        include_str!("../templates/check_email.html"),
+    ),
+    (
+        "verify_phone.html",
+        include_str!("../templates/verify_phone.html"),
+    ),
+    (
+        "forgot_password.html",
+        include_str!("../templates/forgot_password.html"),
+    ),
+    (
+        "reset_password.html",
+        include_str!("../templates/reset_password.html"),
+    ),
+    (
+        "reset_code.html",
+        include_str!("../templates/reset_code.html"),
+    ),
+    ("account.html", include_str!("../templates/account.html")),
+    (
+        "unavailable.html",
+        include_str!("../templates/unavailable.html"),
+    ),
+    (
+        "not_found.html",
+        include_str!("../templates/not_found.html"),
+    ),
+];
+
+/// The notices a redirect may ask for with `?notice=`: a fixed list, so
+/// no text from the URL ever reaches a page.
+const NOTICES: &[(&str, &str)] = &[
+    (
+        "password-reset",
+        "Your password was changed. Sign in with the new one.",
+    ),
+    ("password-changed", "Your password was changed."),
+    ("email-changed", "Your e-mail address was changed."),
+    (
+        "email-change-sent",
+        "We sent a link to your new e-mail address. Your address changes when you open it.",
+    ),
+    ("phone-changed", "Your phone number was changed."),
+    (
+        "phone-verified",
+        "Your phone number is verified. You can sign in now.",
+    ),
+    ("session-ended", "That session was signed out."),
+    ("signed-out-others", "Every other session was signed out."),
+];
+
+/// The parsed templates. Built once; `.html` templates auto-escape.
+pub(crate) struct Templates {
+    env: Environment<'static>,
+}
+
+impl Templates {
+    pub(crate) fn new() -> Self {
+        let mut env = Environment::new();
+        // minijinja's own `urlencode` needs a cargo feature; this one
+        // encodes a query-string value.
+        env.add_filter("urlencode", |value: &str| -> String {
+            url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+        });
+        for (name, source) in TEMPLATES {
+            // A broken template is a bug in this example: say which, and
+            // let its pages answer 500 (the tests render every page).
+            if let Err(err) = env.add_template(name, source) {
+                tracing::error!(template = name, error = %err, "ssr_site: template does not parse");
+            }
+        }
+        Self { env }
+    }
+
+    fn render(&self, name: &str, ctx: Value) -> Result<String, minijinja::Error> {
+        self.env.get_template(name)?.render(ctx)
+    }
+}
+
+/// What a handler renders with: the site, the request's auth handle, the
+/// signed-in user (for the header) and the notice to show.
+pub(crate) struct View {
+    pub(crate) site: Arc<Site>,
+    pub(crate) auth: Auth,
+    pub(crate) user: Option<Arc<User>>,
+    notice: Option<String>,
+}
+
+impl FromRequestParts<Arc<Site>> for View {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, site: &Arc<Site>) -> Result<Self, Response> {
+        let auth = Auth::from_request_parts(parts, site)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let user = auth.user().await;
+        let notice = parts.uri.query().and_then(|query| {
+            let key = url::form_urlencoded::parse(query.as_bytes())
+                .find(|(name, _)| name == "notice")?
+                .1;
+            NOTICES
+                .iter()
+                .find(|(known, _)| *known == key)
+                .map(|(_, text)| (*text).to_owned())
+        });
+        Ok(Self {
+            site: Arc::clone(site),
+            auth,
+            user,
+            notice,
+        })
+    }
+}
+
+impl View {
+    /// Shows `notice` at the top of the page (instead of any `?notice=`).
+    pub(crate) fn with_notice(mut self, notice: impl Into<String>) -> Self {
+        self.notice = Some(notice.into());
+        self
+    }
+
+    /// The Altogic client.
+    pub(crate) fn altogic(&self) -> &authgate::altogic::Client {
+        &self.site.altogic
+    }
+
+    /// Renders `template` with `ctx` plus what every page gets: `user`,
+    /// `outbox_url` and `notice`.
+    pub(crate) fn page(&self, status: StatusCode, template: &str, ctx: Value) -> Response {
+        let ctx = context! {
+            user => self.user.as_deref().map(Value::from_serialize),
+            outbox_url => self.site.outbox_url,
+            notice => self.notice,
+            ..ctx
+        };
+        match self.site.templates.render(template, ctx) {
+            Ok(html) => (status, Html(html)).into_response(),
+            Err(err) => {
+                tracing::error!(template, error = %err, "ssr_site: rendering failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    "Internal error: this page could not be rendered.",
+                )
+                    .into_response()
+            }
+        }
+    }
+
+    /// Renders a form page again with the problem that stopped it, with
+    /// the problem's status (and `Retry-After` when the upstream is down).
+    pub(crate) fn form_error(&self, template: &str, problem: &Problem, ctx: Value) -> Response {
+        let mut response = self.page(problem.status, template, ctx);
+        if problem.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+/// An error to show on the form that caused it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Problem {
+    #[serde(skip)]
+    pub(crate) status: StatusCode,
+    /// A sentence for the user.
+    pub(crate) message: String,
+    /// The upstream's code (e.g. `email_not_verified`), so a template can
+    /// offer the next step.
+    pub(crate) code: Option<String>,
+}
+
+impl Problem {
+    /// A problem with the form's input, found before calling the upstream.
+    pub(crate) fn invalid(message: &str) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: message.to_owned(),
+            code: None,
+        }
+    }
+
+    /// The upstream's own message when it sent one, else a sentence for
+    /// the kind of failure. A 4xx keeps its status; an outage is a 503.
+    pub(crate) fn from_error(err: &authgate::Error) -> Self {
+        let code = err.code().map(str::to_owned);
+        if err.is_transient() {
+            tracing::warn!(error = %err, "ssr_site: upstream call failed");
+            return Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "The sign-in service did not answer. Please try again in a moment."
+                    .to_owned(),
+                code,
+            };
+        }
+        let status = match err.kind() {
+            ErrorKind::Status(status) if status.is_client_error() => status,
+            ErrorKind::InvalidSession => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let message = match (code.as_deref(), err.message()) {
+            (Some("email_not_verified"), _) => {
+                "Please confirm your e-mail address first: open the link we sent you, or ask for a new one below."
+            }
+            (Some("phone_not_verified"), _) => {
+                "Please verify your phone number first with the code we texted you."
+            }
+            (Some("invalid_session_token" | "missing_session_token"), _) => {
+                "Your session has ended. Please sign in again."
+            }
+            (_, Some(message)) => message,
+            (_, None) => "The request was refused. Please check what you entered.",
+        };
+        Self {
+            status,
+            message: message.to_owned(),
+            code,
+        }
+    }
+}
+
+/// The 503 page for a signed-in page while the upstream is down and no
+/// cached user is usable (the cookie is kept: nobody is signed out).
+pub(crate) fn unavailable(view: &View, retry_after: u32) -> Response {
+    let mut response = view.page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable.html",
+        context! { retry_after },
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    response
+}

@@ -1,0 +1,115 @@
+//! The site's settings, read from the environment once at start-up.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// The default listen address.
+pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:3000";
+
+/// The shortest `AUTHGATE_KEY` accepted, in bytes (what
+/// `AuthConfig::with_key` requires).
+pub(crate) const MIN_KEY_LEN: usize = 64;
+
+/// Which auth service the site talks to.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum UpstreamSetting {
+    /// The embedded dev upstream, started in-process.
+    Dev,
+    /// An Altogic(-compatible) environment.
+    Altogic { url: String, client_key: String },
+}
+
+impl fmt::Debug for UpstreamSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Dev => f.write_str("Dev"),
+            Self::Altogic { url, .. } => f
+                .debug_struct("Altogic")
+                .field("url", url)
+                .field("client_key", &"<redacted>")
+                .finish(),
+        }
+    }
+}
+
+/// Everything the environment configures.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    /// `AUTHGATE_ADDR`.
+    pub(crate) addr: SocketAddr,
+    /// `AUTHGATE_PUBLIC_URL`, if set.
+    pub(crate) public_url: Option<String>,
+    /// `ALTOGIC_URL` + `ALTOGIC_CLIENT_KEY`, or the dev upstream.
+    pub(crate) upstream: UpstreamSetting,
+    /// `AUTHGATE_KEY`, if set (its bytes are the key).
+    pub(crate) key: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("addr", &self.addr)
+            .field("public_url", &self.public_url)
+            .field("upstream", &self.upstream)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub(crate) fn from_env() -> Result<Self, String> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a map in tests).
+    /// Empty values count as unset.
+    pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+        let addr_text = get("AUTHGATE_ADDR").unwrap_or_else(|| DEFAULT_ADDR.to_owned());
+        let addr = addr_text.trim().parse::<SocketAddr>().map_err(|_| {
+            format!("AUTHGATE_ADDR must be an IP address and port, like {DEFAULT_ADDR}; got {addr_text:?}")
+        })?;
+        let upstream = match (get("ALTOGIC_URL"), get("ALTOGIC_CLIENT_KEY")) {
+            (None, None) => UpstreamSetting::Dev,
+            (Some(url), Some(client_key)) => UpstreamSetting::Altogic { url, client_key },
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(
+                    "set both ALTOGIC_URL and ALTOGIC_CLIENT_KEY to use Altogic, or neither to use the embedded dev upstream"
+                        .to_owned(),
+                );
+            }
+        };
+        let key = match get("AUTHGATE_KEY") {
+            None => None,
+            Some(key) if key.len() < MIN_KEY_LEN => {
+                return Err(format!(
+                    "AUTHGATE_KEY must be at least {MIN_KEY_LEN} bytes long, got {}; \
+                     generate one with `openssl rand -base64 64 | tr -d '\\n'`",
+                    key.len()
+                ));
+            }
+            Some(key) => Some(key.into_bytes()),
+        };
+        Ok(Self {
+            addr,
+            public_url: get("AUTHGATE_PUBLIC_URL")
+                .map(|url| url.trim().trim_end_matches('/').to_owned()),
+            upstream,
+            key,
+        })
+    }
+
+    /// `AUTHGATE_PUBLIC_URL`, else `http://` + the bound address (a
+    /// wildcard address becomes 127.0.0.1, the loopback it also answers on).
+    pub(crate) fn public_url_for(&self, bound: SocketAddr) -> String {
+        if let Some(url) = &self.public_url {
+            return url.clone();
+        }
+        let mut addr = bound;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        format!("http://{addr}")
+    }
+}

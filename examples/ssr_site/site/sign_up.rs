@@ -1,0 +1,238 @@
+//! Signing up by e-mail or phone, and confirming the address: the e-mail
+//! link (its landing is the layer's `/auth/callback`) or the SMS code.
+
+use authgate::SameOrigin;
+use axum::extract::{Form, Query};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use minijinja::context;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Problem, View, filled, finish_sign_in};
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct SignUpForm {
+    email: String,
+    phone: String,
+    password: String,
+    name: String,
+}
+
+impl SignUpForm {
+    fn name(&self) -> Option<Value> {
+        filled(&self.name).map(|name| Value::String(name.to_owned()))
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct AddressForm {
+    email: String,
+    phone: String,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct VerifyForm {
+    phone: String,
+    code: String,
+}
+
+/// `GET /signup`
+pub(crate) async fn page(view: View) -> Response {
+    view.page(StatusCode::OK, "signup.html", context! {})
+}
+
+/// `POST /signup` (`email`, `password`, `name`): signed in at once, or
+/// (e-mail confirmation on) "check your e-mail".
+pub(crate) async fn with_email(
+    _: SameOrigin,
+    view: View,
+    Form(form): Form<SignUpForm>,
+) -> Response {
+    let email = form.email.trim();
+    let result = if email.is_empty() || form.password.is_empty() {
+        Err(Problem::invalid("Enter an e-mail address and a password."))
+    } else {
+        view.altogic()
+            .sign_up_with_email(email, &form.password, form.name())
+            .await
+            .map_err(|err| Problem::from_error(&err))
+    };
+    match result {
+        Ok(response) if response.session.is_some() => finish_sign_in(&view, response, None)
+            .unwrap_or_else(|problem| sign_up_error(&view, &form, &problem)),
+        Ok(_) => view.page(
+            StatusCode::OK,
+            "check_email.html",
+            context! { purpose => "confirm", email },
+        ),
+        Err(problem) => sign_up_error(&view, &form, &problem),
+    }
+}
+
+fn sign_up_error(view: &View, form: &SignUpForm, problem: &Problem) -> Response {
+    view.form_error(
+        "signup.html",
+        problem,
+        context! { email => form.email.trim(), name => form.name.trim(), error => problem },
+    )
+}
+
+/// `GET /signup/phone`
+pub(crate) async fn phone_page(view: View) -> Response {
+    view.page(StatusCode::OK, "signup_phone.html", context! {})
+}
+
+/// `POST /signup/phone` (`phone`, `password`, `name`): signed in at once,
+/// or (phone confirmation on) the code form.
+pub(crate) async fn with_phone(
+    _: SameOrigin,
+    view: View,
+    Form(form): Form<SignUpForm>,
+) -> Response {
+    let phone = form.phone.trim();
+    let result = if phone.is_empty() || form.password.is_empty() {
+        Err(Problem::invalid("Enter a phone number and a password."))
+    } else {
+        view.altogic()
+            .sign_up_with_phone(phone, &form.password, form.name())
+            .await
+            .map_err(|err| Problem::from_error(&err))
+    };
+    let problem = match result {
+        Ok(response) if response.session.is_some() => match finish_sign_in(&view, response, None) {
+            Ok(redirect) => return redirect,
+            Err(problem) => problem,
+        },
+        Ok(_) => {
+            return view
+                .with_notice(format!("We texted a verification code to {phone}."))
+                .page(
+                    StatusCode::OK,
+                    "verify_phone.html",
+                    context! { phone, can_resend => true },
+                );
+        }
+        Err(problem) => problem,
+    };
+    view.form_error(
+        "signup_phone.html",
+        &problem,
+        context! { phone, name => form.name.trim(), error => problem },
+    )
+}
+
+/// `POST /confirm-email/resend` (`email`)
+pub(crate) async fn resend_email(
+    _: SameOrigin,
+    view: View,
+    Form(form): Form<AddressForm>,
+) -> Response {
+    let email = form.email.trim();
+    let result = match filled(email) {
+        Some(email) => view
+            .altogic()
+            .resend_verification_email(email)
+            .await
+            .map_err(|err| Problem::from_error(&err)),
+        None => Err(Problem::invalid("Enter your e-mail address.")),
+    };
+    match result {
+        Ok(()) => view.with_notice("We sent a new confirmation link.").page(
+            StatusCode::OK,
+            "check_email.html",
+            context! { purpose => "confirm", email },
+        ),
+        Err(problem) => view.form_error(
+            "check_email.html",
+            &problem,
+            context! { purpose => "confirm", email, error => problem },
+        ),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct PhoneQuery {
+    phone: Option<String>,
+}
+
+/// `GET /verify-phone?phone=`: the code form, for someone coming back
+/// later.
+pub(crate) async fn verify_phone_page(view: View, Query(query): Query<PhoneQuery>) -> Response {
+    view.page(
+        StatusCode::OK,
+        "verify_phone.html",
+        context! { phone => query.phone, can_resend => true },
+    )
+}
+
+/// `POST /verify-phone` (`phone`, `code`): after a sign-up the answer
+/// carries a session (signed in); after a phone change it carries the
+/// updated user.
+pub(crate) async fn verify_phone(
+    _: SameOrigin,
+    view: View,
+    Form(form): Form<VerifyForm>,
+) -> Response {
+    let phone = form.phone.trim();
+    let result = match filled(&form.code) {
+        Some(code) if !phone.is_empty() => view
+            .altogic()
+            .verify_phone(phone, code)
+            .await
+            .map_err(|err| Problem::from_error(&err)),
+        _ => Err(Problem::invalid("Enter the code we texted you.")),
+    };
+    let problem = match result {
+        Ok(response) if response.session.is_some() => match finish_sign_in(&view, response, None) {
+            Ok(redirect) => return redirect,
+            Err(problem) => problem,
+        },
+        // A phone change: the account page reads the user fresh.
+        Ok(response) if view.user.as_ref().is_some_and(|u| u.id == response.user.id) => {
+            return Redirect::to("/account?notice=phone-changed").into_response();
+        }
+        Ok(_) => return Redirect::to("/signin?notice=phone-verified").into_response(),
+        Err(problem) => problem,
+    };
+    view.form_error(
+        "verify_phone.html",
+        &problem,
+        context! { phone, can_resend => view.user.is_none(), error => problem },
+    )
+}
+
+/// `POST /verify-phone/resend` (`phone`)
+pub(crate) async fn resend_code(
+    _: SameOrigin,
+    view: View,
+    Form(form): Form<AddressForm>,
+) -> Response {
+    let phone = form.phone.trim();
+    let result = match filled(phone) {
+        Some(phone) => view
+            .altogic()
+            .resend_verification_code(phone)
+            .await
+            .map_err(|err| Problem::from_error(&err)),
+        None => Err(Problem::invalid("Enter your phone number.")),
+    };
+    match result {
+        Ok(()) => view
+            .with_notice(format!("We texted a new code to {phone}."))
+            .page(
+                StatusCode::OK,
+                "verify_phone.html",
+                context! { phone, can_resend => true },
+            ),
+        Err(problem) => view.form_error(
+            "verify_phone.html",
+            &problem,
+            context! { phone, can_resend => true, error => problem },
+        ),
+    }
+}

@@ -1,0 +1,345 @@
+//! The resolver's cache: a sharded map keyed by the full token, with the
+//! deadlines in the values.
+//!
+//! Why not moka: a moka `get` cost about 1,100 instructions and the hot path
+//! needed four lookups (users, tombstones, negative answers, cooldowns); a
+//! hit here is one shard read lock and one `foldhash` probe (see
+//! BENCHMARKS.md). Keys are the full tokens, so two tokens never share an
+//! entry (no truncated hashes, SECURITY.md T-F1).
+//!
+//! Two maps per shard keep a flood of invalid tokens from evicting real
+//! users (SECURITY.md T-H1): `users` holds resolved users within a byte
+//! budget; `marks` holds invalid answers, tombstones and failure cooldowns
+//! within an entry budget of its own.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use foldhash::fast::RandomState;
+use tokio::time::Instant;
+
+use crate::upstream::User;
+
+const SHARDS: usize = 16;
+
+/// Bytes counted per entry on top of the token and the user.
+const ENTRY_OVERHEAD: u64 = 160;
+
+/// A resolved user and its deadlines.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) user: Arc<User>,
+    pub(crate) fresh_until: Instant,
+    pub(crate) stale_until: Instant,
+    weight: u64,
+}
+
+/// What is known about a token that is not a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MarkKind {
+    /// The upstream definitively said it is invalid.
+    Invalid,
+    /// Signed out here or elsewhere: never serve it, never re-cache it.
+    Revoked,
+    /// The last lookup failed transiently: do not retry before the deadline.
+    Cooldown,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    kind: MarkKind,
+    until: Instant,
+}
+
+#[derive(Default)]
+struct Shard {
+    users: HashMap<Box<str>, Arc<Entry>, RandomState>,
+    user_bytes: u64,
+    marks: HashMap<Box<str>, Mark, RandomState>,
+}
+
+pub(crate) struct Cache {
+    shards: Box<[RwLock<Shard>]>,
+    shard_bytes: u64,
+    shard_marks: usize,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("users", &self.user_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shard of a token. Tokens are random; an attacker who skews their
+/// own tokens into one shard only churns that shard's marks.
+fn shard_index(token: &str) -> usize {
+    token.as_bytes().last().map_or(0, |&b| usize::from(b)) % SHARDS
+}
+
+impl Cache {
+    pub(crate) fn new(max_bytes: u64, max_marks: usize) -> Self {
+        let shards = (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect();
+        Self {
+            shards,
+            shard_bytes: (max_bytes / SHARDS as u64).max(1),
+            shard_marks: (max_marks / SHARDS).max(16),
+        }
+    }
+
+    fn shard(&self, token: &str) -> &RwLock<Shard> {
+        &self.shards[shard_index(token)]
+    }
+
+    /// The cached user of a token, fresh or not.
+    pub(crate) fn user(&self, token: &str) -> Option<Arc<Entry>> {
+        let shard = self
+            .shard(token)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.users.get(token).cloned()
+    }
+
+    /// The active mark of a token, if any.
+    pub(crate) fn mark(&self, token: &str, now: Instant) -> Option<MarkKind> {
+        let shard = self
+            .shard(token)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard
+            .marks
+            .get(token)
+            .filter(|mark| now < mark.until)
+            .map(|mark| mark.kind)
+    }
+
+    /// Stores a resolved user unless the token was revoked meanwhile
+    /// (checked under the same lock, so a sign-out racing a lookup wins).
+    pub(crate) fn insert_user(
+        &self,
+        token: &str,
+        user: Arc<User>,
+        fresh_until: Instant,
+        stale_until: Instant,
+    ) -> bool {
+        let now = Instant::now();
+        let weight = ENTRY_OVERHEAD + token.len() as u64 + u64::from(user.weight());
+        let mut shard = self
+            .shard(token)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let revoked = shard
+            .marks
+            .get(token)
+            .is_some_and(|m| m.kind == MarkKind::Revoked && now < m.until);
+        if revoked {
+            return false;
+        }
+        shard.marks.remove(token);
+        let entry = Arc::new(Entry {
+            user,
+            fresh_until,
+            stale_until,
+            weight,
+        });
+        if let Some(old) = shard.users.insert(token.into(), entry) {
+            shard.user_bytes -= old.weight;
+        }
+        shard.user_bytes += weight;
+        if shard.user_bytes > self.shard_bytes {
+            shard.evict_users(self.shard_bytes, now);
+        }
+        true
+    }
+
+    /// Marks a token (and forgets its user for `Invalid` and `Revoked`).
+    pub(crate) fn mark_token(&self, token: &str, kind: MarkKind, until: Instant) {
+        let now = Instant::now();
+        let mut shard = self
+            .shard(token)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if kind != MarkKind::Cooldown {
+            if let Some(old) = shard.users.remove(token) {
+                shard.user_bytes -= old.weight;
+            }
+        }
+        // A cooldown never replaces a tombstone.
+        let keeps_tombstone = kind == MarkKind::Cooldown
+            && shard
+                .marks
+                .get(token)
+                .is_some_and(|m| m.kind == MarkKind::Revoked && now < m.until);
+        if keeps_tombstone {
+            return;
+        }
+        shard.marks.insert(token.into(), Mark { kind, until });
+        if shard.marks.len() > self.shard_marks {
+            shard.evict_marks(self.shard_marks, now);
+        }
+    }
+
+    /// Clears a cooldown after a successful lookup.
+    pub(crate) fn clear_cooldown(&self, token: &str) {
+        let mut shard = self
+            .shard(token)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if shard
+            .marks
+            .get(token)
+            .is_some_and(|m| m.kind == MarkKind::Cooldown)
+        {
+            shard.marks.remove(token);
+        }
+    }
+
+    /// Forgets every cached session of a user, except `keep`.
+    pub(crate) fn remove_user_sessions(&self, user_id: &str, keep: Option<&str>) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            let mut freed = 0;
+            shard.users.retain(|token, entry| {
+                let remove = entry.user.id == user_id && Some(&**token) != keep;
+                if remove {
+                    freed += entry.weight;
+                }
+                !remove
+            });
+            shard.user_bytes -= freed;
+        }
+    }
+
+    /// How many users are cached.
+    pub(crate) fn user_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).users.len())
+            .sum()
+    }
+
+    /// The bytes the cached users are weighed at.
+    pub(crate) fn user_bytes(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).user_bytes)
+            .sum()
+    }
+}
+
+impl Shard {
+    /// Drops expired users, then (in the map's random order) as many as it
+    /// takes to get under 90 % of the budget.
+    fn evict_users(&mut self, budget: u64, now: Instant) {
+        let mut freed = 0;
+        self.users.retain(|_, entry| {
+            let keep = now < entry.stale_until;
+            if !keep {
+                freed += entry.weight;
+            }
+            keep
+        });
+        self.user_bytes -= freed;
+        let target = budget / 10 * 9;
+        if self.user_bytes <= target {
+            return;
+        }
+        let mut excess = self.user_bytes - target;
+        let mut freed = 0;
+        self.users.retain(|_, entry| {
+            if excess == 0 {
+                return true;
+            }
+            excess = excess.saturating_sub(entry.weight);
+            freed += entry.weight;
+            false
+        });
+        self.user_bytes -= freed;
+    }
+
+    fn evict_marks(&mut self, budget: usize, now: Instant) {
+        self.marks.retain(|_, mark| now < mark.until);
+        let target = budget / 10 * 9;
+        if self.marks.len() <= target {
+            return;
+        }
+        // Tombstones are kept longest: cooldowns and invalid answers can be
+        // asked again, a forgotten tombstone only costs one upstream call.
+        let mut excess = self.marks.len() - target;
+        self.marks.retain(|_, mark| {
+            if excess > 0 && mark.kind != MarkKind::Revoked {
+                excess -= 1;
+                return false;
+            }
+            true
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn user(id: &str) -> Arc<User> {
+        Arc::new(User::new(id, serde_json::json!({"_id": id})))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revocation_wins_over_a_late_insert() {
+        let cache = Cache::new(1 << 20, 1000);
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        assert!(cache.insert_user("tok", user("u"), later, later));
+        cache.mark_token("tok", MarkKind::Revoked, later);
+        assert!(cache.user("tok").is_none());
+        assert!(!cache.insert_user("tok", user("u"), later, later));
+        cache.mark_token("tok", MarkKind::Cooldown, later);
+        assert_eq!(cache.mark("tok", now), Some(MarkKind::Revoked));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(cache.mark("tok", Instant::now()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_is_bounded_by_bytes_and_marks_by_count() {
+        let cache = Cache::new(200_000, 1_000);
+        let later = Instant::now() + Duration::from_secs(60);
+        for i in 0..20_000 {
+            cache.insert_user(&format!("token-{i}"), user(&format!("u{i}")), later, later);
+            cache.mark_token(&format!("bad-{i}"), MarkKind::Invalid, later);
+        }
+        assert!(cache.user_bytes() <= 200_000, "{}", cache.user_bytes());
+        assert!(cache.user_count() > 100);
+        let marks: usize = cache
+            .shards
+            .iter()
+            .map(|s| s.read().unwrap().marks.len())
+            .sum();
+        assert!(marks <= 1_000 + SHARDS, "{marks}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_invalid_tokens_does_not_evict_users() {
+        let cache = Cache::new(1 << 20, 1_000);
+        let later = Instant::now() + Duration::from_secs(60);
+        cache.insert_user("real-user-token", user("real"), later, later);
+        for i in 0..100_000 {
+            cache.mark_token(&format!("random-{i}"), MarkKind::Invalid, later);
+        }
+        assert!(cache.user("real-user-token").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn user_wide_removal_keeps_the_named_session() {
+        let cache = Cache::new(1 << 20, 1_000);
+        let later = Instant::now() + Duration::from_secs(60);
+        for token in ["a1", "a2", "a3"] {
+            cache.insert_user(token, user("a"), later, later);
+        }
+        cache.insert_user("b1", user("b"), later, later);
+        cache.remove_user_sessions("a", Some("a2"));
+        assert!(cache.user("a1").is_none() && cache.user("a3").is_none());
+        assert!(cache.user("a2").is_some() && cache.user("b1").is_some());
+    }
+}

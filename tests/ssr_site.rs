@@ -1,0 +1,1277 @@
+//! The example site (`examples/ssr_site`) in-process: every page and flow
+//! through `site::app()` with `tower::ServiceExt::oneshot`, against the
+//! embedded dev upstream (which binds 127.0.0.1:0; the app binds nothing).
+//! A small cookie jar plays the browser; dev-upstream pages (e-mail links,
+//! the OAuth simulator) are fetched over HTTP without following redirects,
+//! and their redirect back to the app is fed to the app again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+// `Settings::from_env` is only used by `main`.
+#[allow(dead_code)]
+#[path = "../examples/ssr_site/site/mod.rs"]
+mod site;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use authgate::dev::DevUpstream;
+use authgate::{SessionToken, altogic};
+use axum::body::Body;
+use http::header::{CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt as _;
+use serde_json::json;
+use site::SiteOptions;
+use site::settings::{Settings, UpstreamSetting};
+use tower::ServiceExt as _;
+
+const ORIGIN: &str = "http://127.0.0.1:3000";
+const KEY: [u8; 64] = [7; 64];
+const PASSWORD: &str = "correct horse";
+
+struct TestSite {
+    app: site::App,
+    dev: DevUpstream,
+    altogic: altogic::Client,
+    origin: String,
+}
+
+async fn test_site() -> TestSite {
+    test_site_at(ORIGIN).await
+}
+
+async fn test_site_at(origin: &str) -> TestSite {
+    // Rendering errors and upstream failures are logged: show them.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn,authgate=error")
+        .with_test_writer()
+        .try_init();
+    let dev = site::spawn_dev_upstream().await.expect("dev upstream");
+    let config = site::auth_config(origin, Some(&KEY)).unwrap();
+    dev.set_redirect_url(&config.callback_url());
+    let altogic = altogic::Client::new(dev.url(), dev.client_key()).unwrap();
+    let app = site::app(config, altogic.clone(), SiteOptions::for_dev(&dev));
+    TestSite {
+        app,
+        dev,
+        altogic,
+        origin: origin.to_owned(),
+    }
+}
+
+impl TestSite {
+    fn browser(&self) -> Browser<'_> {
+        Browser {
+            site: self,
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
+
+    /// A confirmed e-mail account, made directly upstream.
+    async fn email_user(&self, email: &str, name: &str) {
+        let data = json!({"name": name, "emailVerified": true});
+        self.altogic
+            .sign_up_with_email(email, PASSWORD, Some(data))
+            .await
+            .expect("sign-up");
+    }
+
+    /// A verified phone account, made directly upstream.
+    async fn phone_user(&self, phone: &str) {
+        let data = json!({"name": "Phone Person", "phoneVerified": true});
+        self.altogic
+            .sign_up_with_phone(phone, PASSWORD, Some(data))
+            .await
+            .expect("sign-up");
+    }
+
+    fn link_to(&self, address: &str) -> String {
+        let message = self.dev.last_message_to(address).expect("a message");
+        message.link.expect("a link")
+    }
+
+    fn code_to(&self, address: &str) -> String {
+        let message = self.dev.last_message_to(address).expect("a message");
+        message.code.expect("a code")
+    }
+
+    fn messages_to(&self, address: &str) -> usize {
+        self.dev
+            .outbox()
+            .iter()
+            .filter(|m| m.to == address.to_lowercase())
+            .count()
+    }
+
+    async fn session_is_alive(&self, token: &str) -> bool {
+        let token = SessionToken::new(token).unwrap();
+        match self.altogic.get_user(&token).await {
+            Ok(_) => true,
+            Err(err) if err.is_invalid_session() => false,
+            Err(err) => panic!("upstream: {err}"),
+        }
+    }
+}
+
+/// A response, read whole.
+struct Page {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers
+            .get(LOCATION)
+            .unwrap_or_else(|| panic!("no Location ({}): {}", self.status, self.body))
+            .to_str()
+            .unwrap()
+    }
+
+    /// The body with minijinja's entity escapes undone, to match text.
+    fn text(&self) -> String {
+        self.body
+            .replace("&#x2f;", "/")
+            .replace("&#x27;", "'")
+            .replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    }
+
+    #[track_caller]
+    fn assert_shows(&self, needle: &str) {
+        assert!(
+            self.text().contains(needle),
+            "expected {needle:?} in the page ({}):\n{}",
+            self.status,
+            self.body
+        );
+    }
+
+    #[track_caller]
+    fn assert_lacks(&self, needle: &str) {
+        assert!(
+            !self.text().contains(needle),
+            "did not expect {needle:?} in the page:\n{}",
+            self.body
+        );
+    }
+
+    fn set_cookies(&self) -> Vec<cookie::Cookie<'static>> {
+        self.headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| cookie::Cookie::parse(v.to_str().unwrap().to_owned()).unwrap())
+            .collect()
+    }
+
+    fn set_cookie(&self, name: &str) -> Option<cookie::Cookie<'static>> {
+        self.set_cookies().into_iter().find(|c| c.name() == name)
+    }
+
+    /// The `value` of the hidden `session_id` inputs, in page order.
+    fn session_ids(&self) -> Vec<String> {
+        self.body
+            .split(r#"name="session_id" value=""#)
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn is_removal(cookie: &cookie::Cookie<'_>) -> bool {
+    cookie.value().is_empty() && cookie.max_age() == Some(time::Duration::ZERO)
+}
+
+/// A cookie jar in front of the app.
+struct Browser<'a> {
+    site: &'a TestSite,
+    cookies: BTreeMap<String, String>,
+}
+
+impl Browser<'_> {
+    fn session_cookie_name(&self) -> &'static str {
+        if self.site.origin.starts_with("https:") {
+            "__Host-authgate"
+        } else {
+            "authgate"
+        }
+    }
+
+    fn session(&self) -> Option<&str> {
+        self.cookies
+            .get(self.session_cookie_name())
+            .map(String::as_str)
+    }
+
+    fn cookie_header(&self) -> Option<String> {
+        (!self.cookies.is_empty()).then(|| {
+            self.cookies
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let request = Request::get(path)
+            .header("accept", "text/html")
+            .header("sec-fetch-site", "same-origin");
+        self.send(request, Body::empty()).await
+    }
+
+    /// A form post as a browser sends it from the site's own page.
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let request = Request::post(path)
+            .header("accept", "text/html")
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header("origin", &self.site.origin)
+            .header("sec-fetch-site", "same-origin");
+        self.send(request, Body::from(encode(form))).await
+    }
+
+    async fn send(&mut self, mut request: http::request::Builder, body: Body) -> Page {
+        if let Some(cookies) = self.cookie_header() {
+            request = request.header(COOKIE, cookies);
+        }
+        let response = self
+            .site
+            .app
+            .clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let page = Page {
+            status,
+            headers,
+            body: String::from_utf8(bytes.to_vec()).unwrap(),
+        };
+        for cookie in page.set_cookies() {
+            if is_removal(&cookie) {
+                self.cookies.remove(cookie.name());
+            } else {
+                self.cookies
+                    .insert(cookie.name().to_owned(), cookie.value().to_owned());
+            }
+        }
+        page
+    }
+
+    /// Follows a 303 from the app to a page of the app.
+    async fn follow(&mut self, page: &Page) -> Page {
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+        let path = self.local(page.location());
+        self.get(&path).await
+    }
+
+    /// `http://127.0.0.1:3000/x?y` or `/x?y` → `/x?y` (asserting the origin).
+    fn local(&self, location: &str) -> String {
+        if location.starts_with('/') {
+            return location.to_owned();
+        }
+        let url = url::Url::parse(location).unwrap();
+        assert_eq!(
+            url.origin().ascii_serialization(),
+            self.site.origin,
+            "{location}"
+        );
+        match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        }
+    }
+
+    /// Opens a dev-upstream page (an e-mail link) and follows its redirect
+    /// back into the app: the app's answer to the landing.
+    async fn open_upstream_link(&mut self, link: &str) -> Page {
+        let response = http_client().get(link).send().await.unwrap();
+        self.landing(response).await
+    }
+
+    async fn landing(&mut self, response: reqwest::Response) -> Page {
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "{response:?}");
+        let location = response.headers()[LOCATION].to_str().unwrap().to_owned();
+        let path = self.local(&location);
+        assert!(path.starts_with("/auth/callback?"), "{path}");
+        self.get(&path).await
+    }
+
+    /// Signs in with e-mail and password through the form.
+    async fn sign_in(&mut self, email: &str, password: &str) -> Page {
+        let page = self
+            .post("/signin", &[("email", email), ("password", password)])
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+        page
+    }
+}
+
+fn encode(form: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish()
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+// ---- public pages ---------------------------------------------------------
+
+#[tokio::test]
+async fn home_shows_sign_in_links_and_the_dev_outbox_when_signed_out() {
+    let site = test_site().await;
+    let mut browser = site.browser();
+    let home = browser.get("/").await;
+    assert_eq!(home.status, StatusCode::OK);
+    assert_eq!(home.headers[CONTENT_TYPE], "text/html; charset=utf-8");
+    home.assert_shows("You are not signed in.");
+    home.assert_shows(r#"href="/signin""#);
+    home.assert_shows(r#"href="/signup""#);
+    home.assert_shows(&format!(r#"href="{}/_dev/outbox""#, site.dev.url()));
+    assert_eq!(home.headers["x-frame-options"], "DENY");
+    assert!(
+        home.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'self'")
+    );
+    assert!(home.set_cookies().is_empty());
+
+    let css = browser.get("/style.css").await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert_eq!(css.headers[CONTENT_TYPE], "text/css; charset=utf-8");
+    assert!(css.body.contains(".card"));
+
+    let missing = browser.get("/no/such/page").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    missing.assert_shows("Page not found");
+}
+
+#[tokio::test]
+async fn every_page_renders() {
+    let site = test_site().await;
+    let mut browser = site.browser();
+    for (path, heading) in [
+        ("/", "authgate example site"),
+        ("/signin", "Sign in"),
+        ("/signin?return_to=%2Faccount", "Sign in"),
+        ("/signin/code", "Sign in with an SMS code"),
+        ("/signin/magic", "Sign in with a magic link"),
+        ("/signup", "Create an account"),
+        ("/signup/phone", "Create an account with your phone"),
+        (
+            "/verify-phone?phone=%2B15550000000",
+            "Verify your phone number",
+        ),
+        ("/forgot-password", "Forgot your password?"),
+        ("/reset-password", "Choose a new password"),
+    ] {
+        let page = browser.get(path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
+        page.assert_shows(&format!("<h1>{heading}</h1>"));
+        page.assert_shows(r#"<link rel="stylesheet" href="/style.css">"#);
+    }
+}
+
+#[tokio::test]
+async fn account_sends_pages_to_sign_in_and_api_calls_get_401() {
+    let site = test_site().await;
+    let mut browser = site.browser();
+    let page = browser.get("/account").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location(), "/signin?return_to=%2Faccount");
+
+    let api = Request::get("/account").header("accept", "application/json");
+    let page = browser.send(api, Body::empty()).await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(page.headers[CONTENT_TYPE], "application/json");
+
+    let form = browser.get("/signin?return_to=%2Faccount").await;
+    form.assert_shows(r#"<input type="hidden" name="return_to" value="/account">"#);
+    form.assert_shows(r#"href="/auth/signin/github?return_to=%2Faccount""#);
+}
+
+// ---- e-mail sign-up and sign-in ---------------------------------------------
+
+#[tokio::test]
+async fn email_sign_up_waits_for_the_confirmation_link_then_signs_in() {
+    let site = test_site().await;
+    let mut browser = site.browser();
+    let email = "ada@example.test";
+    let page = browser
+        .post(
+            "/signup",
+            &[
+                ("name", "Ada Lovelace"),
+                ("email", email),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    page.assert_shows("Check your e-mail");
+    page.assert_shows(&format!(
+        "We sent a confirmation link to <strong>{email}</strong>"
+    ));
+    page.assert_shows("Open the dev outbox");
+    assert_eq!(browser.session(), None);
+    assert_eq!(site.messages_to(email), 1);
+
+    // Signing in first is refused, with a way to get a new link.
+    let refused = browser
+        .post("/signin", &[("email", email), ("password", PASSWORD)])
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    refused.assert_shows("Please confirm your e-mail address first");
+    refused.assert_shows(r#"action="/confirm-email/resend""#);
+    assert_eq!(browser.session(), None);
+
+    let resent = browser
+        .post("/confirm-email/resend", &[("email", email)])
+        .await;
+    assert_eq!(resent.status, StatusCode::OK);
+    resent.assert_shows("We sent a new confirmation link.");
+    assert_eq!(site.messages_to(email), 2);
+
+    // The link lands on the layer's callback: session cookie, 303 to /account.
+    let landing = browser.open_upstream_link(&site.link_to(email)).await;
+    assert_eq!(landing.status, StatusCode::SEE_OTHER);
+    assert_eq!(landing.location(), site.url("/account"));
+    assert!(browser.session().is_some());
+
+    let account = browser.follow(&landing).await;
+    assert_eq!(account.status, StatusCode::OK);
+    account.assert_shows("Ada Lovelace");
+    account.assert_shows(email);
+    account.assert_shows("confirmed");
+    let home = browser.get("/").await;
+    home.assert_shows(&format!(
+        r#"Signed in as <strong id="home-user">{email}</strong>"#
+    ));
+    // Once confirmed, asking for another link is an error shown on the page.
+    let again = browser
+        .post("/confirm-email/resend", &[("email", email)])
+        .await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST);
+    again.assert_shows("already been verified");
+}
+
+#[tokio::test]
+async fn sign_up_errors_are_shown_on_the_form() {
+    let site = test_site().await;
+    site.email_user("taken@example.test", "Taken").await;
+    let mut browser = site.browser();
+    let taken = browser
+        .post(
+            "/signup",
+            &[("email", "taken@example.test"), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::CONFLICT);
+    taken.assert_shows("This email address is already used by another account.");
+    taken.assert_shows(r#"value="taken@example.test""#);
+
+    let short = browser
+        .post(
+            "/signup",
+            &[("email", "new@example.test"), ("password", "abc")],
+        )
+        .await;
+    assert_eq!(short.status, StatusCode::BAD_REQUEST);
+    short.assert_shows("at least 6 characters");
+
+    let empty = browser.post("/signup", &[("email", "")]).await;
+    assert_eq!(empty.status, StatusCode::UNPROCESSABLE_ENTITY);
+    empty.assert_shows("Enter an e-mail address and a password.");
+    assert!(browser.cookies.is_empty());
+}
+
+#[tokio::test]
+async fn password_sign_in_sets_the_cookie_and_goes_to_the_validated_return_to() {
+    let site = test_site().await;
+    let email = "grace@example.test";
+    site.email_user(email, "Grace Hopper").await;
+
+    let mut browser = site.browser();
+    let wrong = browser
+        .post("/signin", &[("email", email), ("password", "nope-nope")])
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    wrong.assert_shows("The credentials are not valid.");
+    wrong.assert_shows(&format!(r#"value="{email}""#));
+    assert!(
+        wrong.set_cookies().is_empty(),
+        "no cookie on a failed sign-in"
+    );
+
+    let empty = browser.post("/signin", &[("email", email)]).await;
+    assert_eq!(empty.status, StatusCode::UNPROCESSABLE_ENTITY);
+    empty.assert_shows("Enter your e-mail address and your password.");
+
+    let ok = browser.sign_in(email, PASSWORD).await;
+    assert_eq!(ok.location(), site.url("/account"));
+    let cookie = ok.set_cookie("authgate").expect("session cookie");
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(cookie.same_site(), Some(cookie::SameSite::Lax));
+    assert_eq!(cookie.path(), Some("/"));
+    assert_eq!(
+        cookie.secure(),
+        None,
+        "plain-http loopback is development mode"
+    );
+    let account = browser.follow(&ok).await;
+    account.assert_shows("Grace Hopper");
+
+    for (return_to, expected) in [
+        ("/account?tab=sessions", "/account?tab=sessions"),
+        ("//evil.example/", "/account"),
+        ("https://evil.example/", "/account"),
+        ("/auth/signout", "/account"),
+        ("", "/account"),
+    ] {
+        let page = site
+            .browser()
+            .post(
+                "/signin",
+                &[
+                    ("email", email),
+                    ("password", PASSWORD),
+                    ("return_to", return_to),
+                ],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{return_to}");
+        assert_eq!(page.location(), site.url(expected), "{return_to}");
+    }
+}
+
+#[tokio::test]
+async fn form_posts_from_other_sites_are_refused() {
+    let site = test_site().await;
+    site.email_user("csrf@example.test", "C").await;
+    let body = encode(&[("email", "csrf@example.test"), ("password", PASSWORD)]);
+    let cases = [
+        ("cross-site fetch metadata", Some("cross-site"), None, false),
+        ("foreign Origin", None, Some("https://evil.example"), false),
+        ("no headers at all", None, None, false),
+        (
+            "same-origin fetch metadata",
+            Some("same-origin"),
+            None,
+            true,
+        ),
+        ("matching Origin only", None, Some(ORIGIN), true),
+    ];
+    for (name, fetch_site, origin, allowed) in cases {
+        let mut request =
+            Request::post("/signin").header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(fetch_site) = fetch_site {
+            request = request.header("sec-fetch-site", fetch_site);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let page = site.browser().send(request, Body::from(body.clone())).await;
+        if allowed {
+            assert_eq!(page.status, StatusCode::SEE_OTHER, "{name}");
+        } else {
+            assert_eq!(page.status, StatusCode::FORBIDDEN, "{name}");
+            assert!(page.set_cookies().is_empty(), "{name}");
+        }
+    }
+    // Account forms too.
+    let mut browser = site.browser();
+    browser.sign_in("csrf@example.test", PASSWORD).await;
+    let request = Request::post("/account/password")
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "cross-site");
+    let body = Body::from(encode(&[
+        ("old_password", PASSWORD),
+        ("new_password", "hijacked"),
+    ]));
+    assert_eq!(
+        browser.send(request, body).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn sign_out_ends_the_session_and_clears_the_cookie() {
+    let site = test_site().await;
+    site.email_user("bye@example.test", "Bye").await;
+    let mut browser = site.browser();
+    browser.sign_in("bye@example.test", PASSWORD).await;
+    let token = browser.session().unwrap().to_owned();
+    let home = browser.get("/").await;
+    home.assert_shows(r#"action="/auth/signout?scope=this""#);
+
+    let out = browser.post("/auth/signout?scope=this", &[]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(out.location(), site.url("/"));
+    assert!(is_removal(&out.set_cookie("authgate").unwrap()));
+    assert_eq!(browser.session(), None);
+    assert!(!site.session_is_alive(&token).await);
+
+    let home = browser.follow(&out).await;
+    home.assert_shows("You are not signed in.");
+    let account = browser.get("/account").await;
+    assert_eq!(account.location(), "/signin?return_to=%2Faccount");
+}
+
+// ---- other ways to sign in ----------------------------------------------------
+
+#[tokio::test]
+async fn magic_link_signs_in() {
+    let site = test_site().await;
+    let email = "magic@example.test";
+    site.email_user(email, "Magic").await;
+    let mut browser = site.browser();
+    let sent = browser.post("/signin/magic", &[("email", email)]).await;
+    assert_eq!(sent.status, StatusCode::OK);
+    sent.assert_shows("we sent it a sign-in link");
+
+    let landing = browser.open_upstream_link(&site.link_to(email)).await;
+    assert_eq!(landing.location(), site.url("/account"));
+    let account = browser.follow(&landing).await;
+    account.assert_shows(email);
+
+    // An unknown address gets the same page and no message.
+    let outbox = site.dev.outbox().len();
+    let page = site
+        .browser()
+        .post("/signin/magic", &[("email", "nobody@example.test")])
+        .await;
+    page.assert_shows("Check your e-mail");
+    assert_eq!(site.dev.outbox().len(), outbox);
+}
+
+#[tokio::test]
+async fn oauth_sign_in_goes_through_the_provider_simulator() {
+    let site = test_site().await;
+    let mut browser = site.browser();
+    let signin = browser.get("/signin").await;
+    for provider in [
+        "google", "facebook", "twitter", "discord", "github", "apple",
+    ] {
+        signin.assert_shows(&format!(r#"href="/auth/signin/{provider}""#));
+    }
+
+    let start = browser
+        .get("/auth/signin/github?return_to=%2Faccount%3Ftab%3D1")
+        .await;
+    assert_eq!(start.status, StatusCode::SEE_OTHER);
+    let simulator = start.location().to_owned();
+    assert_eq!(simulator, format!("{}/_auth/github", site.dev.url()));
+    assert!(browser.cookies.contains_key("authgate-flow"));
+
+    let consent = http_client()
+        .post(&simulator)
+        .form(&[
+            ("name", "Linus Example"),
+            ("email", "linus@github.example"),
+            ("decision", "continue"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let landing = browser.landing(consent).await;
+    assert_eq!(landing.status, StatusCode::SEE_OTHER, "{}", landing.body);
+    assert_eq!(landing.location(), site.url("/account?tab=1"));
+    let account = browser.follow(&landing).await;
+    account.assert_shows("Linus Example");
+    account.assert_shows("Github");
+    account.assert_shows("You signed in with Github");
+    account.assert_lacks(r#"id="change-password""#);
+
+    // Deny: the layer's error page, nobody signed in.
+    let mut other = site.browser();
+    other.get("/auth/signin/google").await;
+    let denied = http_client()
+        .post(format!("{}/_auth/google", site.dev.url()))
+        .form(&[("decision", "deny")])
+        .send()
+        .await
+        .unwrap();
+    let page = other.landing(denied).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.body.contains("Access was denied"), "{}", page.body);
+    assert_eq!(other.session(), None);
+}
+
+#[tokio::test]
+async fn phone_sign_up_verifies_by_sms_code_then_password_and_code_sign_in_work() {
+    let site = test_site().await;
+    let phone = "+15550001111";
+    let mut browser = site.browser();
+    let page = browser
+        .post(
+            "/signup/phone",
+            &[
+                ("name", "Pat Phone"),
+                ("phone", phone),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    page.assert_shows("Verify your phone number");
+    page.assert_shows(&format!("We texted a verification code to {phone}."));
+    assert_eq!(browser.session(), None);
+
+    // Not verified yet: password sign-in is refused with a way forward.
+    let refused = browser
+        .post("/signin/phone", &[("phone", phone), ("password", PASSWORD)])
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    refused.assert_shows("Please verify your phone number first");
+    refused.assert_shows("/verify-phone?phone=%2B15550001111");
+
+    let wrong = browser
+        .post("/verify-phone", &[("phone", phone), ("code", "000000")])
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    wrong.assert_shows("The code is not valid");
+
+    let resent = browser
+        .post("/verify-phone/resend", &[("phone", phone)])
+        .await;
+    assert_eq!(resent.status, StatusCode::OK);
+    resent.assert_shows(&format!("We texted a new code to {phone}."));
+    let code = site.code_to(phone);
+    assert_eq!(site.messages_to(phone), 2);
+
+    let verified = browser
+        .post("/verify-phone", &[("phone", phone), ("code", &code)])
+        .await;
+    assert_eq!(verified.status, StatusCode::SEE_OTHER, "{}", verified.body);
+    assert_eq!(verified.location(), site.url("/account"));
+    let account = browser.follow(&verified).await;
+    account.assert_shows(phone);
+    account.assert_shows("Pat Phone");
+
+    // Phone and password.
+    let mut second = site.browser();
+    let page = second
+        .post("/signin/phone", &[("phone", phone), ("password", PASSWORD)])
+        .await;
+    assert_eq!(page.location(), site.url("/account"));
+    assert!(second.session().is_some());
+
+    // An SMS code: send, then enter it.
+    let mut third = site.browser();
+    let ask = third.get("/signin/code").await;
+    ask.assert_shows("Text me a code");
+    let sent = third
+        .post(
+            "/signin/code/send",
+            &[("phone", phone), ("return_to", "/account?via=code")],
+        )
+        .await;
+    assert_eq!(sent.status, StatusCode::OK);
+    sent.assert_shows(&format!(
+        "Enter the 6-digit code we texted to <strong>{phone}</strong>"
+    ));
+    sent.assert_shows(r#"name="return_to" value="/account?via=code""#);
+    let wrong = third
+        .post("/signin/code", &[("phone", phone), ("code", "999999")])
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    wrong.assert_shows("The code is not valid");
+    let code = site.code_to(phone);
+    let signed_in = third
+        .post(
+            "/signin/code",
+            &[
+                ("phone", phone),
+                ("code", &code),
+                ("return_to", "/account?via=code"),
+            ],
+        )
+        .await;
+    assert_eq!(signed_in.location(), site.url("/account?via=code"));
+    assert!(third.session().is_some());
+}
+
+// ---- forgotten passwords --------------------------------------------------------
+
+#[tokio::test]
+async fn forgot_password_by_email_link_then_sign_in_with_the_new_one() {
+    let site = test_site().await;
+    let email = "forgetful@example.test";
+    site.email_user(email, "Forgetful").await;
+    let mut browser = site.browser();
+    let sent = browser
+        .post("/forgot-password/email", &[("email", email)])
+        .await;
+    assert_eq!(sent.status, StatusCode::OK);
+    sent.assert_shows("we sent it a link to choose a new password");
+
+    // The landing: the key goes into an encrypted cookie, never the URL.
+    let landing = browser.open_upstream_link(&site.link_to(email)).await;
+    assert_eq!(landing.status, StatusCode::SEE_OTHER);
+    assert_eq!(landing.location(), site.url("/reset-password"));
+    assert!(browser.cookies.contains_key("authgate-reset"));
+    assert_eq!(browser.session(), None, "a reset signs nobody in");
+    let form = browser.follow(&landing).await;
+    form.assert_shows("Set the new password");
+
+    let short = browser
+        .post("/reset-password", &[("password", "abc")])
+        .await;
+    assert_eq!(short.status, StatusCode::BAD_REQUEST);
+    short.assert_shows("at least 6 characters");
+    short.assert_shows("Set the new password");
+
+    let done = browser
+        .post("/reset-password", &[("password", "brand new secret")])
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    assert_eq!(done.location(), "/signin?notice=password-reset");
+    assert!(!browser.cookies.contains_key("authgate-reset"));
+    let signin = browser.follow(&done).await;
+    signin.assert_shows("Your password was changed. Sign in with the new one.");
+
+    let old = browser
+        .post("/signin", &[("email", email), ("password", PASSWORD)])
+        .await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+    browser.sign_in(email, "brand new secret").await;
+
+    // Without a pending reset the page says the link is spent.
+    let mut stranger = site.browser();
+    let page = stranger.get("/reset-password").await;
+    page.assert_shows("has expired or was already used");
+    let post = stranger
+        .post("/reset-password", &[("password", "whatever123")])
+        .await;
+    assert_eq!(post.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn forgot_password_by_sms_code() {
+    let site = test_site().await;
+    let phone = "+15550002222";
+    site.phone_user(phone).await;
+    let mut browser = site.browser();
+    let sent = browser
+        .post("/forgot-password/sms", &[("phone", phone)])
+        .await;
+    assert_eq!(sent.status, StatusCode::OK);
+    sent.assert_shows("we texted it a code");
+
+    let wrong = browser
+        .post(
+            "/reset-password/code",
+            &[
+                ("phone", phone),
+                ("code", "123123"),
+                ("password", "new secret"),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    wrong.assert_shows("The code is not valid");
+
+    let code = site.code_to(phone);
+    let done = browser
+        .post(
+            "/reset-password/code",
+            &[
+                ("phone", phone),
+                ("code", &code),
+                ("password", "new secret"),
+            ],
+        )
+        .await;
+    assert_eq!(done.location(), "/signin?notice=password-reset");
+    let page = browser
+        .post(
+            "/signin/phone",
+            &[("phone", phone), ("password", "new secret")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+
+    let bad = site
+        .browser()
+        .post("/forgot-password/sms", &[("phone", "not a phone")])
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    bad.assert_shows("not a valid phone number");
+}
+
+// ---- the account page -------------------------------------------------------------
+
+#[tokio::test]
+async fn account_changes_password_email_and_phone() {
+    let site = test_site().await;
+    let email = "change@example.test";
+    site.email_user(email, "Changer").await;
+    let mut browser = site.browser();
+    browser.sign_in(email, PASSWORD).await;
+
+    // Password: a wrong current password is shown on that form.
+    let wrong = browser
+        .post(
+            "/account/password",
+            &[("old_password", "not it"), ("new_password", "next secret")],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+    let form_start = wrong.text().find(r#"id="change-password""#).unwrap();
+    let error_at = wrong
+        .text()
+        .find("The current password is not correct.")
+        .unwrap();
+    assert!(error_at < form_start, "the error sits above its form");
+    let ok = browser
+        .post(
+            "/account/password",
+            &[("old_password", PASSWORD), ("new_password", "next secret")],
+        )
+        .await;
+    assert_eq!(ok.location(), "/account?notice=password-changed");
+    browser
+        .follow(&ok)
+        .await
+        .assert_shows("Your password was changed.");
+
+    // E-mail: confirmation is on, so a link goes to the new address.
+    let new_email = "changed@example.test";
+    let sent = browser
+        .post(
+            "/account/email",
+            &[("new_email", new_email), ("password", "next secret")],
+        )
+        .await;
+    assert_eq!(sent.location(), "/account?notice=email-change-sent");
+    let page = browser.follow(&sent).await;
+    page.assert_shows("We sent a link to your new e-mail address.");
+    page.assert_shows(email);
+    let landing = browser.open_upstream_link(&site.link_to(new_email)).await;
+    assert_eq!(
+        landing.location(),
+        site.url("/account?notice=email-changed")
+    );
+    let page = browser.follow(&landing).await;
+    page.assert_shows("Your e-mail address was changed.");
+    page.assert_shows(&format!(r#"<dd id="account-email">{new_email}"#));
+
+    let taken = browser
+        .post(
+            "/account/email",
+            &[("new_email", new_email), ("password", "next secret")],
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::BAD_REQUEST);
+    taken.assert_shows("The new email is the same as the current one.");
+
+    // Phone: a code goes to the new number; entering it changes the phone.
+    let phone = "+15550003333";
+    let ask = browser
+        .post(
+            "/account/phone",
+            &[("new_phone", phone), ("password", "next secret")],
+        )
+        .await;
+    assert_eq!(ask.status, StatusCode::OK, "{}", ask.body);
+    ask.assert_shows(&format!("We texted a code to {phone}."));
+    ask.assert_lacks("Text me a new code");
+    let code = site.code_to(phone);
+    let verified = browser
+        .post("/verify-phone", &[("phone", phone), ("code", &code)])
+        .await;
+    assert_eq!(verified.location(), "/account?notice=phone-changed");
+    let page = browser.follow(&verified).await;
+    page.assert_shows("Your phone number was changed.");
+    page.assert_shows(&format!(r#"<dd id="account-phone">{phone}</dd>"#));
+}
+
+#[tokio::test]
+async fn sessions_are_listed_and_signed_out_one_others_or_all() {
+    let site = test_site().await;
+    let email = "sessions@example.test";
+    site.email_user(email, "Many Devices").await;
+    let mut browser = site.browser();
+    browser.sign_in(email, PASSWORD).await;
+    let mine = browser.session().unwrap().to_owned();
+    for _ in 0..3 {
+        site.altogic
+            .sign_in_with_email(email, PASSWORD)
+            .await
+            .unwrap();
+    }
+    // Every session but this browser's (the sign-up made one too).
+    let others: Vec<_> = site
+        .altogic
+        .get_all_sessions(&SessionToken::new(mine.clone()).unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.token.expose() != mine)
+        .collect();
+    assert_eq!(others.len(), 4);
+
+    let page = browser.get("/account").await;
+    page.assert_shows("Active sessions");
+    page.assert_shows("this browser");
+    assert_eq!(
+        page.text().matches("<tr>").count(),
+        1 + 5,
+        "header + 5 sessions"
+    );
+    let mut ids = page.session_ids();
+    ids.sort();
+    let mut expected: Vec<String> = others.iter().map(|s| s.id()).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "one button per other session, by id");
+    page.assert_lacks(&mine);
+    for other in &others {
+        page.assert_lacks(other.token.expose());
+    }
+
+    // One other session.
+    let ended = browser
+        .post("/account/sessions/end", &[("session_id", &others[0].id())])
+        .await;
+    assert_eq!(ended.location(), "/account?notice=session-ended");
+    assert!(!site.session_is_alive(others[0].token.expose()).await);
+    assert!(site.session_is_alive(others[1].token.expose()).await);
+    let page = browser.follow(&ended).await;
+    page.assert_shows("That session was signed out.");
+    assert_eq!(page.session_ids().len(), 3);
+
+    let gone = browser
+        .post("/account/sessions/end", &[("session_id", &others[0].id())])
+        .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    gone.assert_shows("That session was already signed out.");
+
+    // All others, through the layer's sign-out route.
+    let out = browser
+        .post(
+            "/auth/signout?scope=others&return_to=%2Faccount%3Fnotice%3Dsigned-out-others",
+            &[],
+        )
+        .await;
+    assert_eq!(
+        out.location(),
+        site.url("/account?notice=signed-out-others")
+    );
+    assert_eq!(browser.session(), Some(mine.as_str()));
+    for other in &others[1..] {
+        assert!(!site.session_is_alive(other.token.expose()).await);
+    }
+    let page = browser.follow(&out).await;
+    page.assert_shows("Every other session was signed out.");
+    assert!(page.session_ids().is_empty());
+    assert_eq!(page.text().matches("<tr>").count(), 1 + 1);
+
+    // Everywhere.
+    let out = browser.post("/auth/signout?scope=all", &[]).await;
+    assert_eq!(out.location(), site.url("/"));
+    assert_eq!(browser.session(), None);
+    assert!(!site.session_is_alive(&mine).await);
+}
+
+#[tokio::test]
+async fn ending_this_browsers_own_session_by_id_signs_it_out() {
+    let site = test_site().await;
+    let email = "own@example.test";
+    site.email_user(email, "Own").await;
+    let mut browser = site.browser();
+    browser.sign_in(email, PASSWORD).await;
+    let token = SessionToken::new(browser.session().unwrap()).unwrap();
+    let sessions = site.altogic.get_all_sessions(&token).await.unwrap();
+    let own = sessions.iter().find(|s| s.token == token).unwrap();
+    let page = browser
+        .post("/account/sessions/end", &[("session_id", &own.id())])
+        .await;
+    assert_eq!(page.location(), "/");
+    assert_eq!(browser.session(), None);
+}
+
+#[tokio::test]
+async fn user_text_is_escaped() {
+    let site = test_site().await;
+    let email = "xss@example.test";
+    site.email_user(email, "<script>alert(1)</script>").await;
+    let mut browser = site.browser();
+    browser.sign_in(email, PASSWORD).await;
+    let page = browser.get("/account").await;
+    assert!(
+        page.body
+            .contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;")
+    );
+    assert!(!page.body.contains("<script>"));
+}
+
+// ---- outages, https, settings -------------------------------------------------------
+
+#[tokio::test]
+async fn an_upstream_outage_shows_the_503_page_and_keeps_the_cookie() {
+    let site = test_site().await;
+    let email = "outage@example.test";
+    site.email_user(email, "Outage").await;
+    let token = site
+        .altogic
+        .sign_in_with_email(email, PASSWORD)
+        .await
+        .unwrap()
+        .session
+        .unwrap()
+        .token;
+    site.dev.clone().shutdown().await;
+
+    // A fresh app: nothing cached, so nothing usable.
+    let config = site::auth_config(ORIGIN, Some(&KEY)).unwrap();
+    let app = site::app(config, site.altogic.clone(), SiteOptions::default());
+    let restarted = TestSite {
+        app,
+        dev: site.dev.clone(),
+        altogic: site.altogic.clone(),
+        origin: ORIGIN.to_owned(),
+    };
+    let mut browser = restarted.browser();
+    browser
+        .cookies
+        .insert("authgate".to_owned(), token.expose().to_owned());
+    let page = browser.get("/account").await;
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(page.headers[RETRY_AFTER], "5");
+    page.assert_shows("Temporarily unavailable");
+    page.assert_shows("You are still signed in.");
+    assert!(page.set_cookie("authgate").is_none(), "the cookie is kept");
+
+    let form = browser
+        .post("/signin", &[("email", email), ("password", PASSWORD)])
+        .await;
+    assert_eq!(form.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(form.headers[RETRY_AFTER], "5");
+    form.assert_shows("The sign-in service did not answer.");
+
+    let change = browser
+        .post(
+            "/account/password",
+            &[("old_password", PASSWORD), ("new_password", "x123456")],
+        )
+        .await;
+    assert_eq!(change.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn an_https_origin_gets_the_secure_host_prefixed_cookie() {
+    let site = test_site_at("https://app.example").await;
+    site.email_user("tls@example.test", "TLS").await;
+    let mut browser = site.browser();
+    let page = browser.sign_in("tls@example.test", PASSWORD).await;
+    assert_eq!(page.location(), "https://app.example/account");
+    let cookie = page.set_cookie("__Host-authgate").expect("__Host- cookie");
+    assert_eq!(cookie.secure(), Some(true));
+    assert_eq!(cookie.path(), Some("/"));
+    assert_eq!(cookie.domain(), None);
+    assert_eq!(browser.get("/account").await.status, StatusCode::OK);
+}
+
+fn settings(vars: &[(&str, &str)]) -> Result<Settings, String> {
+    let vars: BTreeMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Settings::from_lookup(|name| vars.get(name).cloned())
+}
+
+#[test]
+fn settings_come_from_the_environment_with_defaults() {
+    let defaults = settings(&[]).unwrap();
+    assert_eq!(
+        defaults.addr,
+        "127.0.0.1:3000".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(defaults.upstream, UpstreamSetting::Dev);
+    assert!(defaults.key.is_none());
+    let bound: SocketAddr = "127.0.0.1:41234".parse().unwrap();
+    assert_eq!(defaults.public_url_for(bound), "http://127.0.0.1:41234");
+    let wildcard: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+    assert_eq!(defaults.public_url_for(wildcard), "http://127.0.0.1:8080");
+
+    let key = "k".repeat(64);
+    let full = settings(&[
+        ("AUTHGATE_ADDR", "127.0.0.1:0"),
+        ("AUTHGATE_PUBLIC_URL", "https://site.example/"),
+        ("ALTOGIC_URL", "https://app.c1-na.altogic.com"),
+        ("ALTOGIC_CLIENT_KEY", "client-key"),
+        ("AUTHGATE_KEY", &key),
+    ])
+    .unwrap();
+    assert_eq!(full.addr.port(), 0);
+    assert_eq!(full.public_url_for(bound), "https://site.example");
+    assert_eq!(
+        full.upstream,
+        UpstreamSetting::Altogic {
+            url: "https://app.c1-na.altogic.com".to_owned(),
+            client_key: "client-key".to_owned()
+        }
+    );
+    assert_eq!(full.key.as_deref(), Some(key.as_bytes()));
+    assert!(!format!("{full:?}").contains("client-key"));
+    assert!(!format!("{full:?}").contains(&key));
+    let config = site::auth_config("https://site.example", full.key.as_deref()).unwrap();
+    assert_eq!(config.session_cookie_name(), "__Host-authgate");
+    assert_eq!(config.callback_url(), "https://site.example/auth/callback");
+}
+
+#[test]
+fn bad_settings_fail_with_a_clear_message() {
+    struct Case {
+        name: &'static str,
+        vars: &'static [(&'static str, &'static str)],
+        message: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "short key",
+            vars: &[("AUTHGATE_KEY", "too short")],
+            message: "AUTHGATE_KEY must be at least 64 bytes long, got 9",
+        },
+        Case {
+            name: "URL without key",
+            vars: &[("ALTOGIC_URL", "https://x.altogic.com")],
+            message: "set both ALTOGIC_URL and ALTOGIC_CLIENT_KEY",
+        },
+        Case {
+            name: "key without URL",
+            vars: &[("ALTOGIC_CLIENT_KEY", "k")],
+            message: "set both ALTOGIC_URL and ALTOGIC_CLIENT_KEY",
+        },
+        Case {
+            name: "bad address",
+            vars: &[("AUTHGATE_ADDR", "localhost")],
+            message: "AUTHGATE_ADDR must be an IP address and port",
+        },
+    ];
+    for case in cases {
+        let err = settings(case.vars)
+            .err()
+            .unwrap_or_else(|| panic!("{}: accepted", case.name));
+        assert!(err.contains(case.message), "{}: {err}", case.name);
+    }
+    // A plain-http public URL off loopback is refused by the layer's config.
+    assert!(site::auth_config("http://site.example", None).is_err());
+}
