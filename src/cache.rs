@@ -160,10 +160,10 @@ impl Cache {
             .shard(token)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if kind != MarkKind::Cooldown {
-            if let Some(old) = shard.users.remove(token) {
-                shard.user_bytes -= old.weight;
-            }
+        if kind != MarkKind::Cooldown
+            && let Some(old) = shard.users.remove(token)
+        {
+            shard.user_bytes -= old.weight;
         }
         // A cooldown never replaces a tombstone.
         let keeps_tombstone = kind == MarkKind::Cooldown
