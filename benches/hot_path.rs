@@ -3,38 +3,25 @@
 //! Run with `cargo bench --features test-util --bench hot_path`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
 use std::hint::black_box;
 
 use authgate::redirect::ReturnTo;
 use authgate::test::TestKit;
-use authgate::{Auth, AuthService};
+use authgate::{AuthService, CurrentUser};
+use axum::Router;
 use axum::body::Body;
+use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{Request, Response};
+use http::Request;
 use tower::{Service, ServiceExt as _};
 use tower_layer::Layer as _;
 
-type Handler = tower::util::ServiceFn<fn(Request<Body>) -> HandlerFuture>;
-type HandlerFuture =
-    std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-/// A handler that asks for the user, as a `CurrentUser` extractor would.
-fn with_user(request: Request<Body>) -> HandlerFuture {
-    Box::pin(async move {
-        let auth = Auth::from_request(&request).expect("layer");
-        let name = auth.user().await.map(|u| u.id.len()).unwrap_or(0);
-        black_box(name);
-        Ok(Response::new(Body::empty()))
-    })
+async fn page(user: CurrentUser) -> String {
+    format!("<p>Hello, {}</p>", user.display_name())
 }
 
-/// The same handler without auth: the baseline.
-fn bare(request: Request<Body>) -> HandlerFuture {
-    Box::pin(async move {
-        black_box(&request);
-        Ok(Response::new(Body::empty()))
-    })
+async fn bare_page() -> String {
+    format!("<p>Hello, {}</p>", black_box("ada"))
 }
 
 fn request(cookie: &str) -> Request<Body> {
@@ -58,17 +45,18 @@ fn hot_path(c: &mut Criterion) {
         token.expose()
     );
 
-    let mut bare_service = tower::service_fn(bare as fn(Request<Body>) -> HandlerFuture);
-    let mut service: AuthService<Handler> = kit.layer().layer(tower::service_fn(
-        with_user as fn(Request<Body>) -> HandlerFuture,
-    ));
+    let mut bare_service = Router::new().route("/account", get(bare_page));
+    let mut service: AuthService<Router> = kit
+        .layer()
+        .layer(Router::new().route("/account", get(page)));
     // Warm the cache.
-    runtime
+    let warm = runtime
         .block_on(service.clone().oneshot(request(&cookie)))
         .unwrap();
+    assert_eq!(warm.status(), 200);
 
     let mut group = c.benchmark_group("request");
-    group.bench_function("bare handler (baseline)", |b| {
+    group.bench_function("bare axum handler (baseline)", |b| {
         b.iter(|| {
             runtime
                 .block_on(bare_service.call(request(&cookie)))
@@ -76,7 +64,7 @@ fn hot_path(c: &mut Criterion) {
         })
     });
     group.bench_function(
-        "warm path: cookie, cache hit, context, response hook",
+        "authgate warm path: cookie, cache hit, CurrentUser, response hook",
         |b| b.iter(|| runtime.block_on(service.call(request(&cookie))).unwrap()),
     );
     group.bench_function("cold path: new session, in-process upstream", |b| {

@@ -2,18 +2,21 @@
 //! each request's extensions ([`RequestAuth`]), plus the response hygiene
 //! applied on the way out.
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use http::header::{CACHE_CONTROL, EXPIRES, PRAGMA, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderValue};
-use tokio::sync::OnceCell;
 
 use crate::config::AuthConfig;
-use crate::cookie::{CookieAttributes, Keys, SessionCookie, encode_token};
+use crate::cookie::{
+    CookieAttributes, CookieScan, Keys, decode_token, encode_token, plain_token,
+    scan_session_cookie,
+};
 use crate::events::{AuthEvent, FlowRejection};
 use crate::redirect::ReturnTo;
 use crate::resolve::{AuthState, Resolution, Resolver};
-use crate::upstream::{Grant, SessionToken};
+use crate::upstream::{Grant, SessionToken, User};
 
 /// The `Cache-Control` of any response that sets or clears a cookie
 /// (SECURITY.md §4, the CVE-2025-48947 fix).
@@ -107,69 +110,150 @@ pub(crate) struct Changes {
     pub(crate) session_written: bool,
 }
 
+/// What the request's `Cookie` headers said about the session cookie.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum CookieState {
+    #[default]
+    Absent,
+    Present,
+    Malformed,
+    Ambiguous,
+}
+
+#[derive(Debug, Default)]
+struct RequestState {
+    cookie: CookieState,
+    /// The fresh cached user the layer found (the warm path: no token copy).
+    prefetched: Option<Arc<User>>,
+    /// The token, copied only when the cache could not answer.
+    token: Option<SessionToken>,
+    resolution: Option<Resolution>,
+    changes: Changes,
+}
+
+thread_local! {
+    /// Request contexts whose last request has finished, for reuse: the
+    /// warm path then allocates nothing but its extension slot.
+    static POOL: RefCell<Vec<Arc<RequestAuth>>> = const { RefCell::new(Vec::new()) };
+}
+
+const POOL_SIZE: usize = 64;
+
 /// The per-request auth context in the request's extensions.
 #[derive(Debug)]
 pub(crate) struct RequestAuth {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) cookie: SessionCookie,
-    resolution: OnceCell<Resolution>,
-    changes: Mutex<Changes>,
+    state: Mutex<RequestState>,
 }
 
 impl RequestAuth {
-    pub(crate) fn new(shared: Arc<Shared>, cookie: SessionCookie) -> Self {
-        Self {
-            shared,
-            cookie,
-            resolution: OnceCell::new(),
-            changes: Mutex::new(Changes::default()),
-        }
-    }
-
-    /// The request's session token, if it carried exactly one valid one.
-    pub(crate) fn token(&self) -> Option<&SessionToken> {
-        match &self.cookie {
-            SessionCookie::Present(token) => Some(token),
-            _ => None,
-        }
-    }
-
-    /// Resolves the user at most once per request.
-    pub(crate) async fn resolve(&self) -> &Resolution {
-        self.resolution
-            .get_or_init(|| async {
-                match &self.cookie {
-                    SessionCookie::Present(token) => self.shared.resolver.resolve(token).await,
-                    SessionCookie::Malformed => Resolution {
-                        state: AuthState::Anonymous,
-                        clear_cookie: true,
-                    },
-                    SessionCookie::Absent | SessionCookie::Ambiguous => Resolution {
-                        state: AuthState::Anonymous,
-                        clear_cookie: false,
-                    },
-                }
+    /// Reads the session cookie and probes the cache (no upstream call).
+    pub(crate) fn prepare(shared: &Arc<Shared>, headers: &HeaderMap) -> Arc<Self> {
+        let auth = POOL
+            .with_borrow_mut(|pool| {
+                let index = pool.iter().position(|a| Arc::ptr_eq(&a.shared, shared))?;
+                Some(pool.swap_remove(index))
             })
-            .await
+            .unwrap_or_else(|| {
+                Arc::new(Self {
+                    shared: shared.clone(),
+                    state: Mutex::new(RequestState::default()),
+                })
+            });
+        {
+            let mut state = auth.lock();
+            match scan_session_cookie(headers, &shared.session_name) {
+                CookieScan::Absent => state.cookie = CookieState::Absent,
+                CookieScan::Ambiguous => state.cookie = CookieState::Ambiguous,
+                CookieScan::Present(value) => {
+                    let fresh = plain_token(value).and_then(|t| shared.resolver.fresh(t));
+                    if let Some(user) = fresh {
+                        state.cookie = CookieState::Present;
+                        state.prefetched = Some(user);
+                    } else if let Some(token) = decode_token(value) {
+                        state.cookie = CookieState::Present;
+                        state.token = Some(token);
+                    } else {
+                        state.cookie = CookieState::Malformed;
+                    }
+                }
+            }
+        }
+        auth
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RequestState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn cookie(&self) -> CookieState {
+        self.lock().cookie
+    }
+
+    /// Resolves the user once per request (a second call returns the first
+    /// answer).
+    pub(crate) async fn resolve(&self) -> Resolution {
+        let (token, cookie) = {
+            let mut state = self.lock();
+            if let Some(resolution) = &state.resolution {
+                return resolution.clone();
+            }
+            if let Some(user) = state.prefetched.clone() {
+                let resolution = Resolution::signed_in(user, false);
+                state.resolution = Some(resolution.clone());
+                return resolution;
+            }
+            (state.token.clone(), state.cookie)
+        };
+        let resolution = match (token, cookie) {
+            (Some(token), _) => self.shared.resolver.resolve(&token).await,
+            (None, CookieState::Malformed) => Resolution {
+                state: AuthState::Anonymous,
+                clear_cookie: true,
+            },
+            (None, _) => Resolution {
+                state: AuthState::Anonymous,
+                clear_cookie: false,
+            },
+        };
+        self.lock().resolution = Some(resolution.clone());
+        resolution
     }
 
     pub(crate) fn with_changes<R>(&self, f: impl FnOnce(&mut Changes) -> R) -> R {
-        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut changes)
+        f(&mut self.lock().changes)
     }
 
     /// Applies cookie changes and cache hygiene to the response headers.
     pub(crate) fn finish(&self, headers: &mut HeaderMap) {
-        let changes =
-            std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner));
-        let resolution = self.resolution.get();
-        let mut set_cookies = changes.set_cookies;
-        if !changes.session_written && resolution.is_some_and(|r| r.clear_cookie) {
-            set_cookies.push(self.shared.attributes.removal(&self.shared.session_name));
+        let mut state = self.lock();
+        let clear = state.resolution.as_ref().is_some_and(|r| r.clear_cookie);
+        if clear && !state.changes.session_written {
+            let removal = self.shared.attributes.removal(&self.shared.session_name);
+            state.changes.set_cookies.push(removal);
         }
         // A page rendered for a cookie-bearing request may be user-specific.
-        let resolved = resolution.is_some() && !matches!(self.cookie, SessionCookie::Absent);
-        apply_hygiene(headers, &set_cookies, resolved);
+        let resolved = state.resolution.is_some() && state.cookie != CookieState::Absent;
+        apply_hygiene(headers, &state.changes.set_cookies, resolved);
+    }
+
+    /// Returns the context to this thread's pool when nothing else holds it.
+    pub(crate) fn recycle(auth: Arc<Self>) {
+        if Arc::strong_count(&auth) != 1 {
+            return;
+        }
+        {
+            let mut state = auth.lock();
+            let mut set_cookies = std::mem::take(&mut state.changes.set_cookies);
+            set_cookies.clear();
+            *state = RequestState::default();
+            state.changes.set_cookies = set_cookies;
+        }
+        POOL.with_borrow_mut(|pool| {
+            if pool.len() < POOL_SIZE {
+                pool.push(auth);
+            }
+        });
     }
 }
 

@@ -33,35 +33,60 @@ pub(crate) enum SessionCookie {
     Ambiguous,
 }
 
+/// The raw session-cookie value in a request, not yet decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CookieScan<'h> {
+    Absent,
+    Present(&'h [u8]),
+    Ambiguous,
+}
+
 /// Scans every `Cookie` header at the byte level for `name`, matched
 /// exactly and case-sensitively. Unrelated cookies may hold any bytes
-/// (SECURITY.md T-C5); several `Cookie` header fields are tolerated.
-pub(crate) fn find_session_cookie(headers: &HeaderMap, name: &str) -> SessionCookie {
+/// (SECURITY.md T-C5); several `Cookie` header fields are tolerated. Only
+/// pairs whose name has our length are compared, so most of the header is
+/// skipped with one `memchr`-style search per pair.
+pub(crate) fn scan_session_cookie<'h>(headers: &'h HeaderMap, name: &str) -> CookieScan<'h> {
     let name = name.as_bytes();
     let mut found: Option<&[u8]> = None;
     for header in headers.get_all(COOKIE) {
         for pair in header.as_bytes().split(|&b| b == b';') {
-            let pair = pair.trim_ascii();
-            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-                continue;
-            };
-            if pair[..eq].trim_ascii() != name {
+            let pair = pair.trim_ascii_start();
+            if pair.len() <= name.len() || !pair.starts_with(name) {
                 continue;
             }
-            let value = pair[eq + 1..].trim_ascii();
+            let Some(value) = pair[name.len()..].trim_ascii_start().strip_prefix(b"=") else {
+                continue;
+            };
+            let value = value.trim_ascii();
             match found {
-                Some(previous) if previous != value => return SessionCookie::Ambiguous,
+                Some(previous) if previous != value => return CookieScan::Ambiguous,
                 _ => found = Some(value),
             }
         }
     }
-    match found {
-        None => SessionCookie::Absent,
-        Some(value) => match decode_token(value) {
+    found.map_or(CookieScan::Absent, CookieScan::Present)
+}
+
+/// Reads the session cookie and decodes its token.
+pub(crate) fn find_session_cookie(headers: &HeaderMap, name: &str) -> SessionCookie {
+    match scan_session_cookie(headers, name) {
+        CookieScan::Absent => SessionCookie::Absent,
+        CookieScan::Ambiguous => SessionCookie::Ambiguous,
+        CookieScan::Present(value) => match decode_token(value) {
             Some(token) => SessionCookie::Present(token),
             None => SessionCookie::Malformed,
         },
     }
+}
+
+/// A plain (not `~`-encoded) token as it stands in the cookie, without a
+/// copy: the cache is probed with it on the warm path.
+pub(crate) fn plain_token(value: &[u8]) -> Option<&str> {
+    let plain = !value.is_empty()
+        && value.len() <= MAX_TOKEN_LEN
+        && value.iter().all(|&b| is_plain_token_byte(b));
+    plain.then(|| std::str::from_utf8(value).ok()).flatten()
 }
 
 fn is_plain_token_byte(b: u8) -> bool {

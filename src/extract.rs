@@ -91,8 +91,8 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let auth = request_auth(parts)?;
-        match &auth.resolve().await.state {
-            AuthState::SignedIn { user, .. } => Ok(CurrentUser(user.clone())),
+        match auth.resolve().await.state {
+            AuthState::SignedIn { user, .. } => Ok(CurrentUser(user)),
             AuthState::Unavailable => Err(UpstreamUnavailable.into()),
             AuthState::Anonymous => Err(not_signed_in(parts, &auth.shared.config).into()),
         }
@@ -133,6 +133,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for CurrentUser {
 #[derive(Debug, Clone)]
 pub struct Auth {
     inner: Arc<RequestAuth>,
+    token: Option<SessionToken>,
     reset_key: Option<Secret>,
 }
 
@@ -153,12 +154,20 @@ impl Auth {
                     .open::<String>(&shared.reset_name, "reset", value)
             })
             .map(Secret::new);
-        Self { inner, reset_key }
+        let token = match crate::cookie::find_session_cookie(headers, &shared.session_name) {
+            crate::cookie::SessionCookie::Present(token) => Some(token),
+            _ => None,
+        };
+        Self {
+            inner,
+            token,
+            reset_key,
+        }
     }
 
     /// Resolves (once per request) and returns who is signed in.
     pub async fn state(&self) -> AuthState {
-        self.inner.resolve().await.state.clone()
+        self.inner.resolve().await.state
     }
 
     /// The user, when signed in (fresh or stale).
@@ -169,7 +178,7 @@ impl Auth {
     /// The request's session token, to call the upstream on the user's
     /// behalf. Never log it.
     pub fn token(&self) -> Option<&SessionToken> {
-        self.inner.token()
+        self.token.as_ref()
     }
 
     /// The configuration of the layer.
@@ -188,7 +197,7 @@ impl Auth {
     /// session cookie on the response (a new value, replacing any previous
     /// one) and primes the cache with the user.
     pub fn sign_in(&self, grant: Grant) {
-        let line = self.inner.shared.sign_in(self.inner.token(), grant);
+        let line = self.inner.shared.sign_in(self.token.as_ref(), grant);
         self.inner.with_changes(|changes| {
             changes.set_cookies.push(line);
             changes.session_written = true;
@@ -200,7 +209,7 @@ impl Auth {
     /// even when the upstream call fails; that failure is returned so the
     /// page can say so.
     pub async fn sign_out(&self, scope: SignOutScope) -> Result<(), Error> {
-        let Some(token) = self.inner.token() else {
+        let Some(token) = self.token.as_ref() else {
             self.clear_session_cookie();
             return Ok(());
         };

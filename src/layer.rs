@@ -13,8 +13,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::config::AuthConfig;
-use crate::context::{RequestAuth, Shared};
-use crate::cookie::{SessionCookie, find_session_cookie};
+use crate::context::{CookieState, RequestAuth, Shared};
 use crate::events::{AuthEvent, FlowRejection};
 use crate::resolve::Resolver;
 use crate::routes;
@@ -145,14 +144,13 @@ where
                 },
             };
         }
-        let cookie = find_session_cookie(req.headers(), &self.shared.session_name);
-        if cookie == SessionCookie::Ambiguous {
+        let auth = RequestAuth::prepare(&self.shared, req.headers());
+        if auth.cookie() == CookieState::Ambiguous {
             self.shared.resolver.emit(AuthEvent::FlowRejected {
                 reason: FlowRejection::DuplicateCookies,
                 session: None,
             });
         }
-        let auth = Arc::new(RequestAuth::new(self.shared.clone(), cookie));
         req.extensions_mut().insert(auth.clone());
         ResponseFuture {
             kind: Kind::Inner {
@@ -204,6 +202,7 @@ where
                 let mut response = ready!(future.poll(cx))?;
                 if let Some(auth) = auth.take() {
                     auth.finish(response.headers_mut());
+                    RequestAuth::recycle(auth);
                 }
                 Poll::Ready(Ok(response))
             }

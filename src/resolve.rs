@@ -76,7 +76,7 @@ pub(crate) struct Resolution {
 }
 
 impl Resolution {
-    fn signed_in(user: Arc<User>, stale: bool) -> Self {
+    pub(crate) fn signed_in(user: Arc<User>, stale: bool) -> Self {
         Self {
             state: AuthState::SignedIn { user, stale },
             clear_cookie: false,
@@ -173,6 +173,13 @@ impl Resolver {
     /// How many users are cached, and the bytes they are weighed at.
     pub fn cached_users(&self) -> (usize, u64) {
         (self.inner.cache.user_count(), self.inner.cache.user_bytes())
+    }
+
+    /// The fresh cached user of a token: the warm path, with no upstream
+    /// call and no allocation.
+    pub(crate) fn fresh(&self, token: &str) -> Option<Arc<User>> {
+        let entry = self.inner.cache.user(token)?;
+        (Instant::now() < entry.fresh_until).then(|| entry.user.clone())
     }
 
     /// Resolves a token: cache, then one coalesced upstream lookup.

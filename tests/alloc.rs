@@ -1,0 +1,110 @@
+//! The warm path allocates nothing beyond reference-count clones and one
+//! extension slot (issue #5). Counts allocations, never times.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::alloc::System;
+use std::sync::Arc;
+
+use authgate::CurrentUser;
+use authgate::test::TestKit;
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use bytes::Bytes;
+use http::{HeaderValue, Request};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tower::{Service, ServiceExt as _};
+use tower_layer::Layer as _;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const REQUESTS: usize = 200;
+
+async fn page(user: CurrentUser) -> &'static str {
+    std::hint::black_box(&user.id);
+    "page"
+}
+
+async fn bare_page() -> &'static str {
+    "page"
+}
+
+/// Requests as hyper builds them: header values share one buffer.
+fn requests(cookie: &str) -> Vec<Request<Body>> {
+    let shared = Bytes::from(cookie.to_owned());
+    (0..REQUESTS)
+        .map(|_| {
+            let mut request = Request::get("/").body(Body::empty()).unwrap();
+            request.headers_mut().insert(
+                http::header::COOKIE,
+                HeaderValue::from_maybe_shared(shared.clone()).unwrap(),
+            );
+            request
+        })
+        .collect()
+}
+
+/// Allocations per request while `service` answers every request.
+fn allocations<S>(runtime: &tokio::runtime::Runtime, mut service: S, cookie: &str) -> f64
+where
+    S: Service<Request<Body>, Response = http::Response<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    let batch = requests(cookie);
+    let region = Region::new(GLOBAL);
+    runtime.block_on(async {
+        for request in batch {
+            let response = service.ready().await.unwrap().call(request).await.unwrap();
+            drop(response);
+        }
+    });
+    region.change().allocations as f64 / REQUESTS as f64
+}
+
+#[test]
+fn warm_path_allocates_only_one_extension_slot() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let kit = TestKit::new();
+    let user = kit.user("alloc@example.test");
+    let token = kit.session(&user);
+    let cookie = format!(
+        "_ga=GA1.2.3; __Host-authgate={}; theme=dark",
+        token.expose()
+    );
+
+    let bare = Router::new().route("/", get(bare_page));
+    // One extension slot holding a reference-counted value: the allowance.
+    let marker = Arc::new(0u64);
+    let one_slot = tower::util::MapRequestLayer::new(move |mut request: Request<Body>| {
+        request.extensions_mut().insert(marker.clone());
+        request
+    })
+    .layer(Router::new().route("/", get(bare_page)));
+    let authgate = kit.layer().layer(Router::new().route("/", get(page)));
+
+    // Warm everything up (cache, pools, lazy statics).
+    for _ in 0..3 {
+        allocations(&runtime, bare.clone(), &cookie);
+        allocations(&runtime, one_slot.clone(), &cookie);
+        allocations(&runtime, authgate.clone(), &cookie);
+    }
+    let response = runtime
+        .block_on(authgate.clone().oneshot(requests(&cookie).remove(0)))
+        .unwrap();
+    assert_eq!(response.status(), 200, "the warm request is signed in");
+
+    let bare = allocations(&runtime, bare, &cookie);
+    let one_slot = allocations(&runtime, one_slot, &cookie);
+    let authgate = allocations(&runtime, authgate, &cookie);
+    eprintln!(
+        "allocations per request: bare {bare:.2}, bare + one extension slot {one_slot:.2}, authgate warm {authgate:.2}"
+    );
+    assert!(
+        authgate <= one_slot + 0.01,
+        "authgate's warm path allocates {authgate:.2} per request; the allowance is {one_slot:.2}"
+    );
+}
