@@ -69,6 +69,7 @@ const MAX_GRANT_LEN: usize = 4096;
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    user_agent: Option<HeaderValue>,
 }
 
 struct Inner {
@@ -201,6 +202,7 @@ impl ClientBuilder {
         };
         let api_base = format!("{trimmed}/_api/rest/v1/auth/");
         Ok(Client {
+            user_agent: None,
             inner: Arc::new(Inner {
                 http,
                 env_url,
@@ -334,6 +336,17 @@ impl Client {
             body_limit: DEFAULT_BODY_LIMIT,
             http: None,
             events: AuthEvents::default(),
+        }
+    }
+
+    /// A handle that sends the browser's `User-Agent` upstream, so the
+    /// sessions it creates show the user's device (Altogic records it per
+    /// session). Cheap: shares the connection pool.
+    #[must_use]
+    pub fn with_user_agent(&self, user_agent: &str) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            user_agent: HeaderValue::from_str(user_agent).ok(),
         }
     }
 
@@ -476,20 +489,21 @@ impl Client {
     }
 
     /// Ends the session whose [`Session::id`] is `id` (looked up among the
-    /// user's sessions), so forms never carry a token. Returns `false` when
-    /// no such session exists.
+    /// user's sessions), so forms never carry a token. Returns the ended
+    /// session's token — pass it to [`Auth::revoke`](crate::Auth::revoke) so
+    /// the cache forgets it at once — or `None` when no such session exists.
     pub async fn sign_out_session_by_id(
         &self,
         session: &SessionToken,
         id: &str,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<SessionToken>, Error> {
         let sessions = self.get_all_sessions(session).await?;
         match sessions.into_iter().find(|s| s.id() == id) {
             Some(target) => {
                 self.sign_out(session, Some(&target.token)).await?;
-                Ok(true)
+                Ok(Some(target.token))
             }
-            None => Ok(false),
+            None => Ok(None),
         }
     }
 
@@ -724,6 +738,9 @@ impl Client {
             .timeout(inner.timeout)
             .header("X-Client", "authgate")
             .header("X-Client-Key", inner.client_key.clone());
+        if let Some(user_agent) = &self.user_agent {
+            request = request.header(http::header::USER_AGENT, user_agent.clone());
+        }
         if let Some(api_key) = &inner.api_key {
             request = request.header(http::header::AUTHORIZATION, api_key.clone());
         }

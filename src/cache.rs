@@ -180,6 +180,17 @@ impl Cache {
         }
     }
 
+    /// Forgets a token's cached user.
+    pub(crate) fn forget_user(&self, token: &str) {
+        let mut shard = self
+            .shard(token)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = shard.users.remove(token) {
+            shard.user_bytes -= old.weight;
+        }
+    }
+
     /// Clears a cooldown after a successful lookup.
     pub(crate) fn clear_cooldown(&self, token: &str) {
         let mut shard = self

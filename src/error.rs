@@ -23,7 +23,7 @@ pub enum ConfigError {
     },
     /// The public origin is plain `http://` on a host that is not loopback.
     #[error(
-        "public origin {0:?} is plain http on a non-loopback host; use https or opt in with with_insecure_http(true)"
+        "public origin {0:?} is plain http on a non-loopback host; use https or opt in with AuthConfig::new_allowing_plain_http"
     )]
     InsecureOrigin(String),
     /// A key shorter than 64 bytes was given.

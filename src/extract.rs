@@ -251,6 +251,24 @@ impl Auth {
         });
     }
 
+    /// Forgets this browser's cached user, so the next request reads it
+    /// fresh from the upstream: call it after changing the profile (name,
+    /// e-mail, phone).
+    pub fn refresh(&self) {
+        if let Some(token) = &self.token {
+            self.inner.shared.resolver.forget(token);
+        }
+    }
+
+    /// Forgets and tombstones another session at once, after ending it
+    /// upstream (e.g. with
+    /// [`altogic::Client::sign_out_session_by_id`](crate::altogic::Client::sign_out_session_by_id)),
+    /// so that browser is signed out on its next request instead of after
+    /// the cache TTL.
+    pub fn revoke(&self, token: &SessionToken) {
+        self.inner.shared.resolver.revoke(token);
+    }
+
     /// The password-reset key that a `reset-pwd` landing stored in the
     /// encrypted reset cookie, if one is pending.
     pub fn password_reset_key(&self) -> Option<Secret> {

@@ -245,6 +245,12 @@ impl Resolver {
         self.inner.store(token.expose(), Arc::new(user));
     }
 
+    /// Forgets the cached user of a token (the next request asks the
+    /// upstream), without tombstoning it.
+    pub(crate) fn forget(&self, token: &SessionToken) {
+        self.inner.cache.forget_user(token.expose());
+    }
+
     /// Forgets a signed-out token and tombstones it.
     pub(crate) fn revoke(&self, token: &SessionToken) {
         let settings = &self.inner.settings;

@@ -274,6 +274,12 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
             shared
                 .resolver
                 .emit(AuthEvent::EmailChanged { user_id: None });
+            // This browser's cached profile shows the old address.
+            if let SessionCookie::Present(token) =
+                find_session_cookie(&parts.headers, &shared.session_name)
+            {
+                shared.resolver.forget(&token);
+            }
             let mut location = shared.config.absolute(&shared.config.notice_page);
             location.push(if location.contains('?') { '&' } else { '?' });
             location.push_str("notice=email-changed");

@@ -219,9 +219,15 @@ async fn user_sessions_and_the_three_sign_outs() {
 
     // Sign out one other session by its non-secret id.
     let id_of_b = sessions.iter().find(|s| s.token == b).unwrap().id();
-    assert!(client.sign_out_session_by_id(&a, &id_of_b).await.unwrap());
+    assert_eq!(
+        client.sign_out_session_by_id(&a, &id_of_b).await.unwrap(),
+        Some(b.clone())
+    );
     assert!(client.get_user(&b).await.unwrap_err().is_invalid_session());
-    assert!(!client.sign_out_session_by_id(&a, "nope").await.unwrap());
+    assert_eq!(
+        client.sign_out_session_by_id(&a, "nope").await.unwrap(),
+        None
+    );
 
     let d = token(
         &client
