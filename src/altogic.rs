@@ -938,7 +938,7 @@ pub(crate) fn user_from_value(value: Value) -> Result<User, Error> {
     user.picture = string_field(map, "profilePicture");
     user.provider = string_field(map, "provider");
     user.email_verified = map.get("emailVerified").and_then(Value::as_bool);
-    user.raw = value;
+    user.raw = crate::upstream::RawJson::new(&value);
     Ok(user)
 }
 
@@ -1206,7 +1206,7 @@ mod tests {
         }
         let user = user_from_value(json!({"_id": "u1", "name": "Ada", "custom": 7})).unwrap();
         assert_eq!(user.id, "u1");
-        assert_eq!(user.raw["custom"], 7);
+        assert_eq!(user.raw.get("custom"), Some(json!(7)));
     }
 
     #[test]

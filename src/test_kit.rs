@@ -313,6 +313,20 @@ impl TestKit {
         TestUser { user }
     }
 
+    /// Creates a user from the upstream's own object (for Altogic: `_id`,
+    /// `email`, `name`, custom fields …), as the upstream would return it.
+    pub fn user_with(&self, raw: serde_json::Value) -> TestUser {
+        let field = |key: &str| raw.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        let id = field("_id").unwrap_or_else(|| format!("user-{}", random_token()));
+        let mut user = User::new(id.clone(), raw.clone());
+        user.email = field("email");
+        user.phone = field("phone");
+        user.name = field("name");
+        user.provider = field("provider");
+        self.upstream.state().users.insert(id, user.clone());
+        TestUser { user }
+    }
+
     /// Mints a new session for the user and returns its token.
     pub fn session(&self, user: &TestUser) -> SessionToken {
         let token = random_token();

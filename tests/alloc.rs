@@ -62,12 +62,68 @@ where
     region.change().allocations as f64 / REQUESTS as f64
 }
 
+/// Net heap bytes each cached session keeps, with a realistic Altogic user
+/// record (issue #5 target: at most 1 KiB, the user record included).
+fn bytes_per_cached_session(runtime: &tokio::runtime::Runtime) -> f64 {
+    const SESSIONS: usize = 5_000;
+    let kit = TestKit::new();
+    let app = kit.layer().layer(Router::new().route("/", get(page)));
+    let cookies: Vec<String> = (0..SESSIONS)
+        .map(|i| {
+            let user = kit.user_with(serde_json::json!({
+                "_id": format!("63a1f0c2b7e4{i:012}"),
+                "provider": "Altogic",
+                "providerUserId": format!("63a1f0c2b7e4{i:012}"),
+                "email": format!("user{i}@example.test"),
+                "name": "Ada Lovelace",
+                "emailVerified": true,
+                "phoneVerified": false,
+                "signUpAt": "2026-11-22T03:24:05.123Z",
+                "lastLoginAt": "2026-11-22T03:24:05.123Z"
+            }));
+            format!("__Host-authgate={}", kit.session(&user).expose())
+        })
+        .collect();
+    // Net bytes of answering every session once: cold (the cache grows),
+    // then warm (it does not); the requests themselves cost the same both
+    // times, so the difference is what the cache keeps.
+    let net = |app: &authgate::AuthService<Router>| {
+        let batch: Vec<Request<Body>> = cookies.iter().map(|c| requests(c).remove(0)).collect();
+        let region = Region::new(GLOBAL);
+        runtime.block_on(async {
+            for request in batch {
+                let response = app.clone().oneshot(request).await.unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        });
+        let change = region.change();
+        change.bytes_allocated as f64 - change.bytes_deallocated as f64
+    };
+    let cold = net(&app);
+    let warm = net(&app);
+    assert_eq!(
+        kit.upstream_lookups(),
+        SESSIONS as u64,
+        "the second pass was all cache hits"
+    );
+    (cold - warm) / SESSIONS as f64
+}
+
 #[test]
-fn warm_path_allocates_only_one_extension_slot() {
+fn warm_path_allocates_nothing_and_a_cached_session_takes_under_1_kib() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let per_session = bytes_per_cached_session(&runtime);
+    eprintln!(
+        "heap bytes kept per cached session (Altogic user record included): {per_session:.0}"
+    );
+    assert!(
+        per_session <= 1024.0,
+        "{per_session:.0} bytes per cached session"
+    );
+
     let kit = TestKit::new();
     let user = kit.user("alloc@example.test");
     let token = kit.session(&user);

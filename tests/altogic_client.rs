@@ -56,7 +56,8 @@ async fn sign_up_and_sign_in_with_email_keep_the_whole_user() {
     assert_eq!(signed_up.user.name.as_deref(), Some("Ada"));
     assert_eq!(signed_up.user.provider.as_deref(), Some("Altogic"));
     assert_eq!(
-        signed_up.user.raw["plan"], "pro",
+        signed_up.user.raw.get("plan"),
+        Some(json!("pro")),
         "custom fields kept in raw"
     );
     assert!(signed_up.session.is_some());

@@ -73,6 +73,61 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The upstream's whole user object, kept as its JSON text: cached users
+/// stay small (parsing it into a `serde_json::Value` tree would double a
+/// cached session's memory), and nothing the upstream sent is lost.
+#[derive(Clone, Serialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// Wraps a JSON value.
+    pub fn new(value: &serde_json::Value) -> Self {
+        serde_json::value::to_raw_value(value).map_or_else(|_| Self::default(), Self)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Parses the whole object.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// One field of the object, parsed.
+    pub fn get(&self, key: &str) -> Option<serde_json::Value> {
+        match self.to_value() {
+            serde_json::Value::Object(mut map) => map.remove(key),
+            _ => None,
+        }
+    }
+
+    /// Deserializes the object into your own type (custom user fields).
+    pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+}
+
+impl Default for RawJson {
+    fn default() -> Self {
+        Self(serde_json::value::RawValue::NULL.to_owned())
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The neutral user every upstream maps to. `raw` keeps the upstream's
 /// whole object, so nothing it sends is lost.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -97,7 +152,7 @@ pub struct User {
     /// Organisation id, if the upstream has one.
     pub org: Option<String>,
     /// The upstream's whole user object.
-    pub raw: serde_json::Value,
+    pub raw: RawJson,
 }
 
 impl User {
@@ -106,7 +161,7 @@ impl User {
     pub fn new(id: impl Into<String>, raw: serde_json::Value) -> Self {
         Self {
             id: id.into(),
-            raw,
+            raw: RawJson::new(&raw),
             ..Self::default()
         }
     }
@@ -138,7 +193,7 @@ impl User {
             .sum::<usize>()
             + self.id.len()
             + self.groups.iter().map(String::len).sum::<usize>();
-        let raw = serde_json::to_string(&self.raw).map_or(1024, |s| s.len() * 3);
+        let raw = self.raw.as_str().len();
         u32::try_from(strings + raw + 256).unwrap_or(u32::MAX)
     }
 }
