@@ -53,9 +53,9 @@ struct Mark {
 
 #[derive(Default)]
 struct Shard {
-    users: HashMap<Box<str>, Arc<Entry>, RandomState>,
+    users: HashMap<Box<[u8]>, Arc<Entry>, RandomState>,
     user_bytes: u64,
-    marks: HashMap<Box<str>, Mark, RandomState>,
+    marks: HashMap<Box<[u8]>, Mark, RandomState>,
 }
 
 pub(crate) struct Cache {
@@ -74,8 +74,8 @@ impl std::fmt::Debug for Cache {
 
 /// The shard of a token. Tokens are random; an attacker who skews their
 /// own tokens into one shard only churns that shard's marks.
-fn shard_index(token: &str) -> usize {
-    token.as_bytes().last().map_or(0, |&b| usize::from(b)) % SHARDS
+fn shard_index(token: &[u8]) -> usize {
+    token.last().map_or(0, |&b| usize::from(b)) % SHARDS
 }
 
 impl Cache {
@@ -88,12 +88,12 @@ impl Cache {
         }
     }
 
-    fn shard(&self, token: &str) -> &RwLock<Shard> {
+    fn shard(&self, token: &[u8]) -> &RwLock<Shard> {
         &self.shards[shard_index(token)]
     }
 
     /// The cached user of a token, fresh or not.
-    pub(crate) fn user(&self, token: &str) -> Option<Arc<Entry>> {
+    pub(crate) fn user(&self, token: &[u8]) -> Option<Arc<Entry>> {
         let shard = self
             .shard(token)
             .read()
@@ -102,7 +102,7 @@ impl Cache {
     }
 
     /// The active mark of a token, if any.
-    pub(crate) fn mark(&self, token: &str, now: Instant) -> Option<MarkKind> {
+    pub(crate) fn mark(&self, token: &[u8], now: Instant) -> Option<MarkKind> {
         let shard = self
             .shard(token)
             .read()
@@ -118,7 +118,7 @@ impl Cache {
     /// (checked under the same lock, so a sign-out racing a lookup wins).
     pub(crate) fn insert_user(
         &self,
-        token: &str,
+        token: &[u8],
         user: Arc<User>,
         fresh_until: Instant,
         stale_until: Instant,
@@ -154,7 +154,7 @@ impl Cache {
     }
 
     /// Marks a token (and forgets its user for `Invalid` and `Revoked`).
-    pub(crate) fn mark_token(&self, token: &str, kind: MarkKind, until: Instant) {
+    pub(crate) fn mark_token(&self, token: &[u8], kind: MarkKind, until: Instant) {
         let now = Instant::now();
         let mut shard = self
             .shard(token)
@@ -181,7 +181,7 @@ impl Cache {
     }
 
     /// Forgets a token's cached user.
-    pub(crate) fn forget_user(&self, token: &str) {
+    pub(crate) fn forget_user(&self, token: &[u8]) {
         let mut shard = self
             .shard(token)
             .write()
@@ -192,7 +192,7 @@ impl Cache {
     }
 
     /// Clears a cooldown after a successful lookup.
-    pub(crate) fn clear_cooldown(&self, token: &str) {
+    pub(crate) fn clear_cooldown(&self, token: &[u8]) {
         let mut shard = self
             .shard(token)
             .write()
@@ -207,7 +207,7 @@ impl Cache {
     }
 
     /// Forgets every cached session of a user, except `keep`.
-    pub(crate) fn remove_user_sessions(&self, user_id: &str, keep: Option<&str>) {
+    pub(crate) fn remove_user_sessions(&self, user_id: &str, keep: Option<&[u8]>) {
         for shard in self.shards.iter() {
             let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
             let mut freed = 0;
@@ -302,14 +302,14 @@ mod tests {
         let cache = Cache::new(1 << 20, 1000);
         let now = Instant::now();
         let later = now + Duration::from_secs(60);
-        assert!(cache.insert_user("tok", user("u"), later, later));
-        cache.mark_token("tok", MarkKind::Revoked, later);
-        assert!(cache.user("tok").is_none());
-        assert!(!cache.insert_user("tok", user("u"), later, later));
-        cache.mark_token("tok", MarkKind::Cooldown, later);
-        assert_eq!(cache.mark("tok", now), Some(MarkKind::Revoked));
+        assert!(cache.insert_user(b"tok", user("u"), later, later));
+        cache.mark_token(b"tok", MarkKind::Revoked, later);
+        assert!(cache.user(b"tok").is_none());
+        assert!(!cache.insert_user(b"tok", user("u"), later, later));
+        cache.mark_token(b"tok", MarkKind::Cooldown, later);
+        assert_eq!(cache.mark(b"tok", now), Some(MarkKind::Revoked));
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(cache.mark("tok", Instant::now()), None);
+        assert_eq!(cache.mark(b"tok", Instant::now()), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -317,8 +317,13 @@ mod tests {
         let cache = Cache::new(200_000, 1_000);
         let later = Instant::now() + Duration::from_secs(60);
         for i in 0..20_000 {
-            cache.insert_user(&format!("token-{i}"), user(&format!("u{i}")), later, later);
-            cache.mark_token(&format!("bad-{i}"), MarkKind::Invalid, later);
+            cache.insert_user(
+                format!("token-{i}").as_bytes(),
+                user(&format!("u{i}")),
+                later,
+                later,
+            );
+            cache.mark_token(format!("bad-{i}").as_bytes(), MarkKind::Invalid, later);
         }
         assert!(cache.user_bytes() <= 200_000, "{}", cache.user_bytes());
         assert!(cache.user_count() > 100);
@@ -334,23 +339,23 @@ mod tests {
     async fn a_flood_of_invalid_tokens_does_not_evict_users() {
         let cache = Cache::new(1 << 20, 1_000);
         let later = Instant::now() + Duration::from_secs(60);
-        cache.insert_user("real-user-token", user("real"), later, later);
+        cache.insert_user(b"real-user-token", user("real"), later, later);
         for i in 0..100_000 {
-            cache.mark_token(&format!("random-{i}"), MarkKind::Invalid, later);
+            cache.mark_token(format!("random-{i}").as_bytes(), MarkKind::Invalid, later);
         }
-        assert!(cache.user("real-user-token").is_some());
+        assert!(cache.user(b"real-user-token").is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn user_wide_removal_keeps_the_named_session() {
         let cache = Cache::new(1 << 20, 1_000);
         let later = Instant::now() + Duration::from_secs(60);
-        for token in ["a1", "a2", "a3"] {
+        for token in [b"a1", b"a2", b"a3"] {
             cache.insert_user(token, user("a"), later, later);
         }
-        cache.insert_user("b1", user("b"), later, later);
-        cache.remove_user_sessions("a", Some("a2"));
-        assert!(cache.user("a1").is_none() && cache.user("a3").is_none());
-        assert!(cache.user("a2").is_some() && cache.user("b1").is_some());
+        cache.insert_user(b"b1", user("b"), later, later);
+        cache.remove_user_sessions("a", Some(b"a2"));
+        assert!(cache.user(b"a1").is_none() && cache.user(b"a3").is_none());
+        assert!(cache.user(b"a2").is_some() && cache.user(b"b1").is_some());
     }
 }

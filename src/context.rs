@@ -5,14 +5,12 @@
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use http::header::Entry;
 use http::header::{CACHE_CONTROL, EXPIRES, PRAGMA, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::AuthConfig;
-use crate::cookie::{
-    CookieAttributes, CookieScan, Keys, decode_token, encode_token, plain_token,
-    scan_session_cookie,
-};
+use crate::cookie::{CookieAttributes, CookieFinder, CookieScan, Keys, decode_token, encode_token};
 use crate::events::{AuthEvent, FlowRejection};
 use crate::redirect::ReturnTo;
 use crate::resolve::{AuthState, Resolution, Resolver};
@@ -35,12 +33,14 @@ pub(crate) struct Shared {
     pub(crate) reset_name: String,
     pub(crate) return_to: ReturnTo,
     pub(crate) attributes: CookieAttributes,
+    pub(crate) cookie_finder: CookieFinder,
 }
 
 impl Shared {
     pub(crate) fn new(config: AuthConfig, resolver: Resolver, keys: Keys) -> Self {
         let session_name = config.session_cookie_name();
         Self {
+            cookie_finder: CookieFinder::new(&session_name),
             flow_name: format!("{session_name}-flow"),
             reset_name: format!("{session_name}-reset"),
             session_name,
@@ -148,46 +148,59 @@ pub(crate) struct RequestAuth {
 
 impl RequestAuth {
     /// Reads the session cookie and probes the cache (no upstream call).
-    pub(crate) fn prepare(shared: &Arc<Shared>, headers: &HeaderMap) -> Arc<Self> {
-        let auth = POOL
-            .with_borrow_mut(|pool| {
-                let index = pool.iter().position(|a| Arc::ptr_eq(&a.shared, shared))?;
-                Some(pool.swap_remove(index))
-            })
-            .unwrap_or_else(|| {
-                Arc::new(Self {
-                    shared: shared.clone(),
-                    state: Mutex::new(RequestState::default()),
-                })
-            });
-        {
-            let mut state = auth.lock();
-            match scan_session_cookie(headers, &shared.session_name) {
-                CookieScan::Absent => state.cookie = CookieState::Absent,
-                CookieScan::Ambiguous => state.cookie = CookieState::Ambiguous,
-                CookieScan::Present(value) => {
-                    let fresh = plain_token(value).and_then(|t| shared.resolver.fresh(t));
-                    if let Some(user) = fresh {
-                        state.cookie = CookieState::Present;
-                        state.prefetched = Some(user);
-                    } else if let Some(token) = decode_token(value) {
-                        state.cookie = CookieState::Present;
-                        state.token = Some(token);
-                    } else {
-                        state.cookie = CookieState::Malformed;
-                    }
+    pub(crate) fn prepare(shared: &Arc<Shared>, headers: &HeaderMap) -> (Arc<Self>, CookieState) {
+        let mut prefetched = None;
+        let mut token = None;
+        let cookie = match shared.cookie_finder.scan(headers) {
+            CookieScan::Absent => CookieState::Absent,
+            CookieScan::Ambiguous => CookieState::Ambiguous,
+            CookieScan::Present(value) => {
+                // An exact match with a cached token needs no decoding or
+                // alphabet check; only a miss decodes and validates.
+                prefetched = shared.resolver.fresh(value);
+                if prefetched.is_none() {
+                    token = decode_token(value);
+                }
+                if prefetched.is_some() || token.is_some() {
+                    CookieState::Present
+                } else {
+                    CookieState::Malformed
                 }
             }
-        }
-        auth
+        };
+        let pooled = POOL.with_borrow_mut(|pool| {
+            // Usually one layer per thread: its context is on top.
+            if pool.last().is_some_and(|a| Arc::ptr_eq(&a.shared, shared)) {
+                return pool.pop();
+            }
+            let index = pool.iter().position(|a| Arc::ptr_eq(&a.shared, shared))?;
+            Some(pool.swap_remove(index))
+        });
+        let auth = match pooled {
+            Some(auth) => {
+                {
+                    let mut state = auth.lock();
+                    state.cookie = cookie;
+                    state.prefetched = prefetched;
+                    state.token = token;
+                }
+                auth
+            }
+            None => Arc::new(Self {
+                shared: shared.clone(),
+                state: Mutex::new(RequestState {
+                    cookie,
+                    prefetched,
+                    token,
+                    ..RequestState::default()
+                }),
+            }),
+        };
+        (auth, cookie)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RequestState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn cookie(&self) -> CookieState {
-        self.lock().cookie
     }
 
     /// Resolves the user once per request (a second call returns the first
@@ -206,7 +219,9 @@ impl RequestAuth {
             (state.token.clone(), state.cookie)
         };
         let resolution = match (token, cookie) {
-            (Some(token), _) => self.shared.resolver.resolve(&token).await,
+            // Boxed: the cold path's future is large, and keeping it inline
+            // would make every extractor future (and its moves) larger.
+            (Some(token), _) => Box::pin(self.shared.resolver.resolve(&token)).await,
             (None, CookieState::Malformed) => Resolution {
                 state: AuthState::Anonymous,
                 clear_cookie: true,
@@ -280,15 +295,23 @@ pub(crate) fn apply_hygiene(headers: &mut HeaderMap, set_cookies: &[String], res
     } else {
         return;
     }
-    let varies_on_cookie = headers.get_all(VARY).iter().any(|value| {
-        value.to_str().is_ok_and(|v| {
-            v.split(',').any(|token| {
-                matches!(token.trim(), "*") || token.trim().eq_ignore_ascii_case("cookie")
-            })
-        })
-    });
-    if !varies_on_cookie {
-        headers.append(VARY, HeaderValue::from_static("Cookie"));
+    match headers.entry(VARY) {
+        Entry::Vacant(vary) => {
+            vary.insert(HeaderValue::from_static("Cookie"));
+        }
+        Entry::Occupied(mut vary) => {
+            let varies_on_cookie = vary.iter().any(|value| {
+                value.to_str().is_ok_and(|v| {
+                    v.split(',').any(|token| {
+                        let token = token.trim();
+                        token == "*" || token.eq_ignore_ascii_case("cookie")
+                    })
+                })
+            });
+            if !varies_on_cookie {
+                vary.append(HeaderValue::from_static("Cookie"));
+            }
+        }
     }
 }
 

@@ -144,8 +144,8 @@ where
                 },
             };
         }
-        let auth = RequestAuth::prepare(&self.shared, req.headers());
-        if auth.cookie() == CookieState::Ambiguous {
+        let (auth, cookie) = RequestAuth::prepare(&self.shared, req.headers());
+        if cookie == CookieState::Ambiguous {
             self.shared.resolver.emit(AuthEvent::FlowRejected {
                 reason: FlowRejection::DuplicateCookies,
                 session: None,

@@ -177,14 +177,14 @@ impl Resolver {
 
     /// The fresh cached user of a token: the warm path, with no upstream
     /// call and no allocation.
-    pub(crate) fn fresh(&self, token: &str) -> Option<Arc<User>> {
+    pub(crate) fn fresh(&self, token: &[u8]) -> Option<Arc<User>> {
         let entry = self.inner.cache.user(token)?;
         (Instant::now() < entry.fresh_until).then(|| entry.user.clone())
     }
 
     /// Resolves a token: cache, then one coalesced upstream lookup.
     pub(crate) async fn resolve(&self, token: &SessionToken) -> Resolution {
-        let key = token.expose();
+        let key = token.expose().as_bytes();
         let cache = &self.inner.cache;
         let now = Instant::now();
         let cached = cache.user(key);
@@ -242,34 +242,36 @@ impl Resolver {
     /// Puts a freshly signed-in user in the cache, so the next request does
     /// not need the upstream.
     pub(crate) fn prime(&self, token: &SessionToken, user: User) {
-        self.inner.store(token.expose(), Arc::new(user));
+        self.inner.store(token.expose().as_bytes(), Arc::new(user));
     }
 
     /// Forgets the cached user of a token (the next request asks the
     /// upstream), without tombstoning it.
     pub(crate) fn forget(&self, token: &SessionToken) {
-        self.inner.cache.forget_user(token.expose());
+        self.inner.cache.forget_user(token.expose().as_bytes());
     }
 
     /// Forgets a signed-out token and tombstones it.
     pub(crate) fn revoke(&self, token: &SessionToken) {
         let settings = &self.inner.settings;
         let horizon = settings.fresh_ttl + settings.stale_window;
-        self.inner
-            .cache
-            .mark_token(token.expose(), MarkKind::Revoked, Instant::now() + horizon);
+        self.inner.cache.mark_token(
+            token.expose().as_bytes(),
+            MarkKind::Revoked,
+            Instant::now() + horizon,
+        );
     }
 
     /// Forgets every cached session of a user, except `keep`.
     pub(crate) fn revoke_user(&self, user_id: &str, keep: Option<&SessionToken>) {
         self.inner
             .cache
-            .remove_user_sessions(user_id, keep.map(SessionToken::expose));
+            .remove_user_sessions(user_id, keep.map(|t| t.expose().as_bytes()));
     }
 
     /// A short, keyed fingerprint of a token for log lines and events.
     pub(crate) fn fingerprint(&self, token: &SessionToken) -> String {
-        self.inner.fingerprint(token.expose())
+        self.inner.fingerprint(token.expose().as_bytes())
     }
 
     /// The fingerprint as an event field.
@@ -284,14 +286,14 @@ impl Resolver {
 }
 
 impl Inner {
-    fn fingerprint(&self, token: &str) -> String {
+    fn fingerprint(&self, token: &[u8]) -> String {
         let mut mac = self.hasher.clone();
-        mac.update(token.as_bytes());
+        mac.update(token);
         let digest = mac.finalize().into_bytes();
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    fn store(&self, token: &str, user: Arc<User>) {
+    fn store(&self, token: &[u8], user: Arc<User>) {
         let settings = &self.settings;
         let now = Instant::now();
         // Up to 10 % jitter so users warmed together do not expire together.
@@ -318,7 +320,7 @@ impl Inner {
 
     async fn lookup_upstream(&self, token: &SessionToken) -> Fetched {
         let settings = &self.settings;
-        let key = token.expose();
+        let key = token.expose().as_bytes();
         let permit = tokio::time::timeout(settings.queue_timeout, self.permits.acquire()).await;
         let Ok(Ok(_permit)) = permit else {
             tracing::warn!(token = %self.fingerprint(key), "authgate: upstream lookup queue full; request is unavailable");

@@ -130,8 +130,10 @@ async fn serve_site() -> ServedSite {
     let origin = format!("http://{}", listener.local_addr().unwrap());
     let config = site::auth_config(&origin, Some(&KEY)).unwrap();
     dev.set_redirect_url(&config.callback_url());
+    let builder = altogic::Client::builder(dev.url(), dev.client_key());
+    let app = site::app(config, builder, site::SiteOptions::for_dev(&dev)).unwrap();
+    // The test's own client, for what it does directly upstream.
     let altogic = altogic::Client::new(dev.url(), dev.client_key()).unwrap();
-    let app = site::app(config, altogic.clone(), site::SiteOptions::for_dev(&dev));
     tokio::spawn(async move {
         let service = axum::ServiceExt::<Request>::into_make_service(app);
         if let Err(err) = axum::serve(listener, service).await {
@@ -341,7 +343,12 @@ impl Run {
             self.open("/account").await?;
             self.wait_text("Active sessions").await?;
             self.expect_rows(3).await?;
-            self.wait_text("this browser").await?;
+            // The site sent Chromium's own User-Agent upstream when it
+            // signed in, so its row names the browser, not the server.
+            self.wait_text("Chrome on Linux this browser").await?;
+            // And the sign-in is among the recent auth events.
+            self.wait_text("Recent auth events").await?;
+            self.wait_text("by password (session ").await?;
             self.click(".end-session").await?;
             self.wait_page("/account", "That session was signed out.")
                 .await?;

@@ -4,6 +4,11 @@
 //! A small cookie jar plays the browser; dev-upstream pages (e-mail links,
 //! the OAuth simulator) are fetched over HTTP without following redirects,
 //! and their redirect back to the app is fed to the app again.
+//!
+//! The last section drives the same site through `site::app_with_layer()`
+//! with the layer of `authgate::test::TestKit` (an in-memory upstream, no
+//! network, tokio's paused clock): protected pages, outages and invalid
+//! sessions, as an app's own tests would.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,11 +19,13 @@ mod site;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use authgate::dev::DevUpstream;
+use authgate::test::{Fault, SessionChange, TestKit};
 use authgate::{SessionToken, altogic};
 use axum::body::Body;
-use http::header::{CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
+use http::header::{CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE, USER_AGENT};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt as _;
 use serde_json::json;
@@ -35,6 +42,8 @@ struct TestSite {
     dev: DevUpstream,
     altogic: altogic::Client,
     origin: String,
+    /// The site's auth-event log (what `/account` shows).
+    events: site::EventLog,
 }
 
 async fn test_site() -> TestSite {
@@ -50,44 +59,57 @@ async fn test_site_at(origin: &str) -> TestSite {
     let dev = site::spawn_dev_upstream().await.expect("dev upstream");
     let config = site::auth_config(origin, Some(&KEY)).unwrap();
     dev.set_redirect_url(&config.callback_url());
+    let options = SiteOptions::for_dev(&dev);
+    let events = options.events.clone();
+    let builder = altogic::Client::builder(dev.url(), dev.client_key());
+    let app = site::app(config, builder, options).unwrap();
+    // The tests' own client, for what a test does directly upstream.
     let altogic = altogic::Client::new(dev.url(), dev.client_key()).unwrap();
-    let app = site::app(config, altogic.clone(), SiteOptions::for_dev(&dev));
     TestSite {
         app,
         dev,
         altogic,
         origin: origin.to_owned(),
+        events,
     }
 }
 
 impl TestSite {
-    fn browser(&self) -> Browser<'_> {
-        Browser {
-            site: self,
-            cookies: BTreeMap::new(),
-        }
+    fn browser(&self) -> Browser {
+        Browser::new(&self.app, &self.origin)
+    }
+
+    /// A browser that sends this `User-Agent`.
+    fn browser_with_agent(&self, user_agent: &str) -> Browser {
+        let mut browser = self.browser();
+        browser.user_agent = Some(user_agent.to_owned());
+        browser
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.origin)
     }
 
-    /// A confirmed e-mail account, made directly upstream.
-    async fn email_user(&self, email: &str, name: &str) {
+    /// A confirmed e-mail account, made directly upstream: its user id.
+    async fn email_user(&self, email: &str, name: &str) -> String {
         let data = json!({"name": name, "emailVerified": true});
         self.altogic
             .sign_up_with_email(email, PASSWORD, Some(data))
             .await
-            .expect("sign-up");
+            .expect("sign-up")
+            .user
+            .id
     }
 
-    /// A verified phone account, made directly upstream.
-    async fn phone_user(&self, phone: &str) {
+    /// A verified phone account, made directly upstream: its user id.
+    async fn phone_user(&self, phone: &str) -> String {
         let data = json!({"name": "Phone Person", "phoneVerified": true});
         self.altogic
             .sign_up_with_phone(phone, PASSWORD, Some(data))
             .await
-            .expect("sign-up");
+            .expect("sign-up")
+            .user
+            .id
     }
 
     fn link_to(&self, address: &str) -> String {
@@ -126,6 +148,17 @@ struct Page {
 }
 
 impl Page {
+    async fn read(response: http::Response<Body>) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Self {
+            status,
+            headers,
+            body: String::from_utf8(bytes.to_vec()).unwrap(),
+        }
+    }
+
     fn location(&self) -> &str {
         self.headers
             .get(LOCATION)
@@ -192,14 +225,26 @@ fn is_removal(cookie: &cookie::Cookie<'_>) -> bool {
 }
 
 /// A cookie jar in front of the app.
-struct Browser<'a> {
-    site: &'a TestSite,
+struct Browser {
+    app: site::App,
+    origin: String,
     cookies: BTreeMap<String, String>,
+    /// The `User-Agent` it sends, if any.
+    user_agent: Option<String>,
 }
 
-impl Browser<'_> {
+impl Browser {
+    fn new(app: &site::App, origin: &str) -> Self {
+        Self {
+            app: app.clone(),
+            origin: origin.to_owned(),
+            cookies: BTreeMap::new(),
+            user_agent: None,
+        }
+    }
+
     fn session_cookie_name(&self) -> &'static str {
-        if self.site.origin.starts_with("https:") {
+        if self.origin.starts_with("https:") {
             "__Host-authgate"
         } else {
             "authgate"
@@ -234,7 +279,7 @@ impl Browser<'_> {
         let request = Request::post(path)
             .header("accept", "text/html")
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header("origin", &self.site.origin)
+            .header("origin", &self.origin)
             .header("sec-fetch-site", "same-origin");
         self.send(request, Body::from(encode(form))).await
     }
@@ -243,21 +288,16 @@ impl Browser<'_> {
         if let Some(cookies) = self.cookie_header() {
             request = request.header(COOKIE, cookies);
         }
+        if let Some(user_agent) = &self.user_agent {
+            request = request.header(USER_AGENT, user_agent);
+        }
         let response = self
-            .site
             .app
             .clone()
             .oneshot(request.body(body).unwrap())
             .await
             .expect("infallible");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let page = Page {
-            status,
-            headers,
-            body: String::from_utf8(bytes.to_vec()).unwrap(),
-        };
+        let page = Page::read(response).await;
         for cookie in page.set_cookies() {
             if is_removal(&cookie) {
                 self.cookies.remove(cookie.name());
@@ -284,7 +324,7 @@ impl Browser<'_> {
         let url = url::Url::parse(location).unwrap();
         assert_eq!(
             url.origin().ascii_serialization(),
-            self.site.origin,
+            self.origin,
             "{location}"
         );
         match url.query() {
@@ -329,6 +369,47 @@ fn http_client() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
+}
+
+/// What `/` says for a signed-in user shown as `who` (e-mail, else phone).
+fn home_user(who: &str) -> String {
+    format!(r#"Signed in as <strong id="home-user">{who}</strong>"#)
+}
+
+/// Waits until the site's event log holds an event shown to `user_id`
+/// whose text contains `needle`. authgate runs the hook on tokio's blocking
+/// pool, so it lands a moment after the request that caused it; this waits
+/// in real time (a paused tokio clock does not move).
+async fn wait_for_event(log: &site::EventLog, user_id: &str, needle: &str) {
+    for _ in 0..1000 {
+        if log
+            .recent_for(user_id)
+            .iter()
+            .any(|entry| entry.text.contains(needle))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        tokio::task::yield_now().await;
+    }
+    let seen: Vec<String> = log
+        .recent_for(user_id)
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
+    panic!("no event {needle:?} for {user_id} in {seen:#?}");
+}
+
+const CHROME_LINUX: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+const FIREFOX_WINDOWS: &str =
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0";
+const SAFARI_IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";
+const CHROME_ANDROID: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36";
+const EDGE_WINDOWS: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.51";
+
+/// A sessions-table cell for this browser's own session on `device`.
+fn this_browser_on(device: &str) -> String {
+    format!(r#"<td>{device} <span class="tag">this browser</span></td>"#)
 }
 
 // ---- public pages ---------------------------------------------------------
@@ -1108,6 +1189,267 @@ async fn ending_this_browsers_own_session_by_id_signs_it_out() {
 }
 
 #[tokio::test]
+async fn ending_another_browsers_session_signs_it_out_at_once() {
+    let site = test_site().await;
+    let email = "two@example.test";
+    site.email_user(email, "Two Browsers").await;
+    let mut a = site.browser();
+    let mut b = site.browser();
+    a.sign_in(email, PASSWORD).await;
+    b.sign_in(email, PASSWORD).await;
+    // B is signed in and its user is cached (fresh for the 60 s TTL).
+    b.get("/").await.assert_shows(&home_user(email));
+    let b_token = SessionToken::new(b.session().unwrap()).unwrap();
+    let b_id = site
+        .altogic
+        .get_all_sessions(&b_token)
+        .await
+        .unwrap()
+        .iter()
+        .find(|s| s.token == b_token)
+        .unwrap()
+        .id();
+    assert!(a.get("/account").await.session_ids().contains(&b_id));
+
+    let ended = a
+        .post("/account/sessions/end", &[("session_id", &b_id)])
+        .await;
+    assert_eq!(ended.location(), "/account?notice=session-ended");
+    assert!(!site.session_is_alive(b_token.expose()).await);
+
+    // B's very next request is signed out and its cookie cleared: the
+    // site tombstoned the session in the layer's cache.
+    let home = b.get("/").await;
+    home.assert_shows("You are not signed in.");
+    assert!(is_removal(&home.set_cookie("authgate").unwrap()));
+    assert_eq!(b.session(), None);
+    let account = b.get("/account").await;
+    assert_eq!(account.location(), "/signin?return_to=%2Faccount");
+    // A stays signed in.
+    a.get("/").await.assert_shows(&home_user(email));
+}
+
+#[tokio::test]
+async fn profile_changes_show_on_every_page_at_once() {
+    let site = test_site().await;
+    let email = "fresh@example.test";
+    site.email_user(email, "Fresh").await;
+    let mut browser = site.browser();
+    browser.sign_in(email, PASSWORD).await;
+    browser.get("/").await.assert_shows(&home_user(email));
+
+    // E-mail changed at once (confirmation off): `/` and the header show
+    // the new address on the very next request, not after the cache TTL.
+    site.dev.set_email_confirmation(false);
+    let new_email = "fresher@example.test";
+    let changed = browser
+        .post(
+            "/account/email",
+            &[("new_email", new_email), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(changed.location(), "/account?notice=email-changed");
+    let home = browser.get("/").await;
+    home.assert_shows(&home_user(new_email));
+    home.assert_shows(&format!(r#"id="nav-account">{new_email}</a>"#));
+    home.assert_lacks(email);
+
+    // Phone changed with a code (confirmation on), for a phone account.
+    let phone = "+15550004444";
+    site.phone_user(phone).await;
+    let mut texting = site.browser();
+    let signed_in = texting
+        .post("/signin/phone", &[("phone", phone), ("password", PASSWORD)])
+        .await;
+    assert_eq!(
+        signed_in.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        signed_in.body
+    );
+    texting.get("/").await.assert_shows(&home_user(phone));
+    let new_phone = "+15550005555";
+    let ask = texting
+        .post(
+            "/account/phone",
+            &[("new_phone", new_phone), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(ask.status, StatusCode::OK, "{}", ask.body);
+    let code = site.code_to(new_phone);
+    let verified = texting
+        .post("/verify-phone", &[("phone", new_phone), ("code", &code)])
+        .await;
+    assert_eq!(verified.location(), "/account?notice=phone-changed");
+    texting.get("/").await.assert_shows(&home_user(new_phone));
+
+    // Phone changed at once (confirmation off).
+    site.dev.set_phone_confirmation(false);
+    let newest = "+15550006666";
+    let changed = texting
+        .post(
+            "/account/phone",
+            &[("new_phone", newest), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(changed.location(), "/account?notice=phone-changed");
+    texting.get("/").await.assert_shows(&home_user(newest));
+}
+
+#[tokio::test]
+async fn a_change_made_elsewhere_reaches_every_page_after_a_visit_to_the_account_page() {
+    let site = test_site().await;
+    site.dev.set_email_confirmation(false);
+    let email = "elsewhere@example.test";
+    site.email_user(email, "Elsewhere").await;
+    let mut browser = site.browser();
+    browser.sign_in(email, PASSWORD).await;
+    browser.get("/").await.assert_shows(&home_user(email));
+    // Another client changes the address; this browser's cached user is old.
+    let token = SessionToken::new(browser.session().unwrap()).unwrap();
+    let moved = "moved@example.test";
+    site.altogic
+        .change_email(&token, PASSWORD, moved)
+        .await
+        .unwrap();
+    browser.get("/").await.assert_shows(&home_user(email));
+    // The account page reads the user fresh and drops the stale copy.
+    let account = browser.get("/account").await;
+    account.assert_shows(&format!(r#"<dd id="account-email">{moved}"#));
+    browser.get("/").await.assert_shows(&home_user(moved));
+}
+
+#[tokio::test]
+async fn the_sessions_list_shows_each_browsers_device() {
+    let site = test_site().await;
+    // Password sign-in by e-mail, from two browsers.
+    let email = "devices@example.test";
+    site.email_user(email, "Devices").await;
+    let mut chrome = site.browser_with_agent(CHROME_LINUX);
+    chrome.sign_in(email, PASSWORD).await;
+    let mut firefox = site.browser_with_agent(FIREFOX_WINDOWS);
+    firefox.sign_in(email, PASSWORD).await;
+    let page = chrome.get("/account").await;
+    page.assert_shows(&this_browser_on("Chrome on Linux"));
+    page.assert_shows("<td>Firefox on Windows</td>");
+    let page = firefox.get("/account").await;
+    page.assert_shows(&this_browser_on("Firefox on Windows"));
+    page.assert_shows("<td>Chrome on Linux</td>");
+
+    // Phone sign-up verified by SMS code, then sign-in with an SMS code.
+    let phone = "+15550007777";
+    let mut iphone = site.browser_with_agent(SAFARI_IPHONE);
+    let asked = iphone
+        .post("/signup/phone", &[("phone", phone), ("password", PASSWORD)])
+        .await;
+    assert_eq!(asked.status, StatusCode::OK, "{}", asked.body);
+    let code = site.code_to(phone);
+    let verified = iphone
+        .post("/verify-phone", &[("phone", phone), ("code", &code)])
+        .await;
+    assert_eq!(verified.status, StatusCode::SEE_OTHER, "{}", verified.body);
+    let mut android = site.browser_with_agent(CHROME_ANDROID);
+    android.post("/signin/code/send", &[("phone", phone)]).await;
+    let code = site.code_to(phone);
+    let signed_in = android
+        .post("/signin/code", &[("phone", phone), ("code", &code)])
+        .await;
+    assert_eq!(
+        signed_in.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        signed_in.body
+    );
+    let page = iphone.get("/account").await;
+    page.assert_shows(&this_browser_on("Mobile Safari on iOS"));
+    page.assert_shows("<td>Chrome on Android</td>");
+
+    // E-mail sign-up that signs in at once (confirmation off).
+    site.dev.set_email_confirmation(false);
+    let mut edge = site.browser_with_agent(EDGE_WINDOWS);
+    let signed_up = edge
+        .post(
+            "/signup",
+            &[("email", "edge@example.test"), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(
+        signed_up.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        signed_up.body
+    );
+    let page = edge.get("/account").await;
+    page.assert_shows(&this_browser_on("Edge on Windows"));
+}
+
+#[tokio::test]
+async fn the_account_page_shows_this_users_recent_auth_events() {
+    let site = test_site().await;
+    site.dev.set_email_confirmation(false);
+    let email = "events@example.test";
+    let id = site.email_user(email, "Eve Events").await;
+    let other_id = site.email_user("other@example.test", "Other").await;
+    let mut browser = site.browser();
+    browser.sign_in(email, PASSWORD).await;
+    let token = browser.session().unwrap().to_owned();
+    // Another user's sign-in is not shown to this one.
+    site.browser().sign_in("other@example.test", PASSWORD).await;
+    // Another browser of this user signs in and out.
+    let mut second = site.browser();
+    second.sign_in(email, PASSWORD).await;
+    second.post("/auth/signout?scope=this", &[]).await;
+    // A cross-site post: refused, and reported as a rejected flow.
+    let cross = Request::post("/signin")
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "cross-site");
+    let refused = site
+        .browser()
+        .send(cross, Body::from(encode(&[("email", email)])))
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    // An e-mail change at once: the client reports it with the user id.
+    let new_email = "events2@example.test";
+    let changed = browser
+        .post(
+            "/account/email",
+            &[("new_email", new_email), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(changed.location(), "/account?notice=email-changed");
+
+    let signed_in = format!("signed in: user {id} by password (session ");
+    let signed_out = format!("signed out: user {id} scope This (session ");
+    let email_changed = format!("e-mail changed: user {id}");
+    for needle in [
+        signed_in.as_str(),
+        signed_out.as_str(),
+        "flow rejected: cross-site",
+        email_changed.as_str(),
+    ] {
+        wait_for_event(&site.events, &id, needle).await;
+    }
+    wait_for_event(&site.events, &other_id, "signed in: user").await;
+
+    let page = browser.get("/account").await;
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_shows("<h2>Recent auth events</h2>");
+    page.assert_shows(&signed_in);
+    page.assert_shows(&signed_out);
+    page.assert_shows("flow rejected: cross-site");
+    page.assert_shows(&email_changed);
+    page.assert_shows(" UTC</span> ");
+    page.assert_lacks(&other_id);
+    page.assert_lacks(&token);
+    // Newest first.
+    let text = page.text();
+    let at = |needle: &str| text.find(needle).unwrap();
+    assert!(at(&email_changed) < at("flow rejected: cross-site"));
+    assert!(at("flow rejected: cross-site") < at(&signed_out));
+    assert!(at(&signed_out) < at(&signed_in));
+}
+
+#[tokio::test]
 async fn user_text_is_escaped() {
     let site = test_site().await;
     let email = "xss@example.test";
@@ -1141,12 +1483,14 @@ async fn an_upstream_outage_shows_the_503_page_and_keeps_the_cookie() {
 
     // A fresh app: nothing cached, so nothing usable.
     let config = site::auth_config(ORIGIN, Some(&KEY)).unwrap();
-    let app = site::app(config, site.altogic.clone(), SiteOptions::default());
+    let builder = altogic::Client::builder(site.dev.url(), site.dev.client_key());
+    let app = site::app(config, builder, SiteOptions::default()).unwrap();
     let restarted = TestSite {
         app,
         dev: site.dev.clone(),
         altogic: site.altogic.clone(),
         origin: ORIGIN.to_owned(),
+        events: site.events.clone(),
     };
     let mut browser = restarted.browser();
     browser
@@ -1274,4 +1618,199 @@ fn bad_settings_fail_with_a_clear_message() {
     }
     // A plain-http public URL off loopback is refused by the layer's config.
     assert!(site::auth_config("http://site.example", None).is_err());
+}
+
+// ---- the site's own tests with the test kit ------------------------------------------
+//
+// `authgate::test::TestKit` stands in for the auth service: the site's own
+// `AuthConfig` (cookie name, pages, events) with an in-memory upstream, no
+// network, and tokio's paused clock driving the cache's TTL and stale
+// window. The pages that call the Altogic client themselves (the account
+// page's fresh profile and session list) get a client with no server
+// behind it, and show what they can without it.
+
+/// A closed port: the site's own Altogic calls fail at once.
+const NO_ALTOGIC: &str = "http://127.0.0.1:1";
+
+struct KitSite {
+    kit: TestKit,
+    app: site::App,
+    events: site::EventLog,
+}
+
+/// The site, configured as `main` configures it, behind the kit's layer.
+fn kit_site() -> KitSite {
+    let options = SiteOptions::default();
+    let events = options.events.clone();
+    let config = site::auth_config(ORIGIN, Some(&KEY))
+        .unwrap()
+        .with_events(events.auth_events());
+    let kit = TestKit::with_config(config);
+    let altogic = altogic::Client::builder(NO_ALTOGIC, "no-client-key")
+        .with_events(events.auth_events())
+        .build()
+        .unwrap();
+    let app = site::app_with_layer(kit.layer(), altogic, options);
+    KitSite { kit, app, events }
+}
+
+impl KitSite {
+    /// Sends a request built by the kit: the page, and what it did to the
+    /// session cookie.
+    async fn send(&self, request: Request<Body>) -> (Page, SessionChange) {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let change = self.kit.session_change(&response);
+        (Page::read(response).await, change)
+    }
+
+    /// A cookie-jar browser in front of the kit-backed site.
+    fn browser(&self) -> Browser {
+        Browser::new(&self.app, ORIGIN)
+    }
+}
+
+#[tokio::test]
+async fn kit_a_signed_in_user_gets_the_protected_pages() {
+    let site = kit_site();
+    let user = site.kit.user("kit@example.test");
+    let browser = site.kit.signed_in(&user);
+
+    let (home, change) = site.send(browser.get("/")).await;
+    assert_eq!(home.status, StatusCode::OK);
+    home.assert_shows(&format!("{} (kit).", home_user("kit@example.test")));
+    assert_eq!(change, SessionChange::Unchanged);
+
+    let (account, change) = site.send(browser.get("/account")).await;
+    assert_eq!(account.status, StatusCode::OK, "{}", account.body);
+    account.assert_shows("<h1>Your account</h1>");
+    account.assert_shows(r#"<dd id="account-name">kit</dd>"#);
+    account.assert_shows(r#"<dd id="account-email">kit@example.test"#);
+    // The session list needs the Altogic client: it says so, the rest of
+    // the page (from the layer's cached user) renders.
+    account.assert_shows("The sign-in service did not answer.");
+    account.assert_shows("Nothing yet since the site started.");
+    assert_eq!(change, SessionChange::Unchanged);
+    assert_eq!(
+        account.headers["cache-control"], "private, no-store",
+        "user pages are never stored by shared caches"
+    );
+    assert_eq!(site.kit.upstream_lookups(), 1, "one lookup, then the cache");
+
+    // Without a session: to sign in (a page) or 401 (an API call).
+    let (anonymous, _) = site.send(site.kit.anonymous().get("/account")).await;
+    assert_eq!(anonymous.status, StatusCode::SEE_OTHER);
+    assert_eq!(anonymous.location(), "/signin?return_to=%2Faccount");
+    let mut api = site.kit.anonymous().get("/account");
+    api.headers_mut()
+        .insert("accept", http::HeaderValue::from_static("application/json"));
+    let (api, _) = site.send(api).await;
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn kit_a_magic_link_sign_in_shows_in_recent_events() {
+    let site = kit_site();
+    let user = site.kit.user("link@example.test");
+    let link = site.kit.magic_link(&user);
+    let mut browser = site.browser();
+    let landing = browser.get(&link).await;
+    assert_eq!(landing.status, StatusCode::SEE_OTHER, "{}", landing.body);
+    assert_eq!(landing.location(), format!("{ORIGIN}/account"));
+    let token = browser.session().expect("signed in").to_owned();
+
+    // The same link again: refused, a rejected flow.
+    let replay = site.browser().get(&link).await;
+    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+
+    let signed_in = format!("signed in: user {} by magic-link (session ", user.id());
+    wait_for_event(&site.events, user.id(), &signed_in).await;
+    wait_for_event(&site.events, user.id(), "flow rejected: replayed-grant").await;
+    let account = browser.get("/account").await;
+    assert_eq!(account.status, StatusCode::OK, "{}", account.body);
+    account.assert_shows(&signed_in);
+    account.assert_shows("flow rejected: replayed-grant");
+    account.assert_lacks(&token);
+}
+
+#[tokio::test(start_paused = true)]
+async fn kit_an_outage_past_the_stale_window_shows_the_503_page() {
+    let site = kit_site();
+    let user = site.kit.user("outage@example.test");
+    let browser = site.kit.signed_in(&user);
+    let (home, _) = site.send(browser.get("/")).await;
+    home.assert_shows(&home_user("outage@example.test"));
+
+    // Past the 60 s TTL, the upstream down: the cached user is served.
+    site.kit.fail(&user, Fault::Unavailable);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let (home, change) = site.send(browser.get("/")).await;
+    home.assert_shows(&home_user("outage@example.test"));
+    assert_eq!(change, SessionChange::Unchanged);
+
+    // Past the 5-minute stale window: the site's 503 page, still signed in.
+    tokio::time::advance(Duration::from_secs(301)).await;
+    let (account, change) = site.send(browser.get("/account")).await;
+    assert_eq!(account.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(account.headers[RETRY_AFTER], "5");
+    account.assert_shows("<h1>Temporarily unavailable</h1>");
+    account.assert_shows("You are still signed in.");
+    assert_eq!(change, SessionChange::Unchanged, "the cookie is kept");
+    // Account forms too.
+    let (post, change) = site
+        .send(browser.post_form(
+            "/account/password",
+            &encode(&[("old_password", PASSWORD), ("new_password", "x123456")]),
+        ))
+        .await;
+    assert_eq!(post.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(change, SessionChange::Unchanged);
+
+    // A hanging upstream and nothing cached: 503 after the lookup timeout,
+    // never a redirect to sign in.
+    let other = site.kit.user("hang@example.test");
+    site.kit.fail(&other, Fault::Hang);
+    let (page, change) = site.send(site.kit.signed_in(&other).get("/account")).await;
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(change, SessionChange::Unchanged);
+
+    // Back up: signed in again once the failure cooldown has passed.
+    site.kit.heal(&user);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let (home, _) = site.send(browser.get("/")).await;
+    home.assert_shows(&home_user("outage@example.test"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn kit_an_invalid_session_clears_the_cookie_and_goes_to_sign_in() {
+    let site = kit_site();
+    let user = site.kit.user("gone@example.test");
+    let browser = site.kit.signed_in(&user);
+    let (home, _) = site.send(browser.get("/")).await;
+    home.assert_shows(&home_user("gone@example.test"));
+
+    // Ended upstream (expired, signed out elsewhere): within the TTL the
+    // cached user is served; past it the upstream's answer counts.
+    site.kit.fail(&user, Fault::Invalid);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let (home, change) = site.send(browser.get("/")).await;
+    home.assert_shows(&home_user("gone@example.test"));
+    assert_eq!(change, SessionChange::Unchanged);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let (account, change) = site.send(browser.get("/account")).await;
+    assert_eq!(account.status, StatusCode::SEE_OTHER);
+    assert_eq!(account.location(), "/signin?return_to=%2Faccount");
+    assert_eq!(change, SessionChange::Cleared);
+
+    // A form post with that cookie goes to sign in too (no 503, no form).
+    let (post, change) = site
+        .send(browser.post_form(
+            "/account/email",
+            &encode(&[("new_email", "x@example.test"), ("password", PASSWORD)]),
+        ))
+        .await;
+    assert_eq!(post.status, StatusCode::SEE_OTHER);
+    assert_eq!(post.location(), "/signin?return_to=%2Faccount");
+    assert_eq!(change, SessionChange::Cleared);
+    let (home, _) = site.send(browser.get("/")).await;
+    home.assert_shows("You are not signed in.");
 }

@@ -48,35 +48,38 @@ async fn run() -> Result<(), Box<dyn Error>> {
     let config = site::auth_config(&public_url, settings.key.as_deref())
         .map_err(|err| format!("AUTHGATE_PUBLIC_URL / AUTHGATE_KEY: {err}"))?;
 
-    let (client, options, dev) = match &settings.upstream {
+    // One `AuthEvents` (in `options.events`) goes to the layer and to the
+    // client: `site::app` wires both. Every event is logged and the recent
+    // ones show on the account page. `_dev` holds the dev upstream's handle
+    // for as long as the site runs.
+    let (client, options, _dev, upstream_note) = match &settings.upstream {
         UpstreamSetting::Dev => {
             let dev = site::spawn_dev_upstream().await?;
             dev.set_redirect_url(&config.callback_url());
-            let client = altogic::Client::new(dev.url(), dev.client_key())?;
+            let client = altogic::Client::builder(dev.url(), dev.client_key());
             let options = SiteOptions::for_dev(&dev);
-            (client, options, Some(dev))
+            let note = format!(
+                "embedded dev upstream at {} (e-mails and SMS codes: {}/_dev/outbox)",
+                dev.url(),
+                dev.url()
+            );
+            (client, options, Some(dev), note)
         }
         UpstreamSetting::Altogic { url, client_key } => {
-            let client = altogic::Client::new(url, client_key)
-                .map_err(|err| format!("ALTOGIC_URL / ALTOGIC_CLIENT_KEY: {err}"))?;
-            (client, SiteOptions::default(), None)
+            let client = altogic::Client::builder(url, client_key);
+            let note = format!(
+                "upstream {}; set its redirect URL to {}",
+                url.trim_end_matches('/'),
+                config.callback_url()
+            );
+            (client, SiteOptions::default(), None, note)
         }
     };
-    match &dev {
-        Some(dev) => eprintln!(
-            "ssr_site: embedded dev upstream at {} (e-mails and SMS codes: {}/_dev/outbox)",
-            dev.url(),
-            dev.url()
-        ),
-        None => eprintln!(
-            "ssr_site: upstream {}; set its redirect URL to {}",
-            client.env_url(),
-            config.callback_url()
-        ),
-    }
+    let app = site::app(config, client, options)
+        .map_err(|err| format!("ALTOGIC_URL / ALTOGIC_CLIENT_KEY: {err}"))?;
+    eprintln!("ssr_site: {upstream_note}");
     eprintln!("ssr_site: public URL {public_url}");
 
-    let app = site::app(config, client, options);
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on http://{bound}")?;
     stdout.flush()?;

@@ -1,7 +1,7 @@
 //! The account page: the user fresh from the upstream, password, e-mail
-//! and phone changes, and the list of sessions with their sign-out
-//! buttons (the "all others" and "everywhere" buttons post to the layer's
-//! `/auth/signout`).
+//! and phone changes, the list of sessions with their sign-out buttons
+//! (the "all others" and "everywhere" buttons post to the layer's
+//! `/auth/signout`), and the user's recent auth events.
 
 use std::sync::Arc;
 
@@ -99,10 +99,16 @@ async fn render(
     let altogic = view.altogic().clone();
     let (fresh, sessions) =
         tokio::join!(altogic.get_user(&token), altogic.get_all_sessions(&token));
-    // The layer's cached user may predate a change (a confirmed e-mail
-    // change, say): this page shows the database's copy.
+    // The layer's cached user may predate a change made elsewhere (in
+    // another browser, say): this page shows the database's copy, and the
+    // cache forgets the old one so the other pages catch up too.
     let account: Arc<User> = match fresh {
-        Ok(fresh) => Arc::new(fresh),
+        Ok(fresh) => {
+            if !same_profile(&fresh, &current) {
+                view.auth.refresh();
+            }
+            Arc::new(fresh)
+        }
         Err(err) if err.is_invalid_session() => {
             // Ended elsewhere while still cached here: sign this browser out.
             if let Err(err) = view.auth.sign_out(SignOutScope::This).await {
@@ -140,6 +146,7 @@ async fn render(
         None => StatusCode::OK,
     };
     let has_password = account.provider.as_deref().is_none_or(|p| p == "Altogic");
+    let events = view.site.events.recent_for(&account.id);
     view.user = Some(Arc::clone(&account));
     view.page(
         status,
@@ -147,11 +154,20 @@ async fn render(
         context! {
             account => Value::from_serialize(&*account),
             sessions => rows,
+            events,
             has_password,
             errors,
             values,
         },
     )
+}
+
+/// Whether the cached user still shows what the database holds.
+fn same_profile(fresh: &User, cached: &User) -> bool {
+    fresh.email == cached.email
+        && fresh.phone == cached.phone
+        && fresh.name == cached.name
+        && fresh.email_verified == cached.email_verified
 }
 
 #[derive(Default, Serialize)]
@@ -229,6 +245,9 @@ pub(crate) async fn change_email(
                 .await
             {
                 Ok(updated) if updated.email != user.email => {
+                    // Changed at once (confirmation off): forget this
+                    // browser's cached user so `/` shows the new address.
+                    view.auth.refresh();
                     return Redirect::to("/account?notice=email-changed").into_response();
                 }
                 Ok(_) => return Redirect::to("/account?notice=email-change-sent").into_response(),
@@ -262,6 +281,7 @@ pub(crate) async fn change_phone(
                 .await
             {
                 Ok(updated) if updated.phone != user.phone => {
+                    view.auth.refresh();
                     return Redirect::to("/account?notice=phone-changed").into_response();
                 }
                 Ok(_) => {
@@ -283,7 +303,9 @@ pub(crate) async fn change_phone(
 }
 
 /// `POST /account/sessions/end` (`session_id`): ends one session by its id
-/// (`Session::id`, a hash: forms never carry tokens).
+/// (`Session::id`, a hash: forms never carry tokens), then tombstones it in
+/// the layer's cache so that browser is signed out on its next request, not
+/// after the cache TTL.
 pub(crate) async fn end_session(
     _: SameOrigin,
     view: View,
@@ -294,25 +316,29 @@ pub(crate) async fn end_session(
         Ok(found) => found,
         Err(response) => return *response,
     };
-    let altogic = view.altogic().clone();
-    let problem = match altogic.get_all_sessions(&token).await {
-        Ok(sessions) => match sessions.iter().find(|s| s.id() == form.session_id) {
-            // This browser's own session: a plain sign-out, cookie and all.
-            Some(session) if session.token == token => {
-                if let Err(err) = view.auth.sign_out(SignOutScope::This).await {
-                    tracing::warn!(error = %err, "ssr_site: upstream sign-out failed");
-                }
-                return Redirect::to("/").into_response();
+    let ended = view
+        .altogic()
+        .sign_out_session_by_id(&token, &form.session_id)
+        .await;
+    let problem = match ended {
+        // This browser's own session (the page offers a plain sign-out for
+        // it; a hand-made post may still name it). It has ended upstream
+        // already, so the layer's own upstream call fails (and is logged):
+        // what matters is that the cookie and the cached user go.
+        Ok(Some(ended)) if ended == token => {
+            if let Err(err) = view.auth.sign_out(SignOutScope::This).await {
+                tracing::debug!(error = %err, "ssr_site: upstream sign-out of an ended session");
             }
-            Some(session) => match altogic.sign_out(&token, Some(&session.token)).await {
-                Ok(()) => return Redirect::to("/account?notice=session-ended").into_response(),
-                Err(err) => Problem::from_error(&err),
-            },
-            None => Problem {
-                status: StatusCode::NOT_FOUND,
-                message: "That session was already signed out.".to_owned(),
-                code: None,
-            },
+            return Redirect::to("/").into_response();
+        }
+        Ok(Some(ended)) => {
+            view.auth.revoke(&ended);
+            return Redirect::to("/account?notice=session-ended").into_response();
+        }
+        Ok(None) => Problem {
+            status: StatusCode::NOT_FOUND,
+            message: "That session was already signed out.".to_owned(),
+            code: None,
         },
         Err(err) => Problem::from_error(&err),
     };

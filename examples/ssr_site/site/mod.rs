@@ -1,8 +1,10 @@
 //! The example site, everything but `main`: configuration, the router and
-//! its handlers, and the templates. `tests/ssr_site.rs` includes this module
-//! with `#[path]` and drives [`app`] in-process.
+//! its handlers, the auth-event log and the templates. `tests/ssr_site.rs`
+//! includes this module with `#[path]` and drives [`app`] in-process (and
+//! [`app_with_layer`] with the test kit's layer).
 
 mod account;
+pub(crate) mod events;
 mod password;
 mod render;
 pub(crate) mod settings;
@@ -21,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_layer::Layer as _;
 
+pub(crate) use events::EventLog;
 pub(crate) use render::{Problem, View};
 
 /// The whole site: the router wrapped in the auth layer.
@@ -35,6 +38,8 @@ pub(crate) struct Site {
     pub(crate) templates: render::Templates,
     /// The dev upstream's outbox page, when the dev upstream is in use.
     pub(crate) outbox_url: Option<String>,
+    /// The recent auth events, for the account page.
+    pub(crate) events: EventLog,
 }
 
 /// Site settings beyond the auth configuration.
@@ -42,6 +47,9 @@ pub(crate) struct Site {
 pub(crate) struct SiteOptions {
     /// Link to this outbox (the dev upstream's `/_dev/outbox`) on every page.
     pub(crate) outbox_url: Option<String>,
+    /// Where auth events go: the log, and the account page's "Recent auth
+    /// events". [`app`] gives its hook to the layer and to the client.
+    pub(crate) events: EventLog,
 }
 
 impl SiteOptions {
@@ -49,6 +57,7 @@ impl SiteOptions {
     pub(crate) fn for_dev(dev: &DevUpstream) -> Self {
         Self {
             outbox_url: Some(format!("{}/_dev/outbox", dev.url())),
+            ..Self::default()
         }
     }
 }
@@ -80,11 +89,35 @@ pub(crate) async fn spawn_dev_upstream() -> io::Result<DevUpstream> {
 
 /// The site: every page and form, wrapped in [`AuthLayer`] (which also
 /// answers `/auth/signin/{provider}`, `/auth/callback` and `/auth/signout`).
-pub(crate) fn app(config: AuthConfig, altogic: altogic::Client, options: SiteOptions) -> App {
+///
+/// One `AuthEvents` (`options.events`) goes to both the layer (sign-ins,
+/// sign-outs, invalidated sessions, rejected flows) and the Altogic client
+/// (password, e-mail and phone changes). Fails only when the client cannot
+/// be built (a bad environment URL or client key).
+pub(crate) fn app(
+    config: AuthConfig,
+    altogic: altogic::ClientBuilder,
+    options: SiteOptions,
+) -> Result<App, ConfigError> {
+    let events = options.events.auth_events();
+    let altogic = altogic.with_events(events.clone()).build()?;
+    let layer = AuthLayer::new(config.with_events(events), altogic.clone());
+    Ok(app_with_layer(layer, altogic, options))
+}
+
+/// The site wrapped in a layer the caller built: the tests pass the test
+/// kit's (`TestKit::with_config(auth_config(..)?.with_events(..))`). The
+/// pages call `altogic` directly for what the layer does not do.
+pub(crate) fn app_with_layer(
+    layer: AuthLayer,
+    altogic: altogic::Client,
+    options: SiteOptions,
+) -> App {
     let site = Arc::new(Site {
-        altogic: altogic.clone(),
+        altogic,
         templates: render::Templates::new(),
         outbox_url: options.outbox_url,
+        events: options.events,
     });
     let router = Router::new()
         .route("/", get(home))
@@ -127,7 +160,7 @@ pub(crate) fn app(config: AuthConfig, altogic: altogic::Client, options: SiteOpt
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(site);
-    AuthLayer::new(config, altogic).layer(router)
+    layer.layer(router)
 }
 
 async fn home(view: View) -> Response {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use authgate::{Auth, ErrorKind, User};
 use axum::extract::FromRequestParts;
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -115,12 +115,14 @@ impl Templates {
 }
 
 /// What a handler renders with: the site, the request's auth handle, the
-/// signed-in user (for the header) and the notice to show.
+/// signed-in user (for the header), the notice to show and the browser's
+/// `User-Agent`.
 pub(crate) struct View {
     pub(crate) site: Arc<Site>,
     pub(crate) auth: Auth,
     pub(crate) user: Option<Arc<User>>,
     notice: Option<String>,
+    user_agent: Option<String>,
 }
 
 impl FromRequestParts<Arc<Site>> for View {
@@ -140,11 +142,17 @@ impl FromRequestParts<Arc<Site>> for View {
                 .find(|(known, _)| *known == key)
                 .map(|(_, text)| (*text).to_owned())
         });
+        let user_agent = parts
+            .headers
+            .get(USER_AGENT)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         Ok(Self {
             site: Arc::clone(site),
             auth,
             user,
             notice,
+            user_agent,
         })
     }
 }
@@ -159,6 +167,17 @@ impl View {
     /// The Altogic client.
     pub(crate) fn altogic(&self) -> &authgate::altogic::Client {
         &self.site.altogic
+    }
+
+    /// The Altogic client sending this browser's `User-Agent` upstream: for
+    /// the calls that create a session (sign-in, sign-up, code sign-in,
+    /// phone verification), so the session list shows the user's device
+    /// ("Chrome on Linux") instead of this server's.
+    pub(crate) fn altogic_for_browser(&self) -> authgate::altogic::Client {
+        match &self.user_agent {
+            Some(user_agent) => self.site.altogic.with_user_agent(user_agent),
+            None => self.site.altogic.clone(),
+        }
     }
 
     /// Renders `template` with `ctx` plus what every page gets: `user`,

@@ -56,7 +56,7 @@ pub(crate) async fn with_email(
 ) -> Response {
     let result = match filled(&form.email) {
         Some(email) if !form.password.is_empty() => view
-            .altogic()
+            .altogic_for_browser()
             .sign_in_with_email(email, &form.password)
             .await
             .map_err(|err| Problem::from_error(&err))
@@ -86,7 +86,7 @@ pub(crate) async fn with_phone(
 ) -> Response {
     let result = match filled(&form.phone) {
         Some(phone) if !form.password.is_empty() => view
-            .altogic()
+            .altogic_for_browser()
             .sign_in_with_phone(phone, &form.password)
             .await
             .map_err(|err| Problem::from_error(&err))
@@ -150,7 +150,7 @@ pub(crate) async fn with_code(_: SameOrigin, view: View, Form(form): Form<CodeFo
     let phone = form.phone.trim();
     let result = match filled(&form.code) {
         Some(code) if !phone.is_empty() => view
-            .altogic()
+            .altogic_for_browser()
             .sign_in_with_code(phone, code)
             .await
             .map_err(|err| Problem::from_error(&err))

@@ -56,7 +56,7 @@ pub(crate) async fn with_email(
     let result = if email.is_empty() || form.password.is_empty() {
         Err(Problem::invalid("Enter an e-mail address and a password."))
     } else {
-        view.altogic()
+        view.altogic_for_browser()
             .sign_up_with_email(email, &form.password, form.name())
             .await
             .map_err(|err| Problem::from_error(&err))
@@ -97,7 +97,7 @@ pub(crate) async fn with_phone(
     let result = if phone.is_empty() || form.password.is_empty() {
         Err(Problem::invalid("Enter a phone number and a password."))
     } else {
-        view.altogic()
+        view.altogic_for_browser()
             .sign_up_with_phone(phone, &form.password, form.name())
             .await
             .map_err(|err| Problem::from_error(&err))
@@ -181,7 +181,7 @@ pub(crate) async fn verify_phone(
     let phone = form.phone.trim();
     let result = match filled(&form.code) {
         Some(code) if !phone.is_empty() => view
-            .altogic()
+            .altogic_for_browser()
             .verify_phone(phone, code)
             .await
             .map_err(|err| Problem::from_error(&err)),
@@ -192,8 +192,10 @@ pub(crate) async fn verify_phone(
             Ok(redirect) => return redirect,
             Err(problem) => problem,
         },
-        // A phone change: the account page reads the user fresh.
+        // A phone change: forget this browser's cached user so every page
+        // (the header, `/`) shows the new number at once.
         Ok(response) if view.user.as_ref().is_some_and(|u| u.id == response.user.id) => {
+            view.auth.refresh();
             return Redirect::to("/account?notice=phone-changed").into_response();
         }
         Ok(_) => return Redirect::to("/signin?notice=phone-verified").into_response(),
