@@ -1067,7 +1067,11 @@ impl Client {
             ("magic-link", _) => SignInMethod::MagicLink,
             _ => SignInMethod::EmailConfirmation,
         };
-        match self.get_auth_grant(key).await {
+        let client = match params.user_agent() {
+            Some(user_agent) => self.with_user_agent(user_agent),
+            None => self.clone(),
+        };
+        match client.get_auth_grant(key).await {
             Ok(response) => match response.into_grant() {
                 Some(mut grant) => {
                     grant.method = method;

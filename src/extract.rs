@@ -260,13 +260,44 @@ impl Auth {
         }
     }
 
+    /// Forgets the cached profile of every session of this user on this
+    /// instance (other browsers too), so all of them show a profile change
+    /// on their next request.
+    pub async fn refresh_everywhere(&self) {
+        if let Some(user) = self.user().await {
+            self.inner.shared.resolver.refresh_user(&user.id);
+        }
+    }
+
+    /// Clears the session cookie and forgets the session here, without an
+    /// upstream call: for a session already ended upstream (e.g. this
+    /// browser's own session ended by id).
+    pub fn sign_out_locally(&self) {
+        if let Some(token) = &self.token {
+            let resolver = &self.inner.shared.resolver;
+            resolver.revoke(token);
+            resolver.emit(AuthEvent::SignedOut {
+                user_id: None,
+                scope: SignOutScope::This,
+                session: resolver.session_hash(token),
+            });
+        }
+        self.clear_session_cookie();
+    }
+
     /// Forgets and tombstones another session at once, after ending it
     /// upstream (e.g. with
     /// [`altogic::Client::sign_out_session_by_id`](crate::altogic::Client::sign_out_session_by_id)),
     /// so that browser is signed out on its next request instead of after
     /// the cache TTL.
     pub fn revoke(&self, token: &SessionToken) {
-        self.inner.shared.resolver.revoke(token);
+        let resolver = &self.inner.shared.resolver;
+        resolver.revoke(token);
+        resolver.emit(AuthEvent::SignedOut {
+            user_id: None,
+            scope: SignOutScope::This,
+            session: resolver.session_hash(token),
+        });
     }
 
     /// The password-reset key that a `reset-pwd` landing stored in the

@@ -251,6 +251,12 @@ impl Resolver {
         self.inner.cache.forget_user(token.expose().as_bytes());
     }
 
+    /// Forgets every cached session of a user (without tombstones), so their
+    /// profile is read fresh on each session's next request.
+    pub(crate) fn refresh_user(&self, user_id: &str) {
+        self.inner.cache.remove_user_sessions(user_id, None);
+    }
+
     /// Forgets a signed-out token and tombstones it.
     pub(crate) fn revoke(&self, token: &SessionToken) {
         let settings = &self.inner.settings;

@@ -220,7 +220,11 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
         });
     }
     let remove_flow = shared.attributes.removal(&shared.flow_name);
-    let params = CallbackParams::parse(parts.uri.query().unwrap_or(""));
+    let user_agent = parts
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let params = CallbackParams::parse(parts.uri.query().unwrap_or("")).with_user_agent(user_agent);
     let upstream = shared.resolver.upstream();
     let outcome = match upstream.complete_callback(&params, flow.as_ref()).await {
         Ok(outcome) => outcome,
@@ -271,15 +275,24 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
             Page::redirect(&location).cookie(reset).cookie(remove_flow)
         }
         CallbackOutcome::EmailChanged => {
-            shared
-                .resolver
-                .emit(AuthEvent::EmailChanged { user_id: None });
-            // This browser's cached profile shows the old address.
+            // This browser's cached profile shows the old address: name the
+            // user in the event, then forget the profile everywhere here.
+            let mut user_id = None;
             if let SessionCookie::Present(token) =
                 find_session_cookie(&parts.headers, &shared.session_name)
             {
-                shared.resolver.forget(&token);
+                user_id = shared
+                    .resolver
+                    .resolve(&token)
+                    .await
+                    .state
+                    .user()
+                    .map(|u| u.id.clone());
+                if let Some(id) = &user_id {
+                    shared.resolver.refresh_user(id);
+                }
             }
+            shared.resolver.emit(AuthEvent::EmailChanged { user_id });
             let mut location = shared.config.absolute(&shared.config.notice_page);
             location.push(if location.contains('?') { '&' } else { '?' });
             location.push_str("notice=email-changed");

@@ -645,3 +645,33 @@ async fn t_a1_sign_out_return_to_never_leaves_the_origin() {
     }
     eprintln!("sign-out return_to: {total} inputs through the route, 0 escapes");
 }
+
+#[tokio::test]
+async fn callback_sessions_record_the_browsers_device() {
+    let site = site().await;
+    site.user("ua@example.test").await;
+    site.client
+        .send_magic_link_email("ua@example.test")
+        .await
+        .unwrap();
+    let link = site
+        .dev
+        .last_message_to("ua@example.test")
+        .unwrap()
+        .link
+        .unwrap();
+    let callback = site.follow_upstream(&link).await;
+    let request = http::Request::get(&callback)
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+        )
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = site.send(request).await;
+    let session = set_cookie(response.headers(), "__Host-authgate").unwrap();
+    let token = authgate::SessionToken::new(session.value()).unwrap();
+    let sessions = site.client.get_all_sessions(&token).await.unwrap();
+    let this = sessions.iter().find(|s| s.token == token).unwrap();
+    assert_eq!(this.device(), "Chrome on Linux");
+}

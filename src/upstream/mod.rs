@@ -283,6 +283,7 @@ impl SignOutScope {
 #[derive(Clone, Default)]
 pub struct CallbackParams {
     pairs: Vec<(String, String)>,
+    user_agent: Option<String>,
 }
 
 impl CallbackParams {
@@ -292,7 +293,21 @@ impl CallbackParams {
             pairs: url::form_urlencoded::parse(query.as_bytes())
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
+            user_agent: None,
         }
+    }
+
+    /// With the browser's `User-Agent`, for upstreams that record the
+    /// device of the session they create.
+    #[must_use]
+    pub fn with_user_agent(mut self, user_agent: Option<&str>) -> Self {
+        self.user_agent = user_agent.map(str::to_owned);
+        self
+    }
+
+    /// The browser's `User-Agent`, if the layer passed it on.
+    pub fn user_agent(&self) -> Option<&str> {
+        self.user_agent.as_deref()
     }
 
     /// The value of `name` if it appears exactly once; `Err(())` if it
