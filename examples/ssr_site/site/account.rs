@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use authgate::rejection::CurrentUserRejection;
-use authgate::{CurrentUser, SameOrigin, SessionToken, SignOutScope, User};
+use authgate::{CurrentUser, SameOrigin, SessionToken, User};
 use axum::extract::Form;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -110,10 +110,9 @@ async fn render(
             Arc::new(fresh)
         }
         Err(err) if err.is_invalid_session() => {
-            // Ended elsewhere while still cached here: sign this browser out.
-            if let Err(err) = view.auth.sign_out(SignOutScope::This).await {
-                tracing::debug!(error = %err, "ssr_site: upstream sign-out of an ended session");
-            }
+            // Ended elsewhere while still cached here: sign this browser out
+            // (no upstream call: the session is already gone there).
+            view.auth.sign_out_locally();
             return Redirect::to(SIGN_IN_AGAIN).into_response();
         }
         Err(_) => Arc::clone(&current.0),
@@ -323,12 +322,9 @@ pub(crate) async fn end_session(
     let problem = match ended {
         // This browser's own session (the page offers a plain sign-out for
         // it; a hand-made post may still name it). It has ended upstream
-        // already, so the layer's own upstream call fails (and is logged):
-        // what matters is that the cookie and the cached user go.
+        // already: clear the cookie and the cached user, no upstream call.
         Ok(Some(ended)) if ended == token => {
-            if let Err(err) = view.auth.sign_out(SignOutScope::This).await {
-                tracing::debug!(error = %err, "ssr_site: upstream sign-out of an ended session");
-            }
+            view.auth.sign_out_locally();
             return Redirect::to("/").into_response();
         }
         Ok(Some(ended)) => {
