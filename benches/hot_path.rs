@@ -80,6 +80,50 @@ fn hot_path(c: &mut Criterion) {
     group.finish();
 }
 
+fn flow_cookie(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let kit = TestKit::new();
+    let mut service: AuthService<Router> = kit.layer().layer(Router::new());
+    let start = || {
+        Request::get("/auth/signin/test?return_to=%2Faccount")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let response = runtime.block_on(service.clone().oneshot(start())).unwrap();
+    let flow = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .find_map(|v| {
+            let v = v.to_str().ok()?;
+            v.starts_with("__Host-authgate-flow=")
+                .then(|| v.split(';').next().unwrap().to_owned())
+        })
+        .unwrap();
+    let mut group = c.benchmark_group("flow cookie");
+    group.bench_function("sign-in start: seal the flow cookie (whole route)", |b| {
+        b.iter(|| runtime.block_on(service.call(start())).unwrap())
+    });
+    group.bench_function(
+        "callback: open the flow cookie, refused grant (whole route)",
+        |b| {
+            b.iter(|| {
+                let request = Request::get(
+                    "/auth/callback?action=magic-link&status=200&access_token=unknown",
+                )
+                .header("cookie", &flow)
+                .body(Body::empty())
+                .unwrap();
+                runtime.block_on(service.call(request)).unwrap()
+            })
+        },
+    );
+    group.finish();
+}
+
 fn pure_parts(c: &mut Criterion) {
     let policy = ReturnTo::new("https://app.example".parse().unwrap(), "/auth");
     let mut group = c.benchmark_group("pure");
@@ -92,5 +136,5 @@ fn pure_parts(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hot_path, pure_parts);
+criterion_group!(benches, hot_path, flow_cookie, pure_parts);
 criterion_main!(benches);
