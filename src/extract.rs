@@ -274,13 +274,7 @@ impl Auth {
     /// browser's own session ended by id).
     pub fn sign_out_locally(&self) {
         if let Some(token) = &self.token {
-            let resolver = &self.inner.shared.resolver;
-            resolver.revoke(token);
-            resolver.emit(AuthEvent::SignedOut {
-                user_id: None,
-                scope: SignOutScope::This,
-                session: resolver.session_hash(token),
-            });
+            self.revoke(token);
         }
         self.clear_session_cookie();
     }
