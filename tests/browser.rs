@@ -78,7 +78,13 @@ async fn every_flow_works_in_headless_chromium() {
     driver.stop().await;
     match outcome {
         Ok(()) => {
-            let _ = std::fs::remove_dir_all(&dir);
+            // AUTHGATE_KEEP_SCREENSHOTS=1 keeps the step screenshots of a
+            // passing run (for reviewing the pages).
+            if std::env::var_os("AUTHGATE_KEEP_SCREENSHOTS").is_some() {
+                eprintln!("browser: screenshots kept in {}", dir.display());
+            } else {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             eprintln!(
                 "browser: {steps} steps passed in {:.1?} (Chromium via {})",
                 started.elapsed(),
