@@ -265,9 +265,12 @@ impl RequestAuth {
             state.changes.set_cookies = set_cookies;
         }
         POOL.with_borrow_mut(|pool| {
-            if pool.len() < POOL_SIZE {
-                pool.push(auth);
+            if pool.len() >= POOL_SIZE {
+                // Full, e.g. of contexts of layers that are gone (tests):
+                // the oldest goes, so no old layer is kept alive for long.
+                pool.remove(0);
             }
+            pool.push(auth);
         });
     }
 }
