@@ -89,14 +89,20 @@ impl CookieFinder {
     }
 }
 
-/// Scans the `Cookie` headers for `name` (see [`CookieFinder::scan`]).
-pub(crate) fn scan_session_cookie<'h>(headers: &'h HeaderMap, name: &str) -> CookieScan<'h> {
+impl CookieFinder {
+    /// Reads the session cookie and decodes its token.
+    pub(crate) fn find(&self, headers: &HeaderMap) -> SessionCookie {
+        decode_scan(self.scan(headers))
+    }
+}
+
+#[cfg(test)]
+fn scan_session_cookie<'h>(headers: &'h HeaderMap, name: &str) -> CookieScan<'h> {
     CookieFinder::new(name).scan(headers)
 }
 
-/// Reads the session cookie and decodes its token.
-pub(crate) fn find_session_cookie(headers: &HeaderMap, name: &str) -> SessionCookie {
-    match scan_session_cookie(headers, name) {
+fn decode_scan(scan: CookieScan<'_>) -> SessionCookie {
+    match scan {
         CookieScan::Absent => SessionCookie::Absent,
         CookieScan::Ambiguous => SessionCookie::Ambiguous,
         CookieScan::Present(value) => match decode_token(value) {
@@ -367,7 +373,7 @@ mod tests {
         ];
         for (name, values, expected) in cases {
             assert_eq!(
-                find_session_cookie(&headers(&values), n),
+                CookieFinder::new(n).find(&headers(&values)),
                 expected,
                 "{name}"
             );

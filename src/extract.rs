@@ -154,7 +154,7 @@ impl Auth {
                     .open::<String>(&shared.reset_name, "reset", value)
             })
             .map(Secret::new);
-        let token = match crate::cookie::find_session_cookie(headers, &shared.session_name) {
+        let token = match shared.cookie_finder.find(headers) {
             crate::cookie::SessionCookie::Present(token) => Some(token),
             _ => None,
         };

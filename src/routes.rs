@@ -17,7 +17,7 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
 
 use crate::context::{Shared, apply_hygiene};
-use crate::cookie::{SessionCookie, find_cookie, find_session_cookie};
+use crate::cookie::{SessionCookie, find_cookie};
 use crate::events::{AuthEvent, FlowRejection};
 use crate::extract::is_same_origin;
 use crate::upstream::{CallbackOutcome, CallbackParams, FlowRecord, SignOutScope};
@@ -248,7 +248,7 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
                 flow.as_ref().map(|f| f.return_to.as_str()),
                 &shared.config.after_sign_in,
             );
-            let previous = match find_session_cookie(&parts.headers, &shared.session_name) {
+            let previous = match shared.cookie_finder.find(&parts.headers) {
                 SessionCookie::Present(token) => Some(token),
                 _ => None,
             };
@@ -278,9 +278,7 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
             // This browser's cached profile shows the old address: name the
             // user in the event, then forget the profile everywhere here.
             let mut user_id = None;
-            if let SessionCookie::Present(token) =
-                find_session_cookie(&parts.headers, &shared.session_name)
-            {
+            if let SessionCookie::Present(token) = shared.cookie_finder.find(&parts.headers) {
                 user_id = shared
                     .resolver
                     .resolve(&token)
@@ -357,8 +355,7 @@ async fn sign_out(shared: &Shared, parts: &Parts) -> Page {
         &shared.config.after_sign_out,
     );
     let removal = shared.attributes.removal(&shared.session_name);
-    let SessionCookie::Present(token) = find_session_cookie(&parts.headers, &shared.session_name)
-    else {
+    let SessionCookie::Present(token) = shared.cookie_finder.find(&parts.headers) else {
         // Nobody to sign out: idempotent, no upstream call.
         return Page::redirect(&location).cookie(removal);
     };
