@@ -27,6 +27,11 @@ use crate::upstream::Upstream;
 /// `/auth/callback`, `/auth/signout`), and on the way out applies cookie
 /// changes and `Cache-Control`/`Vary` hygiene. See the
 /// [crate docs](crate) for an example.
+///
+/// Wrap the whole app (`AuthLayer::new(..).layer(router)`) rather than
+/// attaching it with `Router::layer`: axum boxes each layered route, which
+/// costs about 1,100 instructions per request more (BENCHMARKS.md), and
+/// the layer then also sees requests that no route matches.
 #[derive(Clone)]
 #[must_use]
 pub struct AuthLayer {
