@@ -413,8 +413,8 @@ mod tests {
         let cases = [
             ("https://app.example", true),
             ("https://app.example:8443", true),
-            ("http://127.0.0.1:3000", true),
-            ("http://localhost:3000", true),
+            ("http://127.0.0.1:3000", true), // allow-fixed-port: an origin string, nothing binds it
+            ("http://localhost:3000", true), // allow-fixed-port: an origin string, nothing binds it
             ("http://[::1]:3000", true),
             ("http://app.example", false),
             ("https://app.example/path", false),
@@ -432,7 +432,7 @@ mod tests {
     fn cookie_names_follow_the_scheme() {
         let secure = AuthConfig::new("https://app.example").unwrap();
         assert_eq!(secure.session_cookie_name(), "__Host-authgate");
-        let dev = AuthConfig::new("http://127.0.0.1:3000").unwrap();
+        let dev = AuthConfig::new("http://127.0.0.1:3000").unwrap(); // allow-fixed-port: an origin string, nothing binds it
         assert_eq!(dev.session_cookie_name(), "authgate");
         assert!(secure.clone().with_cookie_name("__Host-x").is_err());
         assert!(secure.clone().with_cookie_name("a;b").is_err());

@@ -320,7 +320,7 @@ async fn t_c4_oversized_and_malformed_values_cost_no_upstream_call() {
 async fn development_mode_drops_secure_and_the_prefix() {
     let dev = authgate::dev::DevUpstream::spawn().await.unwrap();
     let client = altogic::Client::new(dev.url(), dev.client_key()).unwrap();
-    let config = AuthConfig::new("http://127.0.0.1:3000").unwrap();
+    let config = AuthConfig::new("http://127.0.0.1:3000").unwrap(); // allow-fixed-port: an origin string, nothing binds it
     assert_eq!(config.session_cookie_name(), "authgate");
     let app = AuthLayer::new(config, client.clone()).layer(router(client.clone()));
     client
@@ -329,7 +329,7 @@ async fn development_mode_drops_secure_and_the_prefix() {
         .unwrap();
     let request = Request::post("/signin")
         .header("content-type", "application/x-www-form-urlencoded")
-        .header("origin", "http://127.0.0.1:3000")
+        .header("origin", "http://127.0.0.1:3000") // allow-fixed-port: an origin string, nothing binds it
         .body(Body::from(
             "email=devmode%40example.test&password=password-1",
         ))

@@ -33,7 +33,7 @@ use site::SiteOptions;
 use site::settings::{Settings, UpstreamSetting};
 use tower::ServiceExt as _;
 
-const ORIGIN: &str = "http://127.0.0.1:3000";
+const ORIGIN: &str = "http://127.0.0.1:3000"; // allow-fixed-port: an origin string, nothing binds it
 const KEY: [u8; 64] = [7; 64];
 const PASSWORD: &str = "correct horse";
 
@@ -316,7 +316,7 @@ impl Browser {
         self.get(&path).await
     }
 
-    /// `http://127.0.0.1:3000/x?y` or `/x?y` → `/x?y` (asserting the origin).
+    /// `{ORIGIN}/x?y` or `/x?y` → `/x?y` (asserting the origin).
     fn local(&self, location: &str) -> String {
         if location.starts_with('/') {
             return location.to_owned();
@@ -1546,14 +1546,17 @@ fn settings_come_from_the_environment_with_defaults() {
     let defaults = settings(&[]).unwrap();
     assert_eq!(
         defaults.addr,
-        "127.0.0.1:3000".parse::<SocketAddr>().unwrap()
+        "127.0.0.1:3000".parse::<SocketAddr>().unwrap() // allow-fixed-port: the documented default, parsed not bound
     );
     assert_eq!(defaults.upstream, UpstreamSetting::Dev);
     assert!(defaults.key.is_none());
-    let bound: SocketAddr = "127.0.0.1:41234".parse().unwrap();
-    assert_eq!(defaults.public_url_for(bound), "http://127.0.0.1:41234");
-    let wildcard: SocketAddr = "0.0.0.0:8080".parse().unwrap();
-    assert_eq!(defaults.public_url_for(wildcard), "http://127.0.0.1:8080");
+    // Addresses parsed, never bound: how the public URL follows the bound one.
+    let bound: SocketAddr = "127.0.0.1:41234".parse().unwrap(); // allow-fixed-port
+    let url = defaults.public_url_for(bound);
+    assert_eq!(url, "http://127.0.0.1:41234"); // allow-fixed-port
+    let wildcard: SocketAddr = "0.0.0.0:8080".parse().unwrap(); // allow-fixed-port
+    let url = defaults.public_url_for(wildcard);
+    assert_eq!(url, "http://127.0.0.1:8080"); // allow-fixed-port
 
     let key = "k".repeat(64);
     let full = settings(&[

@@ -21,7 +21,7 @@
 //!     .spawn()
 //!     .await?;
 //! // ... bind the app, then tell the upstream where to send browsers back:
-//! upstream.set_redirect_url("http://127.0.0.1:3000/auth/callback");
+//! upstream.set_redirect_url("https://app.example/auth/callback"); // config.callback_url()
 //! println!("environment URL: {}", upstream.url());
 //! println!("client key:      {}", upstream.client_key());
 //! # Ok(()) }
@@ -324,7 +324,7 @@ impl DevUpstream {
         DevUpstreamBuilder::default()
     }
 
-    /// The environment URL, e.g. `http://127.0.0.1:45678` (no trailing slash).
+    /// The environment URL, e.g. `http://127.0.0.1:<port>` (no trailing slash).
     pub fn url(&self) -> &str {
         &self.shared.url
     }

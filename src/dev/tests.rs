@@ -1,4 +1,5 @@
-//! End-to-end tests of the dev upstream over real HTTP.
+//! End-to-end tests of the dev upstream over real HTTP (this file is
+//! compiled only under #[cfg(test)], see `mod tests` in mod.rs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -1692,14 +1693,14 @@ fn user_agent_parsing() {
     assert_eq!(v["os"]["patch"], "2");
 
     let v = ua(
-        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.2210.91",
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.2210.91", // allow-fixed-port: a browser version, not an address
     );
     assert_eq!(v["family"], "Edge");
     assert_eq!(v["os"]["family"], "Windows");
     assert_eq!(v["os"]["major"], "10");
 
     let v = ua(
-        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36",
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36", // allow-fixed-port: a browser version, not an address
     );
     assert_eq!(v["family"], "Chrome");
     assert_eq!(v["os"]["family"], "Android");

@@ -103,7 +103,7 @@ async fn call(
 
 impl WebDriver {
     /// Opens a session on the driver at `driver_url` (e.g.
-    /// `http://127.0.0.1:9515`).
+    /// `http://127.0.0.1:<port>`).
     pub(crate) async fn new_session(driver_url: &str, capabilities: Value) -> Result<Self> {
         let http = reqwest::Client::builder()
             .no_proxy()
