@@ -17,7 +17,7 @@ use crate::upstream::{MAX_TOKEN_LEN, SessionToken};
 const ENCODED_MARK: u8 = b'~';
 
 /// The longest session-cookie value read; longer values are never valid.
-const MAX_VALUE_LEN: usize = 1 + MAX_TOKEN_LEN.div_ceil(3) * 4;
+const MAX_VALUE_LEN: usize = MAX_TOKEN_LEN;
 
 /// What the request's `Cookie` headers say about the session cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -442,6 +442,33 @@ mod tests {
             }
         }
         assert!(checked > 10_000, "{checked}");
+    }
+
+    #[test]
+    fn t_c4_tokens_that_would_not_fit_a_cookie_are_refused() {
+        let name = "__Host-authgate";
+        for (len, special, fits) in [
+            (3000, false, true),
+            (4000, false, true),
+            (4001, false, false),
+            (4096, false, false),
+            (10_000, false, false),
+            (2900, true, true),
+            (3000, true, false),
+        ] {
+            let mut raw = "a".repeat(len);
+            if special {
+                raw.replace_range(0..1, ";");
+            }
+            let token = SessionToken::new(raw);
+            assert_eq!(token.is_some(), fits, "{len} special={special}");
+            if let Some(token) = token {
+                let value = encode_token(&token);
+                // RFC 6265bis §5.6: name + value within 4096 bytes.
+                assert!(name.len() + value.len() <= 4096, "{len}");
+                assert_eq!(decode_token(value.as_bytes()), Some(token));
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,8 @@ use crate::events::{FlowRejection, SignInMethod};
 /// A boxed, sendable future, as returned by [`Upstream`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The longest session token authgate accepts, in bytes.
+/// The longest session token authgate accepts, in bytes as stored in the
+/// cookie.
 ///
 /// A cookie whose name and value exceed 4096 bytes is dropped by browsers,
 /// so longer tokens could never round-trip (SECURITY.md T-C4).
@@ -28,12 +29,24 @@ pub const MAX_TOKEN_LEN: usize = 4000;
 pub struct SessionToken(Box<str>);
 
 impl SessionToken {
-    /// Wraps a token; `None` if it is empty, longer than [`MAX_TOKEN_LEN`]
-    /// or holds control characters.
+    /// Wraps a token; `None` if it is empty, holds control characters, or
+    /// would not fit a cookie: longer than [`MAX_TOKEN_LEN`] as stored in
+    /// the cookie (tokens outside `[A-Za-z0-9._-]` are stored base64url,
+    /// a third longer). A browser silently drops a cookie over 4096 bytes,
+    /// which would loop the user back to sign-in; refusing the token makes
+    /// the sign-in fail with a clear error instead (SECURITY.md T-C4).
     pub fn new(token: impl Into<String>) -> Option<Self> {
         let token = token.into();
+        let plain = token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        let stored_len = if plain {
+            token.len()
+        } else {
+            1 + token.len().div_ceil(3) * 4
+        };
         let valid = !token.is_empty()
-            && token.len() <= MAX_TOKEN_LEN
+            && stored_len <= MAX_TOKEN_LEN
             && !token.bytes().any(|b| b.is_ascii_control());
         valid.then(|| Self(token.into_boxed_str()))
     }
