@@ -34,15 +34,21 @@ pub(crate) struct Shared {
     pub(crate) return_to: ReturnTo,
     pub(crate) attributes: CookieAttributes,
     pub(crate) cookie_finder: CookieFinder,
+    pub(crate) flow_finder: CookieFinder,
+    pub(crate) reset_finder: CookieFinder,
 }
 
 impl Shared {
     pub(crate) fn new(config: AuthConfig, resolver: Resolver, keys: Keys) -> Self {
         let session_name = config.session_cookie_name();
+        let flow_name = format!("{session_name}-flow");
+        let reset_name = format!("{session_name}-reset");
         Self {
             cookie_finder: CookieFinder::new(&session_name),
-            flow_name: format!("{session_name}-flow"),
-            reset_name: format!("{session_name}-reset"),
+            flow_finder: CookieFinder::new(&flow_name),
+            reset_finder: CookieFinder::new(&reset_name),
+            flow_name,
+            reset_name,
             session_name,
             return_to: config.return_to(),
             attributes: config.attributes(),

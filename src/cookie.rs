@@ -94,6 +94,15 @@ impl CookieFinder {
     pub(crate) fn find(&self, headers: &HeaderMap) -> SessionCookie {
         decode_scan(self.scan(headers))
     }
+
+    /// The raw value of this cookie (the flow and reset cookies); `None`
+    /// when absent, ambiguous or not UTF-8.
+    pub(crate) fn raw<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        match self.scan(headers) {
+            CookieScan::Present(value) => std::str::from_utf8(value).ok(),
+            CookieScan::Absent | CookieScan::Ambiguous => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -254,27 +263,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Reads one cookie's raw value by exact name (for the flow and reset
-/// cookies); `None` when absent or duplicated.
-pub(crate) fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    let mut found = None;
-    for header in headers.get_all(COOKIE) {
-        for pair in header.as_bytes().split(|&b| b == b';') {
-            let pair = pair.trim_ascii();
-            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-                continue;
-            };
-            if pair[..eq].trim_ascii() == name.as_bytes() {
-                if found.is_some() {
-                    return None;
-                }
-                found = std::str::from_utf8(pair[eq + 1..].trim_ascii()).ok();
-            }
-        }
-    }
-    found
 }
 
 #[cfg(test)]

@@ -147,7 +147,9 @@ impl Auth {
 
     fn new(inner: Arc<RequestAuth>, headers: &HeaderMap) -> Self {
         let shared = &inner.shared;
-        let reset_key = crate::cookie::find_cookie(headers, &shared.reset_name)
+        let reset_key = shared
+            .reset_finder
+            .raw(headers)
             .and_then(|value| {
                 shared
                     .keys

@@ -17,7 +17,7 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
 
 use crate::context::{Shared, apply_hygiene};
-use crate::cookie::{SessionCookie, find_cookie};
+use crate::cookie::SessionCookie;
 use crate::events::{AuthEvent, FlowRejection};
 use crate::extract::is_same_origin;
 use crate::upstream::{CallbackOutcome, CallbackParams, FlowRecord, SignOutScope};
@@ -210,7 +210,7 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
         _ => return method_not_allowed("GET, HEAD"),
     }
     let sign_in_page = shared.config.sign_in_page.as_str();
-    let sealed_flow = find_cookie(&parts.headers, &shared.flow_name);
+    let sealed_flow = shared.flow_finder.raw(&parts.headers);
     let flow: Option<FlowRecord> =
         sealed_flow.and_then(|value| shared.keys.open(&shared.flow_name, "flow", value));
     if sealed_flow.is_some() && flow.is_none() {
