@@ -8,6 +8,8 @@
 # Variants (bench/src/bin/bench-server.rs), all serving the same ~2 KB page
 # with the signed-in user's name on GET /:
 #   bare                  axum, no auth (the limit)
+#   bare-private          bare + the two headers SECURITY.md N7 puts on user
+#                         pages (callgrind only: what they cost on their own)
 #   authgate              AuthLayer wrapping the whole app, warm cache, dev upstream
 #   authgate-route-layer  the same attached with Router::layer
 #   axum-login            axum-login 0.18 + tower-sessions 0.14 MemoryStore
@@ -60,6 +62,8 @@ for arg in "$@"; do
 done
 
 VARIANTS=(bare authgate authgate-route-layer axum-login)
+# callgrind also measures bare axum + the two N7 headers (bare-private)
+CALLGRIND_VARIANTS=(bare bare-private authgate authgate-route-layer axum-login)
 SERVER_PID=""
 UPSTREAM_PID=""
 UPSTREAM_ARGS=()
@@ -315,7 +319,7 @@ callgrind_run() {
 
 if [[ $DO_CALLGRIND -eq 1 ]]; then
     printf 'variant\trequests\tir\n' >"$RUN/callgrind.tsv"
-    for v in "${VARIANTS[@]}"; do
+    for v in "${CALLGRIND_VARIANTS[@]}"; do
         for k in "$K1" "$K2"; do
             callgrind_run "$v" "$k"
         done

@@ -101,6 +101,17 @@ impl Cache {
         shard.users.get(token).cloned()
     }
 
+    /// The cached user of a token while it is fresh at `now`: the warm
+    /// path, checked under the read lock so only the user's `Arc` is cloned.
+    pub(crate) fn fresh_user(&self, token: &[u8], now: Instant) -> Option<Arc<User>> {
+        let shard = self
+            .shard(token)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = shard.users.get(token)?;
+        (now < entry.fresh_until).then(|| entry.user.clone())
+    }
+
     /// The active mark of a token, if any.
     pub(crate) fn mark(&self, token: &[u8], now: Instant) -> Option<MarkKind> {
         let shard = self

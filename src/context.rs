@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use http::header::Entry;
 use http::header::{CACHE_CONTROL, EXPIRES, PRAGMA, SET_COOKIE, VARY};
-use http::{HeaderMap, HeaderValue};
+use http::{Extensions, HeaderMap, HeaderValue};
 
 use crate::config::AuthConfig;
 use crate::cookie::{CookieAttributes, CookieFinder, CookieScan, Keys, decode_token, encode_token};
@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     pub(crate) cookie_finder: CookieFinder,
     pub(crate) flow_finder: CookieFinder,
     pub(crate) reset_finder: CookieFinder,
+    /// Cloned into requests that arrive with no extensions (see
+    /// [`AuthSlot::insert`]).
+    pub(crate) extensions: Extensions,
 }
 
 impl Shared {
@@ -47,6 +50,7 @@ impl Shared {
             cookie_finder: CookieFinder::new(&session_name),
             flow_finder: CookieFinder::new(&flow_name),
             reset_finder: CookieFinder::new(&reset_name),
+            extensions: extensions_template(),
             flow_name,
             reset_name,
             session_name,
@@ -104,6 +108,48 @@ impl Shared {
         self.attributes
             .build(&self.session_name, encode_token(&grant.token), max_age)
     }
+}
+
+/// What the layer puts in a request's extensions: the request's context.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthSlot(pub(crate) Option<Arc<RequestAuth>>);
+
+impl AuthSlot {
+    /// The context of a request that went through the layer.
+    pub(crate) fn of(extensions: &Extensions) -> Option<&Arc<RequestAuth>> {
+        extensions.get::<AuthSlot>()?.0.as_ref()
+    }
+
+    /// Puts `auth` in the request's extensions. A request arriving with
+    /// none (hyper adds none) first gets a clone of the layer's empty but
+    /// roomy map, so neither this insert nor axum's router's three
+    /// (`OriginalUri`, `MatchedPath`, URL parameters) regrow it: a map
+    /// made for the first insert holds three (callgrind: the regrowth cost
+    /// more than the insert itself).
+    pub(crate) fn insert(extensions: &mut Extensions, shared: &Shared, auth: Arc<RequestAuth>) {
+        if extensions.is_empty() {
+            *extensions = shared.extensions.clone();
+        }
+        extensions.insert(AuthSlot(Some(auth)));
+    }
+}
+
+/// Extensions with no entries whose map has room for seven.
+fn extensions_template() -> Extensions {
+    #[derive(Clone)]
+    struct Room<const N: usize>;
+    let mut template = Extensions::new();
+    // A fourth entry grows the map to eight buckets; removing the entries
+    // keeps the buckets, and a clone keeps them too.
+    template.insert(Room::<0>);
+    template.insert(Room::<1>);
+    template.insert(Room::<2>);
+    template.insert(Room::<3>);
+    template.remove::<Room<0>>();
+    template.remove::<Room<1>>();
+    template.remove::<Room<2>>();
+    template.remove::<Room<3>>();
+    template
 }
 
 /// A cookie change to apply to the response.
@@ -217,7 +263,7 @@ impl RequestAuth {
             if let Some(resolution) = &state.resolution {
                 return resolution.clone();
             }
-            if let Some(user) = state.prefetched.clone() {
+            if let Some(user) = state.prefetched.take() {
                 let resolution = Resolution::signed_in(user, false);
                 state.resolution = Some(resolution.clone());
                 return resolution;
@@ -264,11 +310,14 @@ impl RequestAuth {
             return;
         }
         {
+            // Field by field: the `Set-Cookie` vector keeps its buffer.
             let mut state = auth.lock();
-            let mut set_cookies = std::mem::take(&mut state.changes.set_cookies);
-            set_cookies.clear();
-            *state = RequestState::default();
-            state.changes.set_cookies = set_cookies;
+            state.cookie = CookieState::Absent;
+            state.prefetched = None;
+            state.token = None;
+            state.resolution = None;
+            state.changes.set_cookies.clear();
+            state.changes.session_written = false;
         }
         POOL.with_borrow_mut(|pool| {
             if pool.len() >= POOL_SIZE {

@@ -12,7 +12,7 @@ use http::{HeaderMap, Method};
 use url::Url;
 
 use crate::config::AuthConfig;
-use crate::context::RequestAuth;
+use crate::context::{AuthSlot, RequestAuth};
 use crate::error::Error;
 use crate::events::{AuthEvent, FlowRejection};
 use crate::rejection::{
@@ -21,12 +21,8 @@ use crate::rejection::{
 use crate::resolve::AuthState;
 use crate::upstream::{Grant, Secret, SessionToken, SignOutScope, User};
 
-fn request_auth(parts: &Parts) -> Result<Arc<RequestAuth>, MissingAuthLayer> {
-    parts
-        .extensions
-        .get::<Arc<RequestAuth>>()
-        .cloned()
-        .ok_or(MissingAuthLayer)
+fn request_auth(parts: &Parts) -> Result<&Arc<RequestAuth>, MissingAuthLayer> {
+    AuthSlot::of(&parts.extensions).ok_or(MissingAuthLayer)
 }
 
 /// The signed-in user. Rejects with [`CurrentUserRejection`]: a page
@@ -141,7 +137,7 @@ impl Auth {
     /// The handle of a request that went through the layer, for code that
     /// is not an axum extractor (plain tower services).
     pub fn from_request<B>(request: &http::Request<B>) -> Option<Self> {
-        let inner = request.extensions().get::<Arc<RequestAuth>>()?.clone();
+        let inner = AuthSlot::of(request.extensions())?.clone();
         Some(Self::new(inner, request.headers()))
     }
 
@@ -328,7 +324,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Auth {
     type Rejection = MissingAuthLayer;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self::new(request_auth(parts)?, &parts.headers))
+        Ok(Self::new(request_auth(parts)?.clone(), &parts.headers))
     }
 }
 

@@ -13,7 +13,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::config::AuthConfig;
-use crate::context::{CookieState, RequestAuth, Shared};
+use crate::context::{AuthSlot, CookieState, RequestAuth, Shared};
 use crate::events::{AuthEvent, FlowRejection};
 use crate::resolve::Resolver;
 use crate::routes;
@@ -31,7 +31,11 @@ use crate::upstream::Upstream;
 /// Wrap the whole app (`AuthLayer::new(..).layer(router)`) rather than
 /// attaching it with `Router::layer`: axum boxes each layered route, which
 /// costs about 1,100 instructions per request more (BENCHMARKS.md), and
-/// the layer then also sees requests that no route matches.
+/// the layer then also sees requests that no route matches. Finish the
+/// router with `with_state(())` before wrapping it: `into_make_service`
+/// does that for a bare `Router`, but not through a layer, and axum then
+/// turns each handler into a service on every request (about 260
+/// instructions and an allocation).
 #[derive(Clone)]
 #[must_use]
 pub struct AuthLayer {
@@ -156,7 +160,7 @@ where
                 session: None,
             });
         }
-        req.extensions_mut().insert(auth.clone());
+        AuthSlot::insert(req.extensions_mut(), &self.shared, auth.clone());
         ResponseFuture {
             kind: Kind::Inner {
                 future: self.inner.call(req),

@@ -178,8 +178,7 @@ impl Resolver {
     /// The fresh cached user of a token: the warm path, with no upstream
     /// call and no allocation.
     pub(crate) fn fresh(&self, token: &[u8]) -> Option<Arc<User>> {
-        let entry = self.inner.cache.user(token)?;
-        (Instant::now() < entry.fresh_until).then(|| entry.user.clone())
+        self.inner.cache.fresh_user(token, Instant::now())
     }
 
     /// Resolves a token: cache, then one coalesced upstream lookup.

@@ -318,3 +318,47 @@ async fn the_client_reports_credential_changes() {
         ]
     );
 }
+
+/// The layer gives requests that arrive with no extensions a roomy map of
+/// its own (issue #5); extensions set before it (here as `ConnectInfo`
+/// would be) must survive, and a bare request must still work.
+#[tokio::test]
+async fn extensions_set_before_the_layer_reach_the_handler() {
+    #[derive(Clone)]
+    struct Peer(&'static str);
+    let kit = TestKit::new();
+    let user = kit.user("ext@example.test");
+    let app = kit.layer().layer(
+        Router::new()
+            .route(
+                "/who",
+                get(
+                    |u: CurrentUser, peer: Option<axum::Extension<Peer>>| async move {
+                        format!(
+                            "{} from {}",
+                            u.email.clone().unwrap_or_default(),
+                            peer.map_or("-", |p| p.0.0)
+                        )
+                    },
+                ),
+            )
+            .with_state(()),
+    );
+
+    let mut request = kit.signed_in(&user).get("/who");
+    request.extensions_mut().insert(Peer("10.0.0.7"));
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"ext@example.test from 10.0.0.7");
+
+    let request = kit.signed_in(&user).get("/who");
+    assert!(request.extensions().is_empty());
+    let response = app.oneshot(request).await.unwrap();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"ext@example.test from -");
+}

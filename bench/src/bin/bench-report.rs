@@ -16,6 +16,15 @@ use authgate_bench::{Args, median, signed, thousands};
 type BoxError = Box<dyn std::error::Error>;
 
 const VARIANTS: [&str; 4] = ["bare", "authgate", "authgate-route-layer", "axum-login"];
+/// Callgrind also measures bare axum with the two headers SECURITY.md N7
+/// requires on user pages, to show what they cost on their own.
+const CALLGRIND_VARIANTS: [&str; 5] = [
+    "bare",
+    "bare-private",
+    "authgate",
+    "authgate-route-layer",
+    "axum-login",
+];
 
 /// Rows of a TSV file with a header line, as name → value maps.
 fn read_tsv(path: &std::path::Path) -> Vec<HashMap<String, String>> {
@@ -175,6 +184,7 @@ fn main() -> Result<(), BoxError> {
         (hi.0 > lo.0).then(|| (hi.1 - lo.1) / (hi.0 - lo.0))
     };
     let bare_ir = per_request("bare");
+    let private_ir = per_request("bare-private");
 
     let mut out = String::new();
     let w = &mut out;
@@ -365,10 +375,14 @@ fn main() -> Result<(), BoxError> {
         )?;
         writeln!(
             w,
-            "| variant | K₁ | Ir(K₁) | K₂ | Ir(K₂) | instructions/request | Δ vs bare |"
+            "`bare-private` is bare axum whose handler also sets the two headers SECURITY.md N7 requires on every response whose request resolved a user (`Cache-Control: private, no-store`, `Vary: Cookie`); the last column is each variant's cost beyond them.\n"
         )?;
-        writeln!(w, "|---|---:|---:|---:|---:|---:|---:|")?;
-        for v in VARIANTS {
+        writeln!(
+            w,
+            "| variant | K₁ | Ir(K₁) | K₂ | Ir(K₂) | instructions/request | Δ vs bare | Δ vs bare-private |"
+        )?;
+        writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+        for v in CALLGRIND_VARIANTS {
             let Some(runs) = ir.get(v) else { continue };
             let mut runs = runs.clone();
             runs.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -378,7 +392,7 @@ fn main() -> Result<(), BoxError> {
             let instr = per_request(v);
             writeln!(
                 w,
-                "| {v} | {} | {} | {} | {} | {} | {} |",
+                "| {v} | {} | {} | {} | {} | {} | {} | {} |",
                 thousands(lo.0 as i64),
                 thousands(lo.1 as i64),
                 thousands(hi.0 as i64),
@@ -386,6 +400,10 @@ fn main() -> Result<(), BoxError> {
                 instr.map_or("–".to_owned(), |i| thousands(i.round() as i64)),
                 match (instr, bare_ir) {
                     (Some(i), Some(b)) if v != "bare" => signed((i - b).round() as i64),
+                    _ => "–".to_owned(),
+                },
+                match (instr, private_ir) {
+                    (Some(i), Some(b)) if !v.starts_with("bare") => signed((i - b).round() as i64),
                     _ => "–".to_owned(),
                 }
             )?;

@@ -2,12 +2,14 @@
 //! prepared in-process before it prints `ready`.
 //!
 //! ```text
-//! bench-server --variant bare|authgate|authgate-route-layer|axum-login
+//! bench-server --variant bare|bare-private|authgate|authgate-route-layer|axum-login
 //!              [--users N] [--cookies PATH] [--requests K]
 //!              [--distinct-users D] [--upstream URL [--upstream-key KEY]]
 //! ```
 //!
 //! - `bare`: axum with no auth, a fixed name (the limit).
+//! - `bare-private`: the same, plus the `Cache-Control: private, no-store`
+//!   and `Vary: Cookie` that SECURITY.md N7 requires on user pages.
 //! - `authgate`: `AuthLayer::layer(router)` wrapping the whole app (as the
 //!   README says), a `DevUpstream` (in-process, or the `dev-upstream`
 //!   binary at `--upstream URL`), N sessions created over its REST API
@@ -39,7 +41,7 @@ use authgate_bench::{Args, PASSWORD, render_page, rss_kib, user_email, user_name
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum_login::{AuthManagerLayerBuilder, AuthUser, AuthnBackend, UserId};
@@ -66,9 +68,30 @@ fn count_page() {
 
 // ---- the handlers ---------------------------------------------------------
 
+/// The name the bare variants render: already in memory, as the signed-in
+/// user's name is for the other variants (formatting it per request would
+/// flatter them).
+static BARE_NAME: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| user_name(0));
+
 async fn bare_page() -> Html<String> {
     count_page();
-    Html(render_page(&user_name(0)))
+    Html(render_page(&BARE_NAME))
+}
+
+/// The bare page with the two headers SECURITY.md N7 requires on every
+/// user-resolved response: what they cost in axum and hyper, with no auth.
+async fn bare_private_page() -> impl IntoResponse {
+    count_page();
+    (
+        [
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            ),
+            (header::VARY, HeaderValue::from_static("Cookie")),
+        ],
+        Html(render_page(&BARE_NAME)),
+    )
 }
 
 async fn authgate_page(user: CurrentUser) -> Html<String> {
@@ -289,8 +312,12 @@ async fn main() -> Result<(), BoxError> {
     let mut upstream = None;
     let mut layer = None;
     let (app, cookies, rss_users) = match variant.as_str() {
-        "bare" => {
-            let app = Router::new().route("/", get(bare_page));
+        "bare" | "bare-private" => {
+            let app = if variant == "bare" {
+                Router::new().route("/", get(bare_page))
+            } else {
+                Router::new().route("/", get(bare_private_page))
+            };
             // A cookie of the same shape as authgate's, so every variant
             // parses the same request bytes.
             let cookies = (0..users.max(1))
@@ -335,7 +362,10 @@ async fn main() -> Result<(), BoxError> {
                 .collect();
             let router = Router::new().route("/", get(authgate_page));
             let app = if variant == "authgate" {
-                let app = auth.layer(router);
+                // `with_state(())` turns the handlers into routes once, as
+                // `Router::into_make_service` does; a router wrapped by a
+                // layer would otherwise redo it on every request.
+                let app = auth.layer(router.with_state(()));
                 warm(app.clone(), &cookies, distinct).await?;
                 // Again: every session must now be a cache hit.
                 warm(app.clone(), &cookies, distinct).await?;
