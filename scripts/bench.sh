@@ -3,7 +3,8 @@
 #
 #   scripts/bench.sh [ROUNDS]      default: 15 rounds of 5 s per variant (~8 min here)
 #   scripts/bench.sh --quick       smoke test: 3 rounds of 2 s, callgrind K = 300/1,300 (~1 min)
-#   options: --no-rounds --no-rss --no-callgrind --no-traffic  (skip a part)
+#   options: --no-rounds --no-rss --no-callgrind --no-traffic  (skip a part);
+#   BENCH_CALLGRIND_VARIANTS="bare authgate" limits the callgrind part
 #
 # Variants (bench/src/bin/bench-server.rs), all serving the same ~2 KB page
 # with the signed-in user's name on GET /:
@@ -63,7 +64,7 @@ done
 
 VARIANTS=(bare authgate authgate-route-layer axum-login)
 # callgrind also measures bare axum + the two N7 headers (bare-private)
-CALLGRIND_VARIANTS=(bare bare-private authgate authgate-route-layer axum-login)
+CALLGRIND_VARIANTS=(${BENCH_CALLGRIND_VARIANTS:-bare bare-private authgate authgate-route-layer axum-login})
 SERVER_PID=""
 UPSTREAM_PID=""
 UPSTREAM_ARGS=()

@@ -121,34 +121,38 @@ impl AuthSlot {
     }
 
     /// Puts `auth` in the request's extensions. A request arriving with
-    /// none (hyper adds none) first gets a clone of the layer's empty but
-    /// roomy map, so neither this insert nor axum's router's three
-    /// (`OriginalUri`, `MatchedPath`, URL parameters) regrow it: a map
-    /// made for the first insert holds three (callgrind: the regrowth cost
-    /// more than the insert itself).
+    /// none (hyper adds none) gets a clone of the layer's template, whose
+    /// map already holds an empty slot and has room for seven entries:
+    /// axum's router adds three (`OriginalUri`, `MatchedPath`, URL
+    /// parameters), which would regrow a map made for a first insert
+    /// (callgrind: the regrowth cost more than the insert itself).
     pub(crate) fn insert(extensions: &mut Extensions, shared: &Shared, auth: Arc<RequestAuth>) {
         if extensions.is_empty() {
-            *extensions = shared.extensions.clone();
+            let mut fresh = shared.extensions.clone();
+            if let Some(slot) = fresh.get_mut::<AuthSlot>() {
+                slot.0 = Some(auth);
+                *extensions = fresh;
+                return;
+            }
         }
         extensions.insert(AuthSlot(Some(auth)));
     }
 }
 
-/// Extensions with no entries whose map has room for seven.
+/// Extensions holding an empty [`AuthSlot`] in a map with eight buckets.
 fn extensions_template() -> Extensions {
     #[derive(Clone)]
     struct Room<const N: usize>;
     let mut template = Extensions::new();
-    // A fourth entry grows the map to eight buckets; removing the entries
+    template.insert(AuthSlot(None));
+    // A fourth entry grows the map to eight buckets; removing the fillers
     // keeps the buckets, and a clone keeps them too.
     template.insert(Room::<0>);
     template.insert(Room::<1>);
     template.insert(Room::<2>);
-    template.insert(Room::<3>);
     template.remove::<Room<0>>();
     template.remove::<Room<1>>();
     template.remove::<Room<2>>();
-    template.remove::<Room<3>>();
     template
 }
 
@@ -291,27 +295,26 @@ impl RequestAuth {
         f(&mut self.lock().changes)
     }
 
-    /// Applies cookie changes and cache hygiene to the response headers.
-    pub(crate) fn finish(&self, headers: &mut HeaderMap) {
-        let mut state = self.lock();
-        let clear = state.resolution.as_ref().is_some_and(|r| r.clear_cookie);
-        if clear && !state.changes.session_written {
-            let removal = self.shared.attributes.removal(&self.shared.session_name);
-            state.changes.set_cookies.push(removal);
-        }
-        // A page rendered for a cookie-bearing request may be user-specific.
-        let resolved = state.resolution.is_some() && state.cookie != CookieState::Absent;
-        apply_hygiene(headers, &state.changes.set_cookies, resolved);
-    }
-
-    /// Returns the context to this thread's pool when nothing else holds it.
-    pub(crate) fn recycle(auth: Arc<Self>) {
-        if Arc::strong_count(&auth) != 1 {
-            return;
-        }
+    /// Applies the cookie changes and cache hygiene to the response
+    /// headers, then returns the context to this thread's pool when
+    /// nothing else holds it (one lock for both).
+    pub(crate) fn finish(auth: Arc<Self>, headers: &mut HeaderMap) {
+        // Nobody else holds it, so nobody can clone it meanwhile.
+        let reusable = Arc::strong_count(&auth) == 1;
         {
-            // Field by field: the `Set-Cookie` vector keeps its buffer.
             let mut state = auth.lock();
+            let clear = state.resolution.as_ref().is_some_and(|r| r.clear_cookie);
+            if clear && !state.changes.session_written {
+                let removal = auth.shared.attributes.removal(&auth.shared.session_name);
+                state.changes.set_cookies.push(removal);
+            }
+            // A page rendered for a cookie-bearing request may be user-specific.
+            let resolved = state.resolution.is_some() && state.cookie != CookieState::Absent;
+            apply_hygiene(headers, &state.changes.set_cookies, resolved);
+            if !reusable {
+                return;
+            }
+            // Field by field: the `Set-Cookie` vector keeps its buffer.
             state.cookie = CookieState::Absent;
             state.prefetched = None;
             state.token = None;

@@ -210,8 +210,7 @@ where
             KindProj::Inner { future, auth } => {
                 let mut response = ready!(future.poll(cx))?;
                 if let Some(auth) = auth.take() {
-                    auth.finish(response.headers_mut());
-                    RequestAuth::recycle(auth);
+                    RequestAuth::finish(auth, response.headers_mut());
                 }
                 Poll::Ready(Ok(response))
             }
