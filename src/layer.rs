@@ -30,7 +30,7 @@ use crate::upstream::Upstream;
 ///
 /// Wrap the whole app (`AuthLayer::new(..).layer(router)`) rather than
 /// attaching it with `Router::layer`: axum boxes each layered route, which
-/// costs about 1,100 instructions per request more (BENCHMARKS.md), and
+/// costs about 1,400 instructions per request more (BENCHMARKS.md), and
 /// the layer then also sees requests that no route matches. Finish the
 /// router with `with_state(())` before wrapping it: `into_make_service`
 /// does that for a bare `Router`, but not through a layer, and axum then
