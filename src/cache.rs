@@ -25,8 +25,9 @@ const SHARDS: usize = 16;
 /// Bytes counted per entry on top of the token and the user.
 const ENTRY_OVERHEAD: u64 = 160;
 
-/// A resolved user and its deadlines.
-#[derive(Debug)]
+/// A resolved user and its deadlines, kept in the map itself (a separate
+/// allocation per session cost more than the wider buckets).
+#[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) user: Arc<User>,
     pub(crate) fresh_until: Instant,
@@ -53,7 +54,7 @@ struct Mark {
 
 #[derive(Default)]
 struct Shard {
-    users: HashMap<Box<[u8]>, Arc<Entry>, RandomState>,
+    users: HashMap<Box<[u8]>, Entry, RandomState>,
     user_bytes: u64,
     marks: HashMap<Box<[u8]>, Mark, RandomState>,
 }
@@ -93,7 +94,7 @@ impl Cache {
     }
 
     /// The cached user of a token, fresh or not.
-    pub(crate) fn user(&self, token: &[u8]) -> Option<Arc<Entry>> {
+    pub(crate) fn user(&self, token: &[u8]) -> Option<Entry> {
         let shard = self
             .shard(token)
             .read()
@@ -148,12 +149,12 @@ impl Cache {
             return false;
         }
         shard.marks.remove(token);
-        let entry = Arc::new(Entry {
+        let entry = Entry {
             user,
             fresh_until,
             stale_until,
             weight,
-        });
+        };
         if let Some(old) = shard.users.insert(token.into(), entry) {
             shard.user_bytes -= old.weight;
         }
