@@ -28,6 +28,11 @@ use crate::upstream::Upstream;
 /// changes and `Cache-Control`/`Vary` hygiene. See the
 /// [crate docs](crate) for an example.
 ///
+/// It runs on Tokio with the time driver enabled (`#[tokio::main]` has it;
+/// a hand-built runtime needs `enable_all()` or `enable_time()`): upstream
+/// lookups have deadlines. Without it every lookup fails, and requests that
+/// need one get a 503.
+///
 /// Wrap the whole app (`AuthLayer::new(..).layer(router)`) rather than
 /// attaching it with `Router::layer`: axum boxes each layered route, which
 /// costs about 1,400 instructions per request more (BENCHMARKS.md), and
