@@ -208,7 +208,7 @@ impl Resolver {
                     if Instant::now() < entry.stale_until
                         && cache.mark(key, Instant::now()) != Some(MarkKind::Revoked) =>
                 {
-                    Resolution::signed_in(entry.user.clone(), true)
+                    Resolution::signed_in(entry.user, true)
                 }
                 _ => Resolution::unavailable(),
             },
