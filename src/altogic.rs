@@ -1107,6 +1107,19 @@ impl Upstream for Client {
         PROVIDERS
     }
 
+    fn is_email_link(&self, params: &CallbackParams) -> bool {
+        if params.has_duplicates() {
+            return false;
+        }
+        let single = |name| params.single(name).ok().flatten();
+        matches!(single("action"), Some("magic-link" | "email-confirm"))
+            && single("status")
+                .and_then(|s| s.parse::<u16>().ok())
+                .is_some_and(|s| (200..300).contains(&s))
+            && single("error").is_none()
+            && single("access_token").is_some_and(plausible_grant)
+    }
+
     fn sign_in_url(&self, provider: &str, _flow: &FlowRecord) -> Result<Url, Error> {
         self.provider_sign_in_url(provider)
     }

@@ -44,6 +44,7 @@ pub struct AuthConfig {
     pub(crate) notice_page: String,
     pub(crate) session_max_age: Duration,
     pub(crate) flow_ttl: Duration,
+    pub(crate) confirm_email_links: bool,
     pub(crate) cache: CacheSettings,
     pub(crate) events: AuthEvents,
 }
@@ -86,6 +87,7 @@ impl fmt::Debug for AuthConfig {
             .field("route_prefix", &self.route_prefix)
             .field("sign_in_page", &self.sign_in_page)
             .field("after_sign_in", &self.after_sign_in)
+            .field("confirm_email_links", &self.confirm_email_links)
             .field("cache", &self.cache)
             .finish_non_exhaustive()
     }
@@ -175,6 +177,7 @@ impl AuthConfig {
             notice_page: "/".to_owned(),
             session_max_age: Duration::from_secs(30 * 24 * 3600),
             flow_ttl: Duration::from_secs(600),
+            confirm_email_links: true,
             cache: CacheSettings::default(),
             events: AuthEvents::default(),
         })
@@ -271,6 +274,18 @@ impl AuthConfig {
     pub fn with_notice_page(mut self, path: &str) -> Result<Self, ConfigError> {
         self.notice_page = check_path("notice page", path)?;
         Ok(self)
+    }
+
+    /// Whether a magic link or an address-confirmation link from an
+    /// e-mail signs in only after a click on a "Continue" button
+    /// (`{prefix}/continue`), rather than on the link's `GET`. Mail scanners
+    /// (Outlook Safe Links and the like) open every link in a message: with
+    /// the confirmation they neither spend the link nor receive a session,
+    /// and a link an attacker mailed to a victim does not sign the victim in
+    /// silently (SECURITY.md T-B6.4). Default: `true`.
+    pub fn with_email_link_confirmation(mut self, confirm: bool) -> Self {
+        self.confirm_email_links = confirm;
+        self
     }
 
     /// The session cookie's `Max-Age`, capped at 400 days. Default: 30 days.

@@ -31,11 +31,15 @@ pub(crate) struct Shared {
     pub(crate) session_name: String,
     pub(crate) flow_name: String,
     pub(crate) reset_name: String,
+    /// The encrypted cookie holding an e-mail link's landing until the user
+    /// confirms it.
+    pub(crate) link_name: String,
     pub(crate) return_to: ReturnTo,
     pub(crate) attributes: CookieAttributes,
     pub(crate) cookie_finder: CookieFinder,
     pub(crate) flow_finder: CookieFinder,
     pub(crate) reset_finder: CookieFinder,
+    pub(crate) link_finder: CookieFinder,
     /// Cloned into requests that arrive with no extensions (see
     /// [`AuthSlot::insert`]).
     pub(crate) extensions: Extensions,
@@ -46,10 +50,13 @@ impl Shared {
         let session_name = config.session_cookie_name();
         let flow_name = format!("{session_name}-flow");
         let reset_name = format!("{session_name}-reset");
+        let link_name = format!("{session_name}-link");
         Self {
             cookie_finder: CookieFinder::new(&session_name),
             flow_finder: CookieFinder::new(&flow_name),
             reset_finder: CookieFinder::new(&reset_name),
+            link_finder: CookieFinder::new(&link_name),
+            link_name,
             extensions: extensions_template(),
             flow_name,
             reset_name,

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /auth/signin/{provider}?return_to=` | seals a flow cookie (provider, validated `return_to`) and 303s to the upstream's sign-in page |
 //! | `GET /auth/callback` | the upstream's landings: grant exchange → session cookie → 303 to the validated `return_to`; password reset → encrypted reset cookie → 303 to the reset page; e-mail changed → 303 with a notice; failure → an escaped error page |
+//! | `GET /auth/continue`, `POST /auth/continue` | an e-mail link's landing (magic link, address confirmation) waits in an encrypted cookie until the user clicks "Continue" (a same-origin `POST`), so mail scanners that open links neither spend them nor get a session (SECURITY.md T-B6.4; [`AuthConfig::with_email_link_confirmation`](crate::AuthConfig::with_email_link_confirmation)) |
 //! | `POST /auth/signout?scope=this\|all\|others&return_to=` | cross-site check, upstream sign-out, cookie cleared with mirrored attributes even if the upstream fails, tombstone, 303 |
 //!
 //! Callback responses carry `Referrer-Policy: no-referrer` and `no-store`;
@@ -25,11 +26,16 @@ use crate::upstream::{CallbackOutcome, CallbackParams, FlowRecord, SignOutScope}
 /// The longest message from the upstream shown on an error page.
 const MAX_MESSAGE_CHARS: usize = 300;
 
+/// The longest e-mail-link query kept in the link cookie (a real one is a
+/// few hundred bytes; the cookie must stay under the browsers' 4 KB).
+const MAX_LINK_QUERY: usize = 2048;
+
 /// One of the layer's own routes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Route {
     SignIn(String),
     Callback,
+    Continue,
     SignOut,
 }
 
@@ -38,6 +44,7 @@ pub(crate) fn match_route(shared: &Shared, path: &str) -> Option<Route> {
     let rest = path.strip_prefix(shared.config.route_prefix.as_str())?;
     match rest {
         "/callback" => Some(Route::Callback),
+        "/continue" => Some(Route::Continue),
         "/signout" => Some(Route::SignOut),
         _ => {
             let provider = rest.strip_prefix("/signin/")?;
@@ -105,6 +112,26 @@ impl Page {
         page
     }
 
+    /// The page of a held e-mail link: one button that posts to `action`.
+    fn email_link_confirmation(action: &str) -> Self {
+        let mut page = Self::html(StatusCode::OK, "", "", None);
+        let body = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>Finish signing in</title><style>\
+             body{{font-family:system-ui,sans-serif;max-width:30rem;margin:4rem auto;padding:0 1rem;line-height:1.5}}\
+             button{{font:inherit;padding:.6rem 1.6rem;border:0;border-radius:.4rem;background:#2453d4;color:#fff;cursor:pointer}}\
+             small{{color:#555}}</style></head><body><h1>Finish signing in</h1>\
+             <p>You opened a sign-in link from an e-mail. Continue to sign in on this device.</p>\
+             <form method=\"post\" action=\"{action}\"><button type=\"submit\" id=\"authgate-continue\">Continue</button></form>\
+             <p><small>Did not ask to sign in? Close this page: nothing happens without the button.</small></p>\
+             </body></html>",
+            action = escape(action),
+        );
+        *page.response.body_mut() = Bytes::from(body);
+        page
+    }
+
     fn cookie(mut self, line: String) -> Self {
         self.set_cookies.push(line);
         self
@@ -158,6 +185,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, route: Route, parts: Parts) -> R
     let page = match route {
         Route::SignIn(provider) => sign_in(&shared, &provider, &parts),
         Route::Callback => callback(&shared, &parts).await,
+        Route::Continue => continue_email_link(&shared, &parts).await,
         Route::SignOut => sign_out(&shared, &parts).await,
     };
     page.finish()
@@ -209,7 +237,6 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
         Method::GET => {}
         _ => return method_not_allowed("GET, HEAD"),
     }
-    let sign_in_page = shared.config.sign_in_page.as_str();
     let sealed_flow = shared.flow_finder.raw(&parts.headers);
     let flow: Option<FlowRecord> =
         sealed_flow.and_then(|value| shared.keys.open(&shared.flow_name, "flow", value));
@@ -220,13 +247,114 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
         });
     }
     let remove_flow = shared.attributes.removal(&shared.flow_name);
+    let params = landing_params(parts.uri.query().unwrap_or(""), parts);
+    if shared.config.confirm_email_links && shared.resolver.upstream().is_email_link(&params) {
+        return hold_email_link(shared, parts.uri.query().unwrap_or(""));
+    }
+    complete(shared, parts, &params, flow.as_ref(), remove_flow).await
+}
+
+/// A landing's query with the browser's `User-Agent` (for the session's
+/// device).
+fn landing_params(query: &str, parts: &Parts) -> CallbackParams {
     let user_agent = parts
         .headers
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
-    let params = CallbackParams::parse(parts.uri.query().unwrap_or("")).with_user_agent(user_agent);
+    CallbackParams::parse(query).with_user_agent(user_agent)
+}
+
+/// Keeps an e-mail link's landing in an encrypted cookie and sends the
+/// browser to the confirmation page: nothing is spent until a click.
+fn hold_email_link(shared: &Shared, query: &str) -> Page {
+    let ttl = shared.config.flow_ttl;
+    let sealed = (query.len() <= MAX_LINK_QUERY)
+        .then(|| shared.keys.seal(&shared.link_name, "link", &query, ttl))
+        .flatten();
+    let Some(sealed) = sealed else {
+        return Page::html(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "This sign-in link is malformed.",
+            Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
+        );
+    };
+    let link = shared.attributes.build(&shared.link_name, sealed, ttl);
+    let location = shared
+        .config
+        .absolute(&format!("{}/continue", shared.config.route_prefix));
+    Page::redirect(&location).cookie(link)
+}
+
+/// `{prefix}/continue`: shows the held e-mail link's button (`GET`), and
+/// completes the landing on its same-origin `POST`.
+async fn continue_email_link(shared: &Shared, parts: &Parts) -> Page {
+    let sign_in_page = shared.config.sign_in_page.as_str();
+    let sealed = shared.link_finder.raw(&parts.headers);
+    let query: Option<String> =
+        sealed.and_then(|value| shared.keys.open(&shared.link_name, "link", value));
+    if sealed.is_some() && query.is_none() {
+        shared.resolver.emit(AuthEvent::FlowRejected {
+            reason: FlowRejection::TamperedFlow,
+            session: None,
+        });
+    }
+    let remove_link = shared.attributes.removal(&shared.link_name);
+    let expired = || {
+        Page::html(
+            StatusCode::BAD_REQUEST,
+            "Sign-in link expired",
+            "This sign-in link has expired or was already used. Please sign in again.",
+            Some((sign_in_page, "Back to sign in")),
+        )
+    };
+    match parts.method {
+        Method::HEAD => Page::new(StatusCode::OK),
+        Method::GET => match query {
+            Some(_) => {
+                let action = format!("{}/continue", shared.config.route_prefix);
+                Page::email_link_confirmation(&action)
+            }
+            None if sealed.is_some() => expired().cookie(remove_link),
+            None => expired(),
+        },
+        Method::POST => {
+            if !is_same_origin(&parts.headers, &shared.config.public_origin) {
+                // The held link stays for the real user's own click.
+                shared.resolver.emit(AuthEvent::FlowRejected {
+                    reason: FlowRejection::CrossSite,
+                    session: None,
+                });
+                return Page::html(
+                    StatusCode::FORBIDDEN,
+                    "Sign-in refused",
+                    "This request came from another site and was refused.",
+                    Some((sign_in_page, "Back to sign in")),
+                );
+            }
+            let Some(query) = query else {
+                return expired().cookie(remove_link);
+            };
+            let params = landing_params(&query, parts);
+            complete(shared, parts, &params, None, remove_link).await
+        }
+        _ => method_not_allowed("GET, HEAD, POST"),
+    }
+}
+
+/// Exchanges a landing with the upstream and answers with its outcome;
+/// `cleanup` (the removal of the cookie that carried the landing's state)
+/// goes on every answer.
+async fn complete(
+    shared: &Shared,
+    parts: &Parts,
+    params: &CallbackParams,
+    flow: Option<&FlowRecord>,
+    cleanup: String,
+) -> Page {
+    let sign_in_page = shared.config.sign_in_page.as_str();
     let upstream = shared.resolver.upstream();
-    let outcome = match upstream.complete_callback(&params, flow.as_ref()).await {
+    let outcome = match upstream.complete_callback(params, flow).await {
         Ok(outcome) => outcome,
         Err(err) => {
             tracing::warn!(error = %err, "authgate: callback could not reach the upstream");
@@ -245,7 +373,7 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
     match outcome {
         CallbackOutcome::SignedIn(grant) => {
             let return_to = shared.return_to.validate_or(
-                flow.as_ref().map(|f| f.return_to.as_str()),
+                flow.map(|f| f.return_to.as_str()),
                 &shared.config.after_sign_in,
             );
             let previous = match shared.cookie_finder.find(&parts.headers) {
@@ -253,9 +381,7 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
                 _ => None,
             };
             let session = shared.sign_in(previous.as_ref(), grant);
-            Page::redirect(&return_to)
-                .cookie(session)
-                .cookie(remove_flow)
+            Page::redirect(&return_to).cookie(session).cookie(cleanup)
         }
         CallbackOutcome::PasswordReset(key) => {
             let ttl = shared.config.flow_ttl;
@@ -272,7 +398,7 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
             };
             let reset = shared.attributes.build(&shared.reset_name, sealed, ttl);
             let location = shared.config.absolute(&shared.config.reset_password_page);
-            Page::redirect(&location).cookie(reset).cookie(remove_flow)
+            Page::redirect(&location).cookie(reset).cookie(cleanup)
         }
         CallbackOutcome::EmailChanged => {
             // This browser's cached profile shows the old address: name the
@@ -294,7 +420,7 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
             let mut location = shared.config.absolute(&shared.config.notice_page);
             location.push(if location.contains('?') { '&' } else { '?' });
             location.push_str("notice=email-changed");
-            Page::redirect(&location).cookie(remove_flow)
+            Page::redirect(&location).cookie(cleanup)
         }
         CallbackOutcome::Failed {
             status,
@@ -320,7 +446,7 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
                 &message,
                 Some((sign_in_page, "Back to sign in")),
             )
-            .cookie(remove_flow)
+            .cookie(cleanup)
         }
     }
 }

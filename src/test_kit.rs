@@ -354,7 +354,10 @@ impl TestKit {
         TestRequest { cookie: None }
     }
 
-    /// A callback path that signs the user in (a one-time magic link).
+    /// A callback path that signs the user in (a one-time magic link). Its
+    /// `GET` signs in at once: the kit's upstream does not ask for the
+    /// click on `{prefix}/continue` that Altogic's e-mail links wait for
+    /// ([`AuthConfig::with_email_link_confirmation`](crate::AuthConfig::with_email_link_confirmation)).
     pub fn magic_link(&self, user: &TestUser) -> String {
         let key = random_token();
         self.upstream

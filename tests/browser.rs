@@ -229,6 +229,10 @@ impl Run {
             self.click("#open-outbox").await?;
             self.wait_outbox("Confirm your email address").await?;
             self.click(r#"a[href*="/_auth/verify-email"]"#).await?;
+            // The link waits for a click (SECURITY.md T-B6.4).
+            self.wait_page("/auth/continue", "Finish signing in")
+                .await?;
+            self.click("#authgate-continue").await?;
             self.wait_page("/account", "Your account").await?;
             self.wait_text("Ada Lovelace").await?;
             self.wait_text(EMAIL).await
@@ -264,6 +268,9 @@ impl Run {
             self.click("#open-outbox").await?;
             self.wait_outbox("Your sign-in link").await?;
             self.click(r#"a[href*="/_auth/magic"]"#).await?;
+            self.wait_page("/auth/continue", "Finish signing in")
+                .await?;
+            self.click("#authgate-continue").await?;
             self.wait_page("/account", EMAIL).await
         })
         .await?;

@@ -83,11 +83,11 @@ async fn t_g1_no_token_in_logs_errors_or_debug_output() {
         .unwrap();
     let callback = site.follow_upstream(&link).await;
     secrets.push(query_param(&callback, "access_token").unwrap());
-    let first = site.get(&callback, None).await;
+    let first = site.land(&callback, None).await;
     let magic_session = set_cookie(first.headers(), "__Host-authgate").unwrap();
     secrets.push(magic_session.value().to_owned());
     assert_eq!(
-        site.get(&callback, None).await.status(),
+        site.land(&callback, None).await.status(),
         StatusCode::BAD_REQUEST
     );
 
@@ -132,9 +132,21 @@ async fn t_g1_no_token_in_logs_errors_or_debug_output() {
     let grant_key = "grant-key-while-down";
     secrets.push(grant_key.to_owned());
     let path = format!("/auth/callback?action=magic-link&status=200&access_token={grant_key}");
-    let response = app
+    // The e-mail link is held (no upstream call), then confirmed.
+    let held = app
         .clone()
         .oneshot(request("GET", &path, None))
+        .await
+        .unwrap();
+    assert_eq!(held.status(), StatusCode::SEE_OTHER);
+    let link = set_cookie(held.headers(), "__Host-authgate-link").unwrap();
+    let response = app
+        .clone()
+        .oneshot(form(
+            "/auth/continue",
+            Some(&format!("__Host-authgate-link={}", link.value())),
+            "",
+        ))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);

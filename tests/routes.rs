@@ -12,6 +12,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 
 const FLOW: &str = "__Host-authgate-flow";
 const RESET: &str = "__Host-authgate-reset";
+const LINK: &str = "__Host-authgate-link";
 
 /// Starts an OAuth sign-in, runs the dev simulator, and returns the flow
 /// cookie and the callback path.
@@ -180,7 +181,7 @@ async fn magic_link_landing_signs_in() {
         query_param(&callback, "action").as_deref(),
         Some("magic-link")
     );
-    let response = site.get(&callback, None).await;
+    let response = site.land(&callback, None).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&response), "https://app.example/account");
     let session = set_cookie(response.headers(), "__Host-authgate").unwrap();
@@ -205,7 +206,7 @@ async fn email_confirmation_landing_signs_in() {
         .link
         .unwrap();
     let callback = site.follow_upstream(&link).await;
-    let response = site.get(&callback, None).await;
+    let response = site.land(&callback, None).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert!(set_cookie(response.headers(), "__Host-authgate").is_some());
 }
@@ -353,12 +354,13 @@ async fn t_b3_injected_key_reaches_the_upstream_as_one_value() {
     let site = site().await;
     for token in ["abc%26key%3Devil", "abc%23x", "..%2F..%2Fadmin"] {
         let response = site
-            .get(
+            .land(
                 &format!("/auth/callback?action=magic-link&status=200&access_token={token}"),
                 None,
             )
             .await;
-        // The dev upstream sees one unknown key and refuses it.
+        // Held, then confirmed: the dev upstream sees one unknown key and
+        // refuses it.
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{token}");
         assert!(set_cookie(response.headers(), "__Host-authgate").is_none());
     }
@@ -661,17 +663,138 @@ async fn callback_sessions_record_the_browsers_device() {
         .link
         .unwrap();
     let callback = site.follow_upstream(&link).await;
-    let request = http::Request::get(&callback)
-        .header(
-            "user-agent",
-            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+    let response = site
+        .land(
+            &callback,
+            Some("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"),
         )
-        .body(axum::body::Body::empty())
-        .unwrap();
-    let response = site.send(request).await;
+        .await;
     let session = set_cookie(response.headers(), "__Host-authgate").unwrap();
     let token = authgate::SessionToken::new(session.value()).unwrap();
     let sessions = site.client.get_all_sessions(&token).await.unwrap();
     let this = sessions.iter().find(|s| s.token == token).unwrap();
     assert_eq!(this.device(), "Chrome on Linux");
+}
+
+/// SECURITY.md T-B6.4: a magic link (or an address confirmation) signs in
+/// only after a click. Mail scanners that open every link (HEAD, GET, twice)
+/// spend nothing and get no session; a cross-site POST is refused; the
+/// click signs in once, and a replay does not.
+#[tokio::test]
+async fn t_b6_4_email_links_wait_for_a_click_so_scanners_spend_nothing() {
+    let site = site().await;
+    site.user("scan@example.test").await;
+    site.client
+        .send_magic_link_email("scan@example.test")
+        .await
+        .unwrap();
+    let link = site
+        .dev
+        .last_message_to("scan@example.test")
+        .unwrap()
+        .link
+        .unwrap();
+    let callback = site.follow_upstream(&link).await;
+    let token = query_param(&callback, "access_token").unwrap();
+    let calls = site.dev.upstream_calls();
+
+    // The scanner.
+    let head = site.send(request("HEAD", &callback, None)).await;
+    assert_eq!(head.status(), StatusCode::OK);
+    assert!(set_cookies(head.headers()).is_empty());
+    let mut held = None;
+    for _ in 0..2 {
+        let response = site.get(&callback, None).await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(location(&response), "https://app.example/auth/continue");
+        assert_eq!(response.headers()["referrer-policy"], "no-referrer");
+        assert!(
+            response.headers()[CACHE_CONTROL]
+                .to_str()
+                .unwrap()
+                .contains("no-store")
+        );
+        assert!(set_cookie(response.headers(), "__Host-authgate").is_none());
+        let cookie = set_cookie(response.headers(), LINK).expect("the link waits in a cookie");
+        assert_eq!(cookie.secure(), Some(true));
+        assert_eq!(cookie.http_only(), Some(true));
+        assert_eq!(cookie.same_site(), Some(cookie::SameSite::Lax));
+        assert!(!cookie.value().contains(&token), "encrypted");
+        held = Some(format!("{LINK}={}", cookie.value()));
+    }
+    let held = held.unwrap();
+    let page = site.get("/auth/continue", Some(&held)).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(set_cookie(page.headers(), "__Host-authgate").is_none());
+    let html = body_string(page).await;
+    assert!(
+        html.contains(r#"<form method="post" action="/auth/continue">"#),
+        "{html}"
+    );
+    assert!(!html.contains(&token));
+    assert_eq!(site.dev.upstream_calls(), calls, "nothing spent so far");
+
+    // Without the cookie (another browser, or expired): nothing to continue.
+    let lost = site.get("/auth/continue", None).await;
+    assert_eq!(lost.status(), StatusCode::BAD_REQUEST);
+
+    // A cross-site POST is refused and leaves the link for the real click.
+    let mut cross = form("/auth/continue", Some(&held), "");
+    cross
+        .headers_mut()
+        .insert("sec-fetch-site", "cross-site".parse().unwrap());
+    cross
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    let refused = site.send(cross).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(set_cookies(refused.headers()).is_empty());
+    assert_eq!(site.dev.upstream_calls(), calls);
+
+    // The click.
+    let signed_in = site.send(form("/auth/continue", Some(&held), "")).await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&signed_in), "https://app.example/account");
+    let session = set_cookie(signed_in.headers(), "__Host-authgate").expect("signed in");
+    assert!(is_removal(&set_cookie(signed_in.headers(), LINK).unwrap()));
+    let home = body_string(site.get("/", Some(&site.cookie(session.value()))).await).await;
+    assert_eq!(home, "home: signed in as scan@example.test");
+
+    // A replay of the same cookie: the grant is spent.
+    let replay = site.send(form("/auth/continue", Some(&held), "")).await;
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    assert!(set_cookie(replay.headers(), "__Host-authgate").is_none());
+
+    // A tampered cookie is refused.
+    let tampered = site
+        .get(
+            "/auth/continue",
+            Some(&format!("{LINK}=AAAA{}", &held[LINK.len() + 1..])),
+        )
+        .await;
+    assert_eq!(tampered.status(), StatusCode::BAD_REQUEST);
+    assert!(is_removal(&set_cookie(tampered.headers(), LINK).unwrap()));
+}
+
+/// The confirmation can be switched off: the link's GET signs in.
+#[tokio::test]
+async fn email_links_sign_in_on_get_when_confirmation_is_off() {
+    let site = site_with(|config| config.with_email_link_confirmation(false)).await;
+    site.user("direct@example.test").await;
+    site.client
+        .send_magic_link_email("direct@example.test")
+        .await
+        .unwrap();
+    let link = site
+        .dev
+        .last_message_to("direct@example.test")
+        .unwrap()
+        .link
+        .unwrap();
+    let callback = site.follow_upstream(&link).await;
+    let response = site.get(&callback, None).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "https://app.example/account");
+    assert!(set_cookie(response.headers(), "__Host-authgate").is_some());
+    assert!(set_cookie(response.headers(), LINK).is_none());
 }

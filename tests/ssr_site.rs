@@ -345,7 +345,17 @@ impl Browser {
         let location = response.headers()[LOCATION].to_str().unwrap().to_owned();
         let path = self.local(&location);
         assert!(path.starts_with("/auth/callback?"), "{path}");
-        self.get(&path).await
+        let page = self.get(&path).await;
+        // A magic link or an address confirmation waits for a click
+        // (SECURITY.md T-B6.4): the page with the button, then its POST.
+        if page.status == StatusCode::SEE_OTHER && self.local(page.location()) == "/auth/continue" {
+            assert!(self.session().is_none(), "no session before the click");
+            let confirm = self.follow(&page).await;
+            assert_eq!(confirm.status, StatusCode::OK);
+            confirm.assert_shows(r#"<form method="post" action="/auth/continue">"#);
+            return self.post("/auth/continue", &[]).await;
+        }
+        page
     }
 
     /// Signs in with e-mail and password through the form.

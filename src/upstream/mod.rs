@@ -406,6 +406,18 @@ pub trait Upstream: Send + Sync + 'static {
     /// The URL to send the browser to for a provider sign-in.
     fn sign_in_url(&self, provider: &str, flow: &FlowRecord) -> Result<url::Url, Error>;
 
+    /// Whether a landing comes from a link in an e-mail (a magic link, an
+    /// address confirmation) that should be confirmed by a click before it
+    /// is exchanged (SECURITY.md T-B6.4): mail scanners open such links, and
+    /// must neither spend the grant nor receive a session. Only well-formed,
+    /// successful landings qualify; the rest go straight to
+    /// [`complete_callback`](Self::complete_callback), which refuses them.
+    /// Default: none.
+    fn is_email_link(&self, params: &CallbackParams) -> bool {
+        let _ = params;
+        false
+    }
+
     /// Completes a callback landing (never cached, never coalesced).
     fn complete_callback<'a>(
         &'a self,

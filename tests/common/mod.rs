@@ -70,6 +70,39 @@ impl Site {
         format!("{}={token}", self.cookie_name())
     }
 
+    /// Opens a callback landing as a browser would: an e-mail link's
+    /// landing is held (SECURITY.md T-B6.4) until a same-origin `POST` to
+    /// `/auth/continue` with the link cookie, which this helper sends.
+    pub async fn land(&self, callback: &str, user_agent: Option<&str>) -> Response<Body> {
+        let mut first = request("GET", callback, None);
+        if let Some(user_agent) = user_agent {
+            first
+                .headers_mut()
+                .insert("user-agent", user_agent.parse().unwrap());
+        }
+        let response = self.send(first).await;
+        if response
+            .headers()
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            != Some(&format!("{ORIGIN}/auth/continue"))
+        {
+            return response;
+        }
+        let link = set_cookie(response.headers(), &format!("{}-link", self.cookie_name()))
+            .expect("the held link's cookie");
+        let mut post = form(
+            "/auth/continue",
+            Some(&format!("{}={}", link.name(), link.value())),
+            "",
+        );
+        if let Some(user_agent) = user_agent {
+            post.headers_mut()
+                .insert("user-agent", user_agent.parse().unwrap());
+        }
+        self.send(post).await
+    }
+
     /// Follows a dev-upstream link (e-mail link or simulator) to the app's
     /// callback: the path and query of the Location it answers.
     pub async fn follow_upstream(&self, link: &str) -> String {
