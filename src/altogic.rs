@@ -1013,6 +1013,49 @@ fn plausible_grant(key: &str) -> bool {
     !key.is_empty() && key.len() <= MAX_GRANT_LEN && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// What a landing's query says, before anything is sent upstream
+/// (UPSTREAMS.md §1.5).
+enum Landing<'a> {
+    /// Duplicated, unknown or missing parameters (SECURITY.md T-B6.1).
+    Malformed,
+    /// The upstream reports a failure; its message is shown.
+    Failed(&'a str),
+    EmailChanged,
+    /// A successful landing with a plausible grant key.
+    Grant {
+        action: &'a str,
+        key: &'a str,
+    },
+}
+
+impl<'a> Landing<'a> {
+    fn parse(params: &'a CallbackParams) -> Self {
+        if params.has_duplicates() {
+            return Self::Malformed;
+        }
+        let single = |name| params.single(name).ok().flatten();
+        let Some(action) = single("action").filter(|a| ACTIONS.contains(a)) else {
+            return Self::Malformed;
+        };
+        let status = single("status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .filter(|s| (200..=599).contains(s));
+        let Some(status) = status else {
+            return Self::Malformed;
+        };
+        if !(200..300).contains(&status) || single("error").is_some() {
+            return Self::Failed(single("error").unwrap_or("The sign-in did not complete."));
+        }
+        if action == "change-email" {
+            return Self::EmailChanged;
+        }
+        match single("access_token").filter(|k| plausible_grant(k)) {
+            Some(key) => Self::Grant { action, key },
+            None => Self::Malformed,
+        }
+    }
+}
+
 impl Client {
     async fn complete_landing(
         &self,
@@ -1020,36 +1063,17 @@ impl Client {
         flow: Option<&FlowRecord>,
     ) -> Result<CallbackOutcome, Error> {
         const BAD: StatusCode = StatusCode::BAD_REQUEST;
-        const MALFORMED: &str = "This sign-in link is malformed.";
-        let malformed = || {
-            Ok(failed(
-                BAD,
-                MALFORMED,
-                Some(FlowRejection::MalformedLanding),
-            ))
-        };
-        if params.has_duplicates() {
-            return malformed();
-        }
-        let single = |name| params.single(name).ok().flatten();
-        let Some(action) = single("action").filter(|a| ACTIONS.contains(a)) else {
-            return malformed();
-        };
-        let status = single("status")
-            .and_then(|s| s.parse::<u16>().ok())
-            .filter(|s| (200..=599).contains(s));
-        let Some(status) = status else {
-            return malformed();
-        };
-        if !(200..300).contains(&status) || single("error").is_some() {
-            let message = single("error").unwrap_or("The sign-in did not complete.");
-            return Ok(failed(BAD, message, None));
-        }
-        if action == "change-email" {
-            return Ok(CallbackOutcome::EmailChanged);
-        }
-        let Some(key) = single("access_token").filter(|k| plausible_grant(k)) else {
-            return malformed();
+        let (action, key) = match Landing::parse(params) {
+            Landing::Malformed => {
+                return Ok(failed(
+                    BAD,
+                    "This sign-in link is malformed.",
+                    Some(FlowRejection::MalformedLanding),
+                ));
+            }
+            Landing::Failed(message) => return Ok(failed(BAD, message, None)),
+            Landing::EmailChanged => return Ok(CallbackOutcome::EmailChanged),
+            Landing::Grant { action, key } => (action, key),
         };
         if action == "reset-pwd" {
             return Ok(CallbackOutcome::PasswordReset(Secret::new(key)));
@@ -1108,16 +1132,13 @@ impl Upstream for Client {
     }
 
     fn is_email_link(&self, params: &CallbackParams) -> bool {
-        if params.has_duplicates() {
-            return false;
-        }
-        let single = |name| params.single(name).ok().flatten();
-        matches!(single("action"), Some("magic-link" | "email-confirm"))
-            && single("status")
-                .and_then(|s| s.parse::<u16>().ok())
-                .is_some_and(|s| (200..300).contains(&s))
-            && single("error").is_none()
-            && single("access_token").is_some_and(plausible_grant)
+        matches!(
+            Landing::parse(params),
+            Landing::Grant {
+                action: "magic-link" | "email-confirm",
+                ..
+            }
+        )
     }
 
     fn sign_in_url(&self, provider: &str, _flow: &FlowRecord) -> Result<Url, Error> {

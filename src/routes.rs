@@ -18,7 +18,7 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
 
 use crate::context::{Shared, apply_hygiene};
-use crate::cookie::SessionCookie;
+use crate::cookie::{CookieFinder, SessionCookie};
 use crate::events::{AuthEvent, FlowRejection};
 use crate::extract::is_same_origin;
 use crate::upstream::{CallbackOutcome, CallbackParams, FlowRecord, SignOutScope};
@@ -237,21 +237,64 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
         Method::GET => {}
         _ => return method_not_allowed("GET, HEAD"),
     }
-    let sealed_flow = shared.flow_finder.raw(&parts.headers);
-    let flow: Option<FlowRecord> =
-        sealed_flow.and_then(|value| shared.keys.open(&shared.flow_name, "flow", value));
-    if sealed_flow.is_some() && flow.is_none() {
-        shared.resolver.emit(AuthEvent::FlowRejected {
-            reason: FlowRejection::TamperedFlow,
-            session: None,
-        });
-    }
+    let (flow, _) = open_sealed::<FlowRecord>(
+        shared,
+        parts,
+        &shared.flow_finder,
+        &shared.flow_name,
+        "flow",
+    );
     let remove_flow = shared.attributes.removal(&shared.flow_name);
     let params = landing_params(parts.uri.query().unwrap_or(""), parts);
     if shared.config.confirm_email_links && shared.resolver.upstream().is_email_link(&params) {
         return hold_email_link(shared, parts.uri.query().unwrap_or(""));
     }
     complete(shared, parts, &params, flow.as_ref(), remove_flow).await
+}
+
+/// Reads one of the layer's sealed cookies: its value, and whether the
+/// cookie was there at all. One that is there but does not open
+/// (tampered, another key, expired) is reported.
+fn open_sealed<T: serde::de::DeserializeOwned>(
+    shared: &Shared,
+    parts: &Parts,
+    finder: &CookieFinder,
+    name: &str,
+    purpose: &str,
+) -> (Option<T>, bool) {
+    let sealed = finder.raw(&parts.headers);
+    let value = sealed.and_then(|sealed| shared.keys.open(name, purpose, sealed));
+    if sealed.is_some() && value.is_none() {
+        shared.resolver.emit(AuthEvent::FlowRejected {
+            reason: FlowRejection::TamperedFlow,
+            session: None,
+        });
+    }
+    (value, sealed.is_some())
+}
+
+/// The refusal of a state-changing request from another site (reported),
+/// or `None` when it comes from the app's own pages.
+fn refuse_cross_site(
+    shared: &Shared,
+    parts: &Parts,
+    title: &str,
+    message: &str,
+    link: Option<(&str, &str)>,
+) -> Option<Page> {
+    if is_same_origin(&parts.headers, &shared.config.public_origin) {
+        return None;
+    }
+    shared.resolver.emit(AuthEvent::FlowRejected {
+        reason: FlowRejection::CrossSite,
+        session: None,
+    });
+    Some(Page::html(StatusCode::FORBIDDEN, title, message, link))
+}
+
+/// Where a held e-mail link waits for its click.
+fn continue_path(shared: &Shared) -> String {
+    format!("{}/continue", shared.config.route_prefix)
 }
 
 /// A landing's query with the browser's `User-Agent` (for the session's
@@ -280,9 +323,7 @@ fn hold_email_link(shared: &Shared, query: &str) -> Page {
         );
     };
     let link = shared.attributes.build(&shared.link_name, sealed, ttl);
-    let location = shared
-        .config
-        .absolute(&format!("{}/continue", shared.config.route_prefix));
+    let location = shared.config.absolute(&continue_path(shared));
     Page::redirect(&location).cookie(link)
 }
 
@@ -290,15 +331,13 @@ fn hold_email_link(shared: &Shared, query: &str) -> Page {
 /// completes the landing on its same-origin `POST`.
 async fn continue_email_link(shared: &Shared, parts: &Parts) -> Page {
     let sign_in_page = shared.config.sign_in_page.as_str();
-    let sealed = shared.link_finder.raw(&parts.headers);
-    let query: Option<String> =
-        sealed.and_then(|value| shared.keys.open(&shared.link_name, "link", value));
-    if sealed.is_some() && query.is_none() {
-        shared.resolver.emit(AuthEvent::FlowRejected {
-            reason: FlowRejection::TamperedFlow,
-            session: None,
-        });
-    }
+    let (query, present) = open_sealed::<String>(
+        shared,
+        parts,
+        &shared.link_finder,
+        &shared.link_name,
+        "link",
+    );
     let remove_link = shared.attributes.removal(&shared.link_name);
     let expired = || {
         Page::html(
@@ -311,26 +350,20 @@ async fn continue_email_link(shared: &Shared, parts: &Parts) -> Page {
     match parts.method {
         Method::HEAD => Page::new(StatusCode::OK),
         Method::GET => match query {
-            Some(_) => {
-                let action = format!("{}/continue", shared.config.route_prefix);
-                Page::email_link_confirmation(&action)
-            }
-            None if sealed.is_some() => expired().cookie(remove_link),
+            Some(_) => Page::email_link_confirmation(&continue_path(shared)),
+            None if present => expired().cookie(remove_link),
             None => expired(),
         },
         Method::POST => {
-            if !is_same_origin(&parts.headers, &shared.config.public_origin) {
-                // The held link stays for the real user's own click.
-                shared.resolver.emit(AuthEvent::FlowRejected {
-                    reason: FlowRejection::CrossSite,
-                    session: None,
-                });
-                return Page::html(
-                    StatusCode::FORBIDDEN,
-                    "Sign-in refused",
-                    "This request came from another site and was refused.",
-                    Some((sign_in_page, "Back to sign in")),
-                );
+            // The held link stays for the real user's own click.
+            if let Some(refused) = refuse_cross_site(
+                shared,
+                parts,
+                "Sign-in refused",
+                "This request came from another site and was refused.",
+                Some((sign_in_page, "Back to sign in")),
+            ) {
+                return refused;
             }
             let Some(query) = query else {
                 return expired().cookie(remove_link);
@@ -455,17 +488,14 @@ async fn sign_out(shared: &Shared, parts: &Parts) -> Page {
     if parts.method != Method::POST {
         return method_not_allowed("POST");
     }
-    if !is_same_origin(&parts.headers, &shared.config.public_origin) {
-        shared.resolver.emit(AuthEvent::FlowRejected {
-            reason: FlowRejection::CrossSite,
-            session: None,
-        });
-        return Page::html(
-            StatusCode::FORBIDDEN,
-            "Sign-out refused",
-            "This sign-out request came from another site and was refused.",
-            None,
-        );
+    if let Some(refused) = refuse_cross_site(
+        shared,
+        parts,
+        "Sign-out refused",
+        "This sign-out request came from another site and was refused.",
+        None,
+    ) {
+        return refused;
     }
     let params = CallbackParams::parse(parts.uri.query().unwrap_or(""));
     let Some(scope) = SignOutScope::parse(single_param(&params, "scope").unwrap_or("")) else {

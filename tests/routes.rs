@@ -39,6 +39,18 @@ async fn oauth_landing(site: &Site, provider: &str, return_to: &str) -> (String,
     (format!("{FLOW}={}", flow.value()), callback)
 }
 
+/// SECURITY.md N3: answers on token-bearing routes are never stored and
+/// never send the URL on as a referrer.
+fn assert_private_landing(response: &http::Response<axum::body::Body>) {
+    assert_eq!(response.headers()["referrer-policy"], "no-referrer");
+    assert!(
+        response.headers()[CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("no-store")
+    );
+}
+
 fn urlencode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
@@ -49,13 +61,7 @@ async fn oauth_sign_in_round_trip_sets_a_session_and_returns_to_the_page() {
     let response = site
         .get("/auth/signin/google?return_to=%2Faccount%3Ftab%3D2", None)
         .await;
-    assert_eq!(response.headers()["referrer-policy"], "no-referrer");
-    assert!(
-        response.headers()[CACHE_CONTROL]
-            .to_str()
-            .unwrap()
-            .contains("no-store")
-    );
+    assert_private_landing(&response);
     let flow = set_cookie(response.headers(), FLOW).unwrap();
     // T-B1 design: flow cookie attributes.
     assert_eq!(flow.secure(), Some(true));
@@ -74,13 +80,7 @@ async fn oauth_sign_in_round_trip_sets_a_session_and_returns_to_the_page() {
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     // T-B5: 303 to a token-free URL, no-store, no-referrer.
     assert_eq!(location(&response), "https://app.example/account?tab=2");
-    assert_eq!(response.headers()["referrer-policy"], "no-referrer");
-    assert!(
-        response.headers()[CACHE_CONTROL]
-            .to_str()
-            .unwrap()
-            .contains("no-store")
-    );
+    assert_private_landing(&response);
     let session = set_cookie(response.headers(), "__Host-authgate").expect("session cookie");
     assert!(
         is_removal(&set_cookie(response.headers(), FLOW).unwrap()),
@@ -166,17 +166,7 @@ async fn t_b3_head_never_spends_the_grant() {
 async fn magic_link_landing_signs_in() {
     let site = site().await;
     site.user("mia@example.test").await;
-    site.client
-        .send_magic_link_email("mia@example.test")
-        .await
-        .unwrap();
-    let link = site
-        .dev
-        .last_message_to("mia@example.test")
-        .unwrap()
-        .link
-        .unwrap();
-    let callback = site.follow_upstream(&link).await;
+    let callback = site.magic_link_callback("mia@example.test").await;
     assert_eq!(
         query_param(&callback, "action").as_deref(),
         Some("magic-link")
@@ -370,17 +360,7 @@ async fn t_b3_injected_key_reaches_the_upstream_as_one_value() {
 async fn t_b3_tokens_in_page_queries_are_ignored() {
     let site = site().await;
     site.user("q@example.test").await;
-    site.client
-        .send_magic_link_email("q@example.test")
-        .await
-        .unwrap();
-    let link = site
-        .dev
-        .last_message_to("q@example.test")
-        .unwrap()
-        .link
-        .unwrap();
-    let callback = site.follow_upstream(&link).await;
+    let callback = site.magic_link_callback("q@example.test").await;
     let key = query_param(&callback, "access_token").unwrap();
     let response = site
         .get(&format!("/account?access_token={key}"), None)
@@ -652,17 +632,7 @@ async fn t_a1_sign_out_return_to_never_leaves_the_origin() {
 async fn callback_sessions_record_the_browsers_device() {
     let site = site().await;
     site.user("ua@example.test").await;
-    site.client
-        .send_magic_link_email("ua@example.test")
-        .await
-        .unwrap();
-    let link = site
-        .dev
-        .last_message_to("ua@example.test")
-        .unwrap()
-        .link
-        .unwrap();
-    let callback = site.follow_upstream(&link).await;
+    let callback = site.magic_link_callback("ua@example.test").await;
     let response = site
         .land(
             &callback,
@@ -684,17 +654,7 @@ async fn callback_sessions_record_the_browsers_device() {
 async fn t_b6_4_email_links_wait_for_a_click_so_scanners_spend_nothing() {
     let site = site().await;
     site.user("scan@example.test").await;
-    site.client
-        .send_magic_link_email("scan@example.test")
-        .await
-        .unwrap();
-    let link = site
-        .dev
-        .last_message_to("scan@example.test")
-        .unwrap()
-        .link
-        .unwrap();
-    let callback = site.follow_upstream(&link).await;
+    let callback = site.magic_link_callback("scan@example.test").await;
     let token = query_param(&callback, "access_token").unwrap();
     let calls = site.dev.upstream_calls();
 
@@ -707,13 +667,7 @@ async fn t_b6_4_email_links_wait_for_a_click_so_scanners_spend_nothing() {
         let response = site.get(&callback, None).await;
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
         assert_eq!(location(&response), "https://app.example/auth/continue");
-        assert_eq!(response.headers()["referrer-policy"], "no-referrer");
-        assert!(
-            response.headers()[CACHE_CONTROL]
-                .to_str()
-                .unwrap()
-                .contains("no-store")
-        );
+        assert_private_landing(&response);
         assert!(set_cookie(response.headers(), "__Host-authgate").is_none());
         let cookie = set_cookie(response.headers(), LINK).expect("the link waits in a cookie");
         assert_eq!(cookie.secure(), Some(true));
@@ -781,17 +735,7 @@ async fn t_b6_4_email_links_wait_for_a_click_so_scanners_spend_nothing() {
 async fn email_links_sign_in_on_get_when_confirmation_is_off() {
     let site = site_with(|config| config.with_email_link_confirmation(false)).await;
     site.user("direct@example.test").await;
-    site.client
-        .send_magic_link_email("direct@example.test")
-        .await
-        .unwrap();
-    let link = site
-        .dev
-        .last_message_to("direct@example.test")
-        .unwrap()
-        .link
-        .unwrap();
-    let callback = site.follow_upstream(&link).await;
+    let callback = site.magic_link_callback("direct@example.test").await;
     let response = site.get(&callback, None).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&response), "https://app.example/account");

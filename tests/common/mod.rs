@@ -103,6 +103,22 @@ impl Site {
         self.send(post).await
     }
 
+    /// Mails `email` a magic link and follows it to the app's callback: the
+    /// callback's path and query.
+    pub async fn magic_link_callback(&self, email: &str) -> String {
+        self.client
+            .send_magic_link_email(email)
+            .await
+            .expect("magic link sent");
+        let link = self
+            .dev
+            .last_message_to(email)
+            .expect("a message")
+            .link
+            .expect("a link");
+        self.follow_upstream(&link).await
+    }
+
     /// Follows a dev-upstream link (e-mail link or simulator) to the app's
     /// callback: the path and query of the Location it answers.
     pub async fn follow_upstream(&self, link: &str) -> String {
