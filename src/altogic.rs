@@ -37,8 +37,9 @@ use url::Url;
 use crate::error::{ConfigError, Error, ErrorKind, UpstreamErrorItem};
 use crate::events::{AuthEvent, AuthEvents, FlowRejection, SignInMethod};
 use crate::upstream::{
-    BoxFuture, CallbackOutcome, CallbackParams, FlowRecord, Grant, Lookup, Secret, SessionToken,
-    SignOutScope, Upstream, User,
+    BoxFuture, CallbackOutcome, CallbackParams, Capabilities, Correlation, FlowRecord, Grant,
+    Lookup, Secret, Session as UpstreamSession, SessionToken, SignInRedirect, SignInStart,
+    SignOutOutcome, SignOutScope, Upstream, User, Valid,
 };
 
 /// The OAuth providers Altogic supports (`/_auth/{provider}`).
@@ -1098,7 +1099,19 @@ impl Client {
         match client.get_auth_grant(key).await {
             Ok(response) => match response.into_grant() {
                 Some(mut grant) => {
-                    grant.method = method;
+                    // The provider that really signed in is the user's own
+                    // (`Google` for a Google user): it picks the browser's
+                    // flow when several are in flight.
+                    grant.method = match method {
+                        SignInMethod::OAuth(started) => SignInMethod::OAuth(
+                            grant
+                                .user
+                                .as_ref()
+                                .and_then(|u| u.provider.as_deref())
+                                .map_or(started, str::to_ascii_lowercase),
+                        ),
+                        other => other,
+                    };
                     Ok(CallbackOutcome::SignedIn(grant))
                 }
                 None => Err(Error::new(ErrorKind::Decode).with_source("grant without session")),
@@ -1114,21 +1127,32 @@ impl Client {
 }
 
 impl Upstream for Client {
-    fn lookup<'a>(&'a self, token: &'a SessionToken) -> BoxFuture<'a, Result<Lookup, Error>> {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .with_providers(PROVIDERS.iter().copied())
+            .with_sign_out_scopes(&[SignOutScope::This, SignOutScope::All, SignOutScope::Others])
+    }
+
+    fn lookup<'a>(&'a self, session: &'a UpstreamSession) -> BoxFuture<'a, Result<Lookup, Error>> {
         Box::pin(async move {
-            match self.get_user(token).await {
-                Ok(user) => Ok(Lookup::Valid {
-                    user,
-                    expires_at: None,
-                }),
+            match self.get_user(&session.token).await {
+                Ok(user) => Ok(Lookup::Valid(Valid::new(user))),
                 Err(err) if err.is_invalid_session() => Ok(Lookup::Invalid),
                 Err(err) => Err(err),
             }
         })
     }
 
-    fn providers(&self) -> &[&str] {
-        PROVIDERS
+    /// Altogic redirects every provider back to the app's one redirect URL
+    /// with no `state`: [`Correlation::Single`].
+    fn start_sign_in<'a>(
+        &'a self,
+        start: SignInStart<'a>,
+    ) -> BoxFuture<'a, Result<SignInRedirect, Error>> {
+        let redirect = self
+            .provider_sign_in_url(start.provider)
+            .map(|url| SignInRedirect::new(url, Correlation::Single));
+        Box::pin(std::future::ready(redirect))
     }
 
     fn is_email_link(&self, params: &CallbackParams) -> bool {
@@ -1141,10 +1165,6 @@ impl Upstream for Client {
         )
     }
 
-    fn sign_in_url(&self, provider: &str, _flow: &FlowRecord) -> Result<Url, Error> {
-        self.provider_sign_in_url(provider)
-    }
-
     fn complete_callback<'a>(
         &'a self,
         params: &'a CallbackParams,
@@ -1155,24 +1175,19 @@ impl Upstream for Client {
 
     fn sign_out<'a>(
         &'a self,
-        token: &'a SessionToken,
+        session: &'a UpstreamSession,
         scope: SignOutScope,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+        _after: &'a Url,
+    ) -> BoxFuture<'a, Result<SignOutOutcome, Error>> {
         Box::pin(async move {
+            let token = &session.token;
             match scope {
                 SignOutScope::This => Client::sign_out(self, token, None).await,
                 SignOutScope::All => self.sign_out_all(token).await,
                 SignOutScope::Others => self.sign_out_all_except_current(token).await,
             }
+            .map(|()| SignOutOutcome::Done)
         })
-    }
-
-    fn reset_password<'a>(
-        &'a self,
-        key: &'a Secret,
-        new_password: &'a str,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(self.reset_pwd_with_token(key, new_password))
     }
 }
 

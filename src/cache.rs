@@ -13,7 +13,8 @@
 //! within an entry budget of its own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::SystemTime;
 
 use foldhash::fast::RandomState;
 use tokio::time::Instant;
@@ -36,7 +37,7 @@ pub(crate) struct Entry {
 }
 
 /// What is known about a token that is not a user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum MarkKind {
     /// The upstream definitively said it is invalid.
     Invalid,
@@ -44,12 +45,44 @@ pub(crate) enum MarkKind {
     Revoked,
     /// The last lookup failed transiently: do not retry before the deadline.
     Cooldown,
+    /// The session was rotated: requests that still carry it get its
+    /// successor's user and cookie (SECURITY.md R10).
+    Rotated(Arc<Successor>),
 }
 
-#[derive(Debug, Clone, Copy)]
+impl MarkKind {
+    fn is_revoked(&self) -> bool {
+        matches!(self, Self::Revoked)
+    }
+}
+
+/// The session that replaced a rotated one.
+#[derive(Debug)]
+pub(crate) struct Successor {
+    /// The new cookie value (the new cache key).
+    pub(crate) wire: Arc<str>,
+    /// When the new cookie expires.
+    pub(crate) cookie_until: SystemTime,
+    /// The user.
+    pub(crate) user: Arc<User>,
+}
+
+#[derive(Debug, Clone)]
 struct Mark {
     kind: MarkKind,
     until: Instant,
+}
+
+/// A user-wide revocation (sign out everywhere, a password change): a
+/// lookup that started before it, or a session issued before it, must not
+/// be served (SECURITY.md §5).
+#[derive(Debug)]
+struct UserMark {
+    at: Instant,
+    wall: SystemTime,
+    until: Instant,
+    /// The session the revocation spared (sign out of all others).
+    keep: Option<Box<[u8]>>,
 }
 
 #[derive(Default)]
@@ -63,6 +96,9 @@ pub(crate) struct Cache {
     shards: Box<[RwLock<Shard>]>,
     shard_bytes: u64,
     shard_marks: usize,
+    /// Consulted only when a lookup completes: never on the warm path.
+    user_marks: Mutex<HashMap<Box<str>, UserMark>>,
+    max_user_marks: usize,
 }
 
 impl std::fmt::Debug for Cache {
@@ -86,6 +122,8 @@ impl Cache {
             shards,
             shard_bytes: (max_bytes / SHARDS as u64).max(1),
             shard_marks: (max_marks / SHARDS).max(16),
+            user_marks: Mutex::new(HashMap::new()),
+            max_user_marks: max_marks.max(16),
         }
     }
 
@@ -123,7 +161,7 @@ impl Cache {
             .marks
             .get(token)
             .filter(|mark| now < mark.until)
-            .map(|mark| mark.kind)
+            .map(|mark| mark.kind.clone())
     }
 
     /// Stores a resolved user unless the token was revoked meanwhile
@@ -144,7 +182,7 @@ impl Cache {
         let revoked = shard
             .marks
             .get(token)
-            .is_some_and(|m| m.kind == MarkKind::Revoked && now < m.until);
+            .is_some_and(|m| m.kind.is_revoked() && now < m.until);
         if revoked {
             return false;
         }
@@ -172,17 +210,16 @@ impl Cache {
             .shard(token)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if kind != MarkKind::Cooldown
-            && let Some(old) = shard.users.remove(token)
-        {
+        let cooldown = matches!(kind, MarkKind::Cooldown);
+        if !cooldown && let Some(old) = shard.users.remove(token) {
             shard.user_bytes -= old.weight;
         }
-        // A cooldown never replaces a tombstone.
-        let keeps_tombstone = kind == MarkKind::Cooldown
+        // A cooldown or a rotation never replaces a tombstone.
+        let keeps_tombstone = matches!(kind, MarkKind::Cooldown | MarkKind::Rotated(_))
             && shard
                 .marks
                 .get(token)
-                .is_some_and(|m| m.kind == MarkKind::Revoked && now < m.until);
+                .is_some_and(|m| m.kind.is_revoked() && now < m.until);
         if keeps_tombstone {
             return;
         }
@@ -212,7 +249,7 @@ impl Cache {
         if shard
             .marks
             .get(token)
-            .is_some_and(|m| m.kind == MarkKind::Cooldown)
+            .is_some_and(|m| matches!(m.kind, MarkKind::Cooldown))
         {
             shard.marks.remove(token);
         }
@@ -231,6 +268,69 @@ impl Cache {
                 !remove
             });
             shard.user_bytes -= freed;
+        }
+    }
+
+    /// Records a user-wide revocation until `until` and forgets the user's
+    /// cached sessions (except `keep`).
+    pub(crate) fn mark_user(&self, user_id: &str, keep: Option<&[u8]>, until: Instant) {
+        let now = Instant::now();
+        {
+            let mut marks = self
+                .user_marks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if marks.len() >= self.max_user_marks {
+                marks.retain(|_, mark| now < mark.until);
+                if marks.len() >= self.max_user_marks {
+                    // The oldest goes: a lost mark only shortens the window
+                    // in which in-flight lookups are refused.
+                    let oldest = marks
+                        .iter()
+                        .min_by_key(|(_, mark)| mark.at)
+                        .map(|(id, _)| id.clone());
+                    if let Some(oldest) = oldest {
+                        marks.remove(&oldest);
+                    }
+                }
+            }
+            marks.insert(
+                user_id.into(),
+                UserMark {
+                    at: now,
+                    wall: SystemTime::now(),
+                    until,
+                    keep: keep.map(Into::into),
+                },
+            );
+        }
+        self.remove_user_sessions(user_id, keep);
+    }
+
+    /// Whether a user-wide revocation forbids serving the session `token`
+    /// of `user_id` whose lookup started at `started`: it was issued before
+    /// the revocation (when the upstream says when), or its lookup started
+    /// before it (when not).
+    pub(crate) fn user_revoked(
+        &self,
+        user_id: &str,
+        token: &[u8],
+        started: Instant,
+        issued_at: Option<SystemTime>,
+    ) -> bool {
+        let marks = self
+            .user_marks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(mark) = marks.get(user_id) else {
+            return false;
+        };
+        if Instant::now() >= mark.until || mark.keep.as_deref() == Some(token) {
+            return false;
+        }
+        match issued_at {
+            Some(issued_at) => issued_at <= mark.wall,
+            None => started <= mark.at,
         }
     }
 
@@ -291,7 +391,7 @@ impl Shard {
         // asked again, a forgotten tombstone only costs one upstream call.
         let mut excess = self.marks.len() - target;
         self.marks.retain(|_, mark| {
-            if excess > 0 && mark.kind != MarkKind::Revoked {
+            if excess > 0 && !mark.kind.is_revoked() {
                 excess -= 1;
                 return false;
             }
@@ -319,9 +419,9 @@ mod tests {
         assert!(cache.user(b"tok").is_none());
         assert!(!cache.insert_user(b"tok", user("u"), later, later));
         cache.mark_token(b"tok", MarkKind::Cooldown, later);
-        assert_eq!(cache.mark(b"tok", now), Some(MarkKind::Revoked));
+        assert!(matches!(cache.mark(b"tok", now), Some(MarkKind::Revoked)));
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(cache.mark(b"tok", Instant::now()), None);
+        assert!(cache.mark(b"tok", Instant::now()).is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -43,6 +43,7 @@ pub struct AuthConfig {
     pub(crate) reset_password_page: String,
     pub(crate) notice_page: String,
     pub(crate) session_max_age: Duration,
+    pub(crate) session_cookie_ceiling: usize,
     pub(crate) flow_ttl: Duration,
     pub(crate) confirm_email_links: bool,
     pub(crate) cache: CacheSettings,
@@ -176,6 +177,7 @@ impl AuthConfig {
             reset_password_page: "/reset-password".to_owned(),
             notice_page: "/".to_owned(),
             session_max_age: Duration::from_secs(30 * 24 * 3600),
+            session_cookie_ceiling: crate::cookie::DEFAULT_CEILING,
             flow_ttl: Duration::from_secs(600),
             confirm_email_links: true,
             cache: CacheSettings::default(),
@@ -296,6 +298,25 @@ impl AuthConfig {
             ));
         }
         self.session_max_age = max_age;
+        Ok(self)
+    }
+
+    /// The largest session-cookie value, in bytes, before a sign-in fails
+    /// with [`ErrorKind::SessionTooLarge`](crate::ErrorKind::SessionTooLarge)
+    /// (SECURITY.md T-C4). A value over 4,000 bytes is split into chunks
+    /// (`name__0`, `name__1`, …) of at most 4,000 bytes each, so that each
+    /// cookie stays within the 4,096 bytes browsers keep (RFC 6265bis §5.6).
+    /// Between 4,000 and 16,000 (four chunks). Default: 8,000 (two chunks:
+    /// many servers refuse request headers over 8 KiB, nginx's default).
+    pub fn with_session_cookie_ceiling(mut self, bytes: usize) -> Result<Self, ConfigError> {
+        let range =
+            crate::cookie::MAX_VALUE_LEN..=crate::cookie::MAX_CHUNKS * crate::cookie::MAX_VALUE_LEN;
+        if !range.contains(&bytes) {
+            return Err(ConfigError::OutOfRange(
+                "session cookie ceiling must be between 4,000 and 16,000 bytes",
+            ));
+        }
+        self.session_cookie_ceiling = bytes;
         Ok(self)
     }
 

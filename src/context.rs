@@ -9,12 +9,17 @@ use http::header::Entry;
 use http::header::{CACHE_CONTROL, EXPIRES, PRAGMA, SET_COOKIE, VARY};
 use http::{Extensions, HeaderMap, HeaderValue};
 
+use std::time::{Duration, SystemTime};
+
 use crate::config::AuthConfig;
-use crate::cookie::{CookieAttributes, CookieFinder, CookieScan, Keys, decode_token, encode_token};
+use crate::cookie::{
+    CookieAttributes, CookieFinder, CookieScan, Keys, Presence, SessionCodec, WireValue,
+};
+use crate::error::Error;
 use crate::events::{AuthEvent, FlowRejection};
 use crate::redirect::ReturnTo;
-use crate::resolve::{AuthState, Resolution, Resolver};
-use crate::upstream::{Grant, SessionToken, User};
+use crate::resolve::{AuthState, CookieChange, Resolution, Resolver};
+use crate::upstream::{Capabilities, Grant, Session, SignOutOutcome, SignOutScope, User};
 
 /// The `Cache-Control` of any response that sets or clears a cookie
 /// (SECURITY.md §4, the CVE-2025-48947 fix).
@@ -28,7 +33,15 @@ pub(crate) struct Shared {
     pub(crate) config: AuthConfig,
     pub(crate) resolver: Resolver,
     pub(crate) keys: Keys,
-    pub(crate) session_name: String,
+    /// What the upstream supports, read once.
+    pub(crate) capabilities: Capabilities,
+    /// The session cookie's codec (also held by the resolver, for
+    /// rotations).
+    pub(crate) codec: SessionCodec,
+    /// The absolute callback URL given to the upstream.
+    pub(crate) callback_url: url::Url,
+    /// The flow cookie of [`Correlation::Single`](crate::upstream::Correlation::Single)
+    /// upstreams; the others get one cookie per flow, `{flow_name}.{hash}`.
     pub(crate) flow_name: String,
     pub(crate) reset_name: String,
     /// The encrypted cookie holding an e-mail link's landing until the user
@@ -46,7 +59,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(config: AuthConfig, resolver: Resolver, keys: Keys) -> Self {
+    pub(crate) fn new(
+        config: AuthConfig,
+        resolver: Resolver,
+        keys: Keys,
+        capabilities: Capabilities,
+        codec: SessionCodec,
+        callback_url: url::Url,
+    ) -> Self {
         let session_name = config.session_cookie_name();
         let flow_name = format!("{session_name}-flow");
         let reset_name = format!("{session_name}-reset");
@@ -60,13 +80,49 @@ impl Shared {
             extensions: extensions_template(),
             flow_name,
             reset_name,
-            session_name,
             return_to: config.return_to(),
             attributes: config.attributes(),
             config,
             resolver,
             keys,
+            capabilities,
+            codec,
+            callback_url,
         }
+    }
+
+    /// The lines a resolution's cookie change writes.
+    #[cold]
+    fn codec_lines(&self, change: &CookieChange, had: Presence) -> Vec<String> {
+        match change {
+            CookieChange::Keep => Vec::new(),
+            CookieChange::Clear => self.codec.removal_lines(had),
+            CookieChange::Set(next) => {
+                let max_age = next
+                    .cookie_until
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                self.codec.set_lines(&next.wire, max_age, had)
+            }
+        }
+    }
+
+    /// The request's session: its cookie value (the cache key) and the
+    /// session decoded from it, and which cookie forms it carried.
+    pub(crate) fn current_session(
+        &self,
+        headers: &HeaderMap,
+    ) -> (Option<CurrentSession>, Presence) {
+        let scan = self.cookie_finder.scan(headers);
+        let presence = scan.presence();
+        let current = WireValue::of(&scan).and_then(|wire| {
+            let session = self.codec.decode(wire.as_bytes())?;
+            Some(CurrentSession {
+                key: wire.as_bytes().into(),
+                session,
+            })
+        });
+        (current, presence)
     }
 
     /// A validated `return_to`, or the fallback; a refused input is
@@ -84,37 +140,84 @@ impl Shared {
         self.return_to.validate_or(None, fallback)
     }
 
-    /// Turns a grant into the session cookie line: primes the cache with the
-    /// user, forgets the browser's previous session, reports the sign-in.
-    pub(crate) fn sign_in(&self, previous: Option<&SessionToken>, grant: Grant) -> String {
+    /// Turns a grant into the session cookie lines: primes the cache with
+    /// the user, forgets the browser's previous session, reports the
+    /// sign-in. A session over the cookie ceiling is an
+    /// [`ErrorKind::SessionTooLarge`](crate::ErrorKind::SessionTooLarge)
+    /// error, and nothing changes.
+    pub(crate) fn sign_in(
+        &self,
+        previous: Option<&CurrentSession>,
+        had: Presence,
+        grant: Grant,
+    ) -> Result<Vec<String>, Error> {
         let resolver = &self.resolver;
-        if let Some(previous) = previous.filter(|p| **p != grant.token) {
-            resolver.revoke(previous);
+        let wire = self.codec.encode(&grant.session)?;
+        if let Some(previous) = previous.filter(|p| *p.key != *wire.as_bytes()) {
+            resolver.revoke(&previous.key, previous.session.expires_at);
         }
         resolver.emit(AuthEvent::SignedIn {
             user_id: grant.user.as_ref().map(|u| u.id.clone()),
             method: grant.method.clone(),
-            session: resolver.session_hash(&grant.token),
+            session: resolver.session_hash(wire.as_bytes()),
         });
-        let line = self.session_cookie(&grant);
+        let lines = self
+            .codec
+            .set_lines(&wire, self.codec.max_age(&grant.session), had);
         if let Some(user) = grant.user {
-            resolver.prime(&grant.token, user);
+            resolver.prime(wire.as_bytes(), user, grant.session.expires_at);
         }
-        line
+        Ok(lines)
     }
 
-    /// The `Set-Cookie` line that stores a session token.
-    pub(crate) fn session_cookie(&self, grant: &Grant) -> String {
-        let mut max_age = self.config.session_max_age;
-        if let Some(remaining) = grant
-            .expires_at
-            .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
-        {
-            max_age = max_age.min(remaining);
+    /// Ends a session in `scope`: upstream first, then locally whatever the
+    /// upstream said (tombstone, user-wide mark), and reports it. The
+    /// caller clears the cookie (except for [`SignOutScope::Others`]).
+    pub(crate) async fn end_session(
+        &self,
+        current: &CurrentSession,
+        scope: SignOutScope,
+        after: &url::Url,
+    ) -> Result<SignOutOutcome, Error> {
+        let resolver = &self.resolver;
+        // Usually a cache hit; names the user in the event and for the
+        // user-wide marks below.
+        let user_id = resolver
+            .resolve(&current.key, &current.session)
+            .await
+            .state
+            .user()
+            .map(|u| u.id.clone());
+        let result = resolver
+            .upstream()
+            .sign_out(&current.session, scope, after)
+            .await;
+        if let Err(err) = &result {
+            tracing::warn!(error = %err, "authgate: upstream sign-out failed; signed out locally");
         }
-        self.attributes
-            .build(&self.session_name, encode_token(&grant.token), max_age)
+        match (scope, &user_id) {
+            (SignOutScope::Others, Some(id)) => resolver.revoke_user(id, Some(&current.key)),
+            (SignOutScope::All, Some(id)) => resolver.revoke_user(id, None),
+            _ => {}
+        }
+        if scope != SignOutScope::Others {
+            resolver.revoke(&current.key, current.session.expires_at);
+        }
+        resolver.emit(AuthEvent::SignedOut {
+            user_id,
+            scope,
+            session: resolver.session_hash(&current.key),
+        });
+        result
     }
+}
+
+/// A request's session cookie, read and decoded.
+#[derive(Debug, Clone)]
+pub(crate) struct CurrentSession {
+    /// The cookie's value: the cache key.
+    pub(crate) key: Box<[u8]>,
+    pub(crate) session: Session,
 }
 
 /// What the layer puts in a request's extensions: the request's context.
@@ -186,12 +289,51 @@ pub(crate) enum CookieState {
 #[derive(Debug, Default)]
 struct RequestState {
     cookie: CookieState,
-    /// The fresh cached user the layer found (the warm path: no token copy).
+    /// Which session-cookie forms the request carried.
+    presence: Presence,
+    /// The fresh cached user the layer found (the warm path: no copy).
     prefetched: Option<Arc<User>>,
-    /// The token, copied only when the cache could not answer.
-    token: Option<SessionToken>,
+    /// The session, copied and decoded only when the cache could not answer
+    /// (boxed: the warm path moves only a null pointer).
+    session: Option<Box<CurrentSession>>,
     resolution: Option<Resolution>,
     changes: Changes,
+}
+
+/// The warm path's probe: the cookie value as the cache key, as it is;
+/// only a miss copies and decodes it.
+#[inline]
+fn probe(
+    shared: &Shared,
+    wire: &[u8],
+) -> (CookieState, Option<Arc<User>>, Option<Box<CurrentSession>>) {
+    if let Some(user) = shared.resolver.fresh(wire) {
+        return (CookieState::Present, Some(user), None);
+    }
+    match shared.codec.decode(wire) {
+        Some(session) => (
+            CookieState::Present,
+            None,
+            Some(Box::new(CurrentSession {
+                key: wire.into(),
+                session,
+            })),
+        ),
+        None => (CookieState::Malformed, None, None),
+    }
+}
+
+/// [`probe`] for a chunked cookie: the chunks joined on the stack first.
+#[cold]
+#[inline(never)]
+fn probe_chunked(
+    shared: &Shared,
+    scan: &CookieScan<'_>,
+) -> (CookieState, Option<Arc<User>>, Option<Box<CurrentSession>>) {
+    match WireValue::of(scan) {
+        Some(wire) => probe(shared, wire.as_bytes()),
+        None => (CookieState::Malformed, None, None),
+    }
 }
 
 thread_local! {
@@ -212,23 +354,18 @@ pub(crate) struct RequestAuth {
 impl RequestAuth {
     /// Reads the session cookie and probes the cache (no upstream call).
     pub(crate) fn prepare(shared: &Arc<Shared>, headers: &HeaderMap) -> (Arc<Self>, CookieState) {
-        let mut prefetched = None;
-        let mut token = None;
-        let cookie = match shared.cookie_finder.scan(headers) {
-            CookieScan::Absent => CookieState::Absent,
-            CookieScan::Ambiguous => CookieState::Ambiguous,
+        let scan = shared.cookie_finder.scan(headers);
+        let (cookie, prefetched, session, presence) = match scan {
             CookieScan::Present(value) => {
-                // An exact match with a cached token needs no decoding or
-                // alphabet check; only a miss decodes and validates.
-                prefetched = shared.resolver.fresh(value);
-                if prefetched.is_none() {
-                    token = decode_token(value);
-                }
-                if prefetched.is_some() || token.is_some() {
-                    CookieState::Present
-                } else {
-                    CookieState::Malformed
-                }
+                let (cookie, prefetched, session) = probe(shared, value);
+                (cookie, prefetched, session, Presence::single())
+            }
+            CookieScan::Absent => (CookieState::Absent, None, None, Presence::default()),
+            CookieScan::Ambiguous => (CookieState::Ambiguous, None, None, Presence::default()),
+            CookieScan::Malformed(presence) => (CookieState::Malformed, None, None, presence),
+            CookieScan::Chunked { presence, .. } => {
+                let (cookie, prefetched, session) = probe_chunked(shared, &scan);
+                (cookie, prefetched, session, presence)
             }
         };
         let pooled = POOL.with_borrow_mut(|pool| {
@@ -244,8 +381,9 @@ impl RequestAuth {
                 {
                     let mut state = auth.lock();
                     state.cookie = cookie;
+                    state.presence = presence;
                     state.prefetched = prefetched;
-                    state.token = token;
+                    state.session = session;
                 }
                 auth
             }
@@ -253,13 +391,19 @@ impl RequestAuth {
                 shared: shared.clone(),
                 state: Mutex::new(RequestState {
                     cookie,
+                    presence,
                     prefetched,
-                    token,
+                    session,
                     ..RequestState::default()
                 }),
             }),
         };
         (auth, cookie)
+    }
+
+    /// Which session-cookie forms the request carried.
+    pub(crate) fn presence(&self) -> Presence {
+        self.lock().presence
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RequestState> {
@@ -269,7 +413,7 @@ impl RequestAuth {
     /// Resolves the user once per request (a second call returns the first
     /// answer).
     pub(crate) async fn resolve(&self) -> Resolution {
-        let (token, cookie) = {
+        let (session, cookie) = {
             let mut state = self.lock();
             if let Some(resolution) = &state.resolution {
                 return resolution.clone();
@@ -279,19 +423,21 @@ impl RequestAuth {
                 state.resolution = Some(resolution.clone());
                 return resolution;
             }
-            (state.token.clone(), state.cookie)
+            (state.session.clone(), state.cookie)
         };
-        let resolution = match (token, cookie) {
+        let resolution = match (session, cookie) {
             // Boxed: the cold path's future is large, and keeping it inline
             // would make every extractor future (and its moves) larger.
-            (Some(token), _) => Box::pin(self.shared.resolver.resolve(&token)).await,
+            (Some(current), _) => {
+                Box::pin(self.shared.resolver.resolve(&current.key, &current.session)).await
+            }
             (None, CookieState::Malformed) => Resolution {
                 state: AuthState::Anonymous,
-                clear_cookie: true,
+                cookie: CookieChange::Clear,
             },
             (None, _) => Resolution {
                 state: AuthState::Anonymous,
-                clear_cookie: false,
+                cookie: CookieChange::Keep,
             },
         };
         self.lock().resolution = Some(resolution.clone());
@@ -310,22 +456,25 @@ impl RequestAuth {
         let reusable = Arc::strong_count(&auth) == 1;
         {
             let mut state = auth.lock();
-            let clear = state.resolution.as_ref().is_some_and(|r| r.clear_cookie);
-            if clear && !state.changes.session_written {
-                let removal = auth.shared.attributes.removal(&auth.shared.session_name);
-                state.changes.set_cookies.push(removal);
-            }
+            let resolution = state.resolution.take();
             // A page rendered for a cookie-bearing request may be user-specific.
-            let resolved = state.resolution.is_some() && state.cookie != CookieState::Absent;
+            let resolved = resolution.is_some() && state.cookie != CookieState::Absent;
+            if let Some(Resolution { state: _, cookie }) = resolution
+                && !matches!(cookie, CookieChange::Keep)
+                && !state.changes.session_written
+            {
+                let lines = auth.shared.codec_lines(&cookie, state.presence);
+                state.changes.set_cookies.extend(lines);
+            }
             apply_hygiene(headers, &state.changes.set_cookies, resolved);
             if !reusable {
                 return;
             }
             // Field by field: the `Set-Cookie` vector keeps its buffer.
             state.cookie = CookieState::Absent;
+            state.presence = Presence::default();
             state.prefetched = None;
-            state.token = None;
-            state.resolution = None;
+            state.session = None;
             state.changes.set_cookies.clear();
             state.changes.session_written = false;
         }

@@ -11,41 +11,110 @@ use http::HeaderMap;
 use http::header::COOKIE;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::upstream::{MAX_TOKEN_LEN, SessionToken};
+use crate::error::{Error, ErrorKind};
+use crate::upstream::{Secret, Session, SessionStorage, SessionToken};
 
 /// Marks a session-cookie value that holds a base64url-encoded token.
 const ENCODED_MARK: u8 = b'~';
 
-/// The longest session-cookie value read; longer values are never valid.
-const MAX_VALUE_LEN: usize = MAX_TOKEN_LEN;
+/// The longest value of one cookie: with its name (at most ~80 bytes) it
+/// stays under the 4096 bytes browsers keep per cookie (RFC 6265bis §5.6).
+pub(crate) const MAX_VALUE_LEN: usize = 4000;
+
+/// The most chunks a session cookie is split into (`name__0` …
+/// `name__3`); the configured ceiling is usually lower.
+pub(crate) const MAX_CHUNKS: usize = 4;
+
+/// The default ceiling of a session's cookie value: two chunks. Many
+/// servers refuse request headers over 8 KiB (nginx's default), so a larger
+/// session would lock its user out; it fails the sign-in instead.
+pub(crate) const DEFAULT_CEILING: usize = 2 * MAX_VALUE_LEN;
 
 /// What the request's `Cookie` headers say about the session cookie.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SessionCookie {
     /// No session cookie.
     Absent,
-    /// Exactly one well-formed session cookie.
-    Present(SessionToken),
-    /// A session cookie that can never be valid (bad encoding, too long).
+    /// Exactly one well-formed session.
+    Present(Session),
+    /// A session cookie that can never be valid (bad encoding, too long,
+    /// a gap in its chunks, both forms at once).
     Malformed,
     /// Two different values under our name: never choose by order
     /// (SECURITY.md T-C3).
     Ambiguous,
 }
 
+/// Which forms of the session cookie a request carried: bit `i` for the
+/// chunk `name__i`, [`Presence::SINGLE`] for the unchunked `name`. The
+/// writer removes what it does not overwrite.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Presence(u8);
+
+impl Presence {
+    const SINGLE: u8 = 0x80;
+
+    pub(crate) fn single() -> Self {
+        Self(Self::SINGLE)
+    }
+
+    fn has_single(self) -> bool {
+        self.0 & Self::SINGLE != 0
+    }
+
+    fn has_chunk(self, index: usize) -> bool {
+        self.0 & (1 << index) != 0
+    }
+}
+
 /// The raw session-cookie value in a request, not yet decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CookieScan<'h> {
     Absent,
+    /// One unchunked value.
     Present(&'h [u8]),
+    /// `count` chunks, `name__0` to `name__{count-1}`, in order.
+    Chunked {
+        parts: [&'h [u8]; MAX_CHUNKS],
+        count: usize,
+        presence: Presence,
+    },
+    /// Chunks with a gap, a lone chunk, an index out of range, or chunks
+    /// beside the unchunked form: never a session.
+    Malformed(Presence),
     Ambiguous,
+}
+
+impl CookieScan<'_> {
+    /// Which forms the request carried.
+    pub(crate) fn presence(&self) -> Presence {
+        match self {
+            Self::Absent | Self::Ambiguous => Presence::default(),
+            Self::Present(_) => Presence::single(),
+            Self::Chunked { presence, .. } | Self::Malformed(presence) => *presence,
+        }
+    }
+}
+
+/// A chunk pair after the base name: `__{index}={value}`.
+fn parse_chunk(after_name: &[u8]) -> Option<(usize, &[u8])> {
+    let rest = after_name.strip_prefix(b"__")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits != 1 {
+        return None;
+    }
+    let index = usize::from(rest[0] - b'0');
+    let value = rest[1..].trim_ascii_start().strip_prefix(b"=")?;
+    Some((index, value.trim_ascii()))
 }
 
 /// Finds one cookie by name in `Cookie` headers: a pass over the pairs
 /// that compares only their first bytes with the name, with no parsing or
 /// copying of the other cookies (a third of the instructions of splitting
 /// and trimming every pair, see BENCHMARKS.md). Property-tested to pick the
-/// same value as the `cookie` crate.
+/// same value as the `cookie` crate. Chunks (`name__0`, `name__1`) are
+/// looked at only when a pair starts with the name.
 #[derive(Debug, Clone)]
 pub(crate) struct CookieFinder {
     name: Box<[u8]>,
@@ -65,18 +134,21 @@ impl CookieFinder {
     pub(crate) fn scan<'h>(&self, headers: &'h HeaderMap) -> CookieScan<'h> {
         let name = &*self.name;
         let mut found: Option<&[u8]> = None;
+        let mut chunked = false;
         for header in headers.get_all(COOKIE) {
             let mut rest = header.as_bytes();
             loop {
                 let end = memchr::memchr(b';', rest);
                 let pair = rest[..end.unwrap_or(rest.len())].trim_ascii_start();
-                if let Some(after) = pair.strip_prefix(name)
-                    && let Some(value) = after.trim_ascii_start().strip_prefix(b"=")
-                {
-                    let value = value.trim_ascii();
-                    match found {
-                        Some(previous) if previous != value => return CookieScan::Ambiguous,
-                        _ => found = Some(value),
+                if let Some(after) = pair.strip_prefix(name) {
+                    if let Some(value) = after.trim_ascii_start().strip_prefix(b"=") {
+                        let value = value.trim_ascii();
+                        match found {
+                            Some(previous) if previous != value => return CookieScan::Ambiguous,
+                            _ => found = Some(value),
+                        }
+                    } else {
+                        chunked |= after.starts_with(b"__");
                     }
                 }
                 match end {
@@ -85,39 +157,121 @@ impl CookieFinder {
                 }
             }
         }
+        if chunked {
+            return self.scan_chunks(headers, found);
+        }
         found.map_or(CookieScan::Absent, CookieScan::Present)
+    }
+
+    /// The cold half of [`scan`](Self::scan), when a pair looked like a
+    /// chunk: a second pass that collects the chunks.
+    #[cold]
+    #[inline(never)]
+    fn scan_chunks<'h>(&self, headers: &'h HeaderMap, single: Option<&'h [u8]>) -> CookieScan<'h> {
+        let mut chunks: [Option<&[u8]>; MAX_CHUNKS] = [None; MAX_CHUNKS];
+        let mut presence = 0u8;
+        let mut odd_chunk = false;
+        for header in headers.get_all(COOKIE) {
+            for pair in header.as_bytes().split(|&b| b == b';') {
+                let Some(after) = pair.trim_ascii_start().strip_prefix(&*self.name) else {
+                    continue;
+                };
+                match parse_chunk(after) {
+                    Some((index, value)) if index < MAX_CHUNKS => {
+                        presence |= 1 << index;
+                        match chunks[index] {
+                            Some(previous) if previous != value => return CookieScan::Ambiguous,
+                            _ => chunks[index] = Some(value),
+                        }
+                    }
+                    Some(_) => odd_chunk = true,
+                    None => {}
+                }
+            }
+        }
+        if presence == 0 && !odd_chunk {
+            // Only longer names (`name__x`): not ours.
+            return single.map_or(CookieScan::Absent, CookieScan::Present);
+        }
+        assemble_chunks(single, &chunks, Presence(presence), odd_chunk)
+    }
+}
+
+/// The cold half of [`CookieFinder::scan`]: chunks were seen.
+fn assemble_chunks<'h>(
+    single: Option<&'h [u8]>,
+    chunks: &[Option<&'h [u8]>; MAX_CHUNKS],
+    mut presence: Presence,
+    odd_chunk: bool,
+) -> CookieScan<'h> {
+    if single.is_some() {
+        presence.0 |= Presence::SINGLE;
+    }
+    let count = chunks.iter().take_while(|c| c.is_some()).count();
+    let gap = chunks[count..].iter().any(Option::is_some);
+    if single.is_some() || odd_chunk || gap || count < 2 {
+        return CookieScan::Malformed(presence);
+    }
+    let mut parts: [&[u8]; MAX_CHUNKS] = [&[]; MAX_CHUNKS];
+    for (part, chunk) in parts.iter_mut().zip(chunks) {
+        *part = chunk.unwrap_or_default();
+    }
+    CookieScan::Chunked {
+        parts,
+        count,
+        presence,
     }
 }
 
 impl CookieFinder {
-    /// Reads the session cookie and decodes its token.
-    pub(crate) fn find(&self, headers: &HeaderMap) -> SessionCookie {
-        decode_scan(self.scan(headers))
-    }
-
     /// The raw value of this cookie (the flow and reset cookies); `None`
-    /// when absent, ambiguous or not UTF-8.
+    /// when absent, ambiguous, chunked or not UTF-8.
     pub(crate) fn raw<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
         match self.scan(headers) {
             CookieScan::Present(value) => std::str::from_utf8(value).ok(),
-            CookieScan::Absent | CookieScan::Ambiguous => None,
+            _ => None,
         }
     }
 }
 
-#[cfg(test)]
-fn scan_session_cookie<'h>(headers: &'h HeaderMap, name: &str) -> CookieScan<'h> {
-    CookieFinder::new(name).scan(headers)
+/// A session cookie's whole value: the unchunked value, or the chunks
+/// joined in a stack buffer (no heap allocation). This is the cache key.
+pub(crate) struct WireValue<'h> {
+    single: &'h [u8],
+    joined: Option<([u8; MAX_CHUNKS * MAX_VALUE_LEN], usize)>,
 }
 
-fn decode_scan(scan: CookieScan<'_>) -> SessionCookie {
-    match scan {
-        CookieScan::Absent => SessionCookie::Absent,
-        CookieScan::Ambiguous => SessionCookie::Ambiguous,
-        CookieScan::Present(value) => match decode_token(value) {
-            Some(token) => SessionCookie::Present(token),
-            None => SessionCookie::Malformed,
-        },
+impl<'h> WireValue<'h> {
+    /// The wire value of a scan, `None` for an absent, ambiguous or
+    /// malformed cookie or chunks over the hard maximum.
+    pub(crate) fn of(scan: &CookieScan<'h>) -> Option<Self> {
+        match scan {
+            CookieScan::Present(value) => Some(Self {
+                single: value,
+                joined: None,
+            }),
+            CookieScan::Chunked { parts, count, .. } => {
+                let mut buffer = [0u8; MAX_CHUNKS * MAX_VALUE_LEN];
+                let mut len = 0;
+                for part in &parts[..*count] {
+                    let end = len + part.len();
+                    buffer.get_mut(len..end)?.copy_from_slice(part);
+                    len = end;
+                }
+                Some(Self {
+                    single: &[],
+                    joined: Some((buffer, len)),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match &self.joined {
+            Some((buffer, len)) => &buffer[..*len],
+            None => self.single,
+        }
     }
 }
 
@@ -125,10 +279,10 @@ fn is_plain_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
 }
 
-/// Decodes a session-cookie value: plain tokens as they are, others from
-/// base64url after the `~` mark.
-pub(crate) fn decode_token(value: &[u8]) -> Option<SessionToken> {
-    if value.is_empty() || value.len() > MAX_VALUE_LEN {
+/// Decodes a plain session-cookie value: plain tokens as they are, others
+/// from base64url after the `~` mark.
+fn decode_token(value: &[u8], max_len: usize) -> Option<SessionToken> {
+    if value.is_empty() || value.len() > max_len {
         return None;
     }
     if value[0] == ENCODED_MARK {
@@ -152,6 +306,192 @@ pub(crate) fn encode_token(token: &SessionToken) -> String {
         URL_SAFE_NO_PAD.encode_string(raw, &mut value);
         value
     }
+}
+
+/// A [`Session`] as sealed in the cookie: short field names, because the
+/// cookie is sent with every request.
+#[derive(Serialize, serde::Deserialize)]
+struct SealedSession<T> {
+    t: T,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    i: Option<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    e: Option<u64>,
+}
+
+/// The session cookie's codec: [`SessionStorage::Plain`] keeps the token
+/// (today's format, byte for byte), [`SessionStorage::Sealed`] the whole
+/// [`Session`] under AES-256-GCM with the cookie name as associated data;
+/// a value over [`MAX_VALUE_LEN`] is split into chunks `name__0`,
+/// `name__1`, …, and one over the ceiling is refused (SECURITY.md T-C4).
+#[derive(Debug, Clone)]
+pub(crate) struct SessionCodec {
+    pub(crate) storage: SessionStorage,
+    pub(crate) name: String,
+    keys: Keys,
+    ceiling: usize,
+    attributes: CookieAttributes,
+    max_age: Duration,
+}
+
+impl SessionCodec {
+    pub(crate) fn new(
+        storage: SessionStorage,
+        name: String,
+        keys: Keys,
+        ceiling: usize,
+        attributes: CookieAttributes,
+        max_age: Duration,
+    ) -> Self {
+        Self {
+            storage,
+            name,
+            keys,
+            ceiling: ceiling.clamp(MAX_VALUE_LEN, MAX_CHUNKS * MAX_VALUE_LEN),
+            attributes,
+            max_age,
+        }
+    }
+
+    /// How long the cookie of `session` lives: the configured session max
+    /// age, capped by the token's expiry unless a refresh token can renew
+    /// it.
+    pub(crate) fn max_age(&self, session: &Session) -> Duration {
+        let expiry = session
+            .expires_at
+            .filter(|_| session.refresh_token.is_none())
+            .map(|at| {
+                at.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+            });
+        expiry.map_or(self.max_age, |left| left.min(self.max_age))
+    }
+
+    /// The cookie value of a session (the cache key), or
+    /// [`ErrorKind::SessionTooLarge`] over the ceiling.
+    pub(crate) fn encode(&self, session: &Session) -> Result<String, Error> {
+        let value = match self.storage {
+            SessionStorage::Plain => encode_token(&session.token),
+            SessionStorage::Sealed => {
+                let sealed = SealedSession {
+                    t: session.token.expose(),
+                    i: session.id_token.as_ref().map(Secret::expose),
+                    r: session.refresh_token.as_ref().map(Secret::expose),
+                    e: session.expires_at.map(unix_secs),
+                };
+                self.keys
+                    .seal(&self.name, "session", &sealed, self.max_age(session))
+                    .ok_or_else(|| Error::new(ErrorKind::SessionTooLarge))?
+            }
+        };
+        if value.len() > self.ceiling {
+            return Err(Error::new(ErrorKind::SessionTooLarge));
+        }
+        Ok(value)
+    }
+
+    /// The session in a cookie value; `None` if it can never be valid.
+    pub(crate) fn decode(&self, wire: &[u8]) -> Option<Session> {
+        match self.storage {
+            SessionStorage::Plain => decode_token(wire, self.ceiling).map(Session::new),
+            SessionStorage::Sealed => {
+                if wire.len() > self.ceiling {
+                    return None;
+                }
+                let value = std::str::from_utf8(wire).ok()?;
+                let sealed: SealedSession<String> = self.keys.open(&self.name, "session", value)?;
+                let mut session = Session::new(SessionToken::new(sealed.t)?);
+                session.id_token = sealed.i.map(Secret::new);
+                session.refresh_token = sealed.r.map(Secret::new);
+                session.expires_at = sealed.e.map(|s| UNIX_EPOCH + Duration::from_secs(s));
+                Some(session)
+            }
+        }
+    }
+
+    /// Reads the session of a request.
+    #[cfg(test)]
+    pub(crate) fn find(&self, finder: &CookieFinder, headers: &HeaderMap) -> SessionCookie {
+        let scan = finder.scan(headers);
+        match &scan {
+            CookieScan::Absent => SessionCookie::Absent,
+            CookieScan::Ambiguous => SessionCookie::Ambiguous,
+            CookieScan::Malformed(_) => SessionCookie::Malformed,
+            CookieScan::Present(_) | CookieScan::Chunked { .. } => WireValue::of(&scan)
+                .and_then(|wire| self.decode(wire.as_bytes()))
+                .map_or(SessionCookie::Malformed, SessionCookie::Present),
+        }
+    }
+
+    /// The `Set-Cookie` lines that store `wire` for `max_age`, and remove
+    /// the forms the request carried that they do not overwrite.
+    pub(crate) fn set_lines(&self, wire: &str, max_age: Duration, had: Presence) -> Vec<String> {
+        let mut lines = Vec::with_capacity(2);
+        if wire.len() <= MAX_VALUE_LEN {
+            lines.push(self.attributes.build(&self.name, wire.to_owned(), max_age));
+            for index in (0..MAX_CHUNKS).filter(|&i| had.has_chunk(i)) {
+                lines.push(self.attributes.removal(&chunk_name(&self.name, index)));
+            }
+            return lines;
+        }
+        // Chunk boundaries fall on bytes; the value is ASCII.
+        let parts: Vec<&[u8]> = wire.as_bytes().chunks(MAX_VALUE_LEN).collect();
+        for (index, part) in parts.iter().enumerate() {
+            let value = String::from_utf8_lossy(part).into_owned();
+            lines.push(
+                self.attributes
+                    .build(&chunk_name(&self.name, index), value, max_age),
+            );
+        }
+        if had.has_single() {
+            lines.push(self.attributes.removal(&self.name));
+        }
+        for index in (parts.len()..MAX_CHUNKS).filter(|&i| had.has_chunk(i)) {
+            lines.push(self.attributes.removal(&chunk_name(&self.name, index)));
+        }
+        lines
+    }
+
+    /// A `Cookie` request header carrying `wire` as a browser would send
+    /// it after [`set_lines`](Self::set_lines) (tests and benchmarks).
+    #[cfg(any(test, feature = "test-util"))]
+    pub(crate) fn cookie_header(&self, wire: &str) -> String {
+        if wire.len() <= MAX_VALUE_LEN {
+            return format!("{}={wire}", self.name);
+        }
+        wire.as_bytes()
+            .chunks(MAX_VALUE_LEN)
+            .enumerate()
+            .map(|(index, part)| {
+                format!(
+                    "{}={}",
+                    chunk_name(&self.name, index),
+                    String::from_utf8_lossy(part)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The lines that remove the session cookie in every form the request
+    /// carried (at least the unchunked one).
+    pub(crate) fn removal_lines(&self, had: Presence) -> Vec<String> {
+        let mut lines = vec![self.attributes.removal(&self.name)];
+        for index in (0..MAX_CHUNKS).filter(|&i| had.has_chunk(i)) {
+            lines.push(self.attributes.removal(&chunk_name(&self.name, index)));
+        }
+        lines
+    }
+}
+
+fn chunk_name(name: &str, index: usize) -> String {
+    format!("{name}__{index}")
+}
+
+fn unix_secs(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The attributes every cookie of ours carries.
@@ -279,7 +619,26 @@ mod tests {
     }
 
     fn token(s: &str) -> SessionCookie {
-        SessionCookie::Present(SessionToken::new(s).unwrap())
+        SessionCookie::Present(Session::new(SessionToken::new(s).unwrap()))
+    }
+
+    fn codec(storage: SessionStorage, name: &str) -> SessionCodec {
+        SessionCodec::new(
+            storage,
+            name.to_owned(),
+            Keys::new(Key::generate(), vec![]),
+            DEFAULT_CEILING,
+            CookieAttributes { secure: true },
+            Duration::from_secs(3600),
+        )
+    }
+
+    fn find(name: &str, headers: &HeaderMap) -> SessionCookie {
+        codec(SessionStorage::Plain, name).find(&CookieFinder::new(name), headers)
+    }
+
+    fn scan_session_cookie<'h>(headers: &'h HeaderMap, name: &str) -> CookieScan<'h> {
+        CookieFinder::new(name).scan(headers)
     }
 
     #[test]
@@ -349,6 +708,51 @@ mod tests {
             ),
             ("500 cookies", vec![many.as_bytes()], token("abc")),
             (
+                "chunks in order (T-C4)",
+                vec![b"__Host-sid__1=def; a=b; __Host-sid__0=abc"],
+                token("abcdef"),
+            ),
+            (
+                "chunks split over headers",
+                vec![b"__Host-sid__0=abc", b"__Host-sid__1=def"],
+                token("abcdef"),
+            ),
+            (
+                "a gap in the chunks",
+                vec![b"__Host-sid__0=abc; __Host-sid__2=def"],
+                SessionCookie::Malformed,
+            ),
+            (
+                "a lone chunk",
+                vec![b"__Host-sid__0=abc"],
+                SessionCookie::Malformed,
+            ),
+            (
+                "both forms at once",
+                vec![b"__Host-sid=abc; __Host-sid__0=abc; __Host-sid__1=def"],
+                SessionCookie::Malformed,
+            ),
+            (
+                "a chunk index out of range",
+                vec![b"__Host-sid__0=abc; __Host-sid__1=def; __Host-sid__7=x"],
+                SessionCookie::Malformed,
+            ),
+            (
+                "a duplicated chunk that differs (T-C3)",
+                vec![b"__Host-sid__0=abc; __Host-sid__1=def; __Host-sid__1=xyz"],
+                SessionCookie::Ambiguous,
+            ),
+            (
+                "a duplicated chunk that agrees",
+                vec![b"__Host-sid__0=abc; __Host-sid__1=def; __Host-sid__1=def"],
+                token("abcdef"),
+            ),
+            (
+                "a longer name is not a chunk",
+                vec![b"__Host-sid__x=1; __Host-sid__10=2"],
+                SessionCookie::Absent,
+            ),
+            (
                 "empty value",
                 vec![b"__Host-sid="],
                 SessionCookie::Malformed,
@@ -360,11 +764,7 @@ mod tests {
             ),
         ];
         for (name, values, expected) in cases {
-            assert_eq!(
-                CookieFinder::new(n).find(&headers(&values)),
-                expected,
-                "{name}"
-            );
+            assert_eq!(find(n, &headers(&values)), expected, "{name}");
         }
     }
 
@@ -432,31 +832,127 @@ mod tests {
         assert!(checked > 10_000, "{checked}");
     }
 
+    /// The cookies a browser keeps from `lines`, as one `Cookie` header.
+    fn browser_header(lines: &[String]) -> HeaderMap {
+        let kept: Vec<String> = lines
+            .iter()
+            .map(|line| Cookie::parse(line.as_str()).unwrap())
+            .filter(|c| !c.value().is_empty())
+            .map(|c| format!("{}={}", c.name(), c.value()))
+            .collect();
+        headers(&[kept.join("; ").as_bytes()])
+    }
+
     #[test]
-    fn t_c4_tokens_that_would_not_fit_a_cookie_are_refused() {
+    fn t_c4_sessions_over_one_cookie_are_chunked_and_over_the_ceiling_refused() {
         let name = "__Host-authgate";
-        for (len, special, fits) in [
-            (3000, false, true),
-            (4000, false, true),
-            (4001, false, false),
-            (4096, false, false),
-            (10_000, false, false),
-            (2900, true, true),
-            (3000, true, false),
+        let codec = codec(SessionStorage::Plain, name);
+        let finder = CookieFinder::new(name);
+        for (len, special, chunks) in [
+            (3000, false, Some(1)),
+            (4000, false, Some(1)),
+            (4001, false, Some(2)),
+            (8000, false, Some(2)),
+            (8001, false, None),
+            (10_000, false, None),
+            (2900, true, Some(1)),
+            (3000, true, Some(2)),
+            (6000, true, None),
         ] {
             let mut raw = "a".repeat(len);
             if special {
                 raw.replace_range(0..1, ";");
             }
-            let token = SessionToken::new(raw);
-            assert_eq!(token.is_some(), fits, "{len} special={special}");
-            if let Some(token) = token {
-                let value = encode_token(&token);
+            let session = Session::new(SessionToken::new(raw).unwrap());
+            let encoded = codec.encode(&session);
+            let Some(chunks) = chunks else {
+                let err = encoded.unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::SessionTooLarge, "{len}");
+                continue;
+            };
+            let wire = encoded.unwrap();
+            let lines = codec.set_lines(&wire, Duration::from_secs(60), Presence::default());
+            assert_eq!(lines.len(), chunks, "{len} special={special}");
+            for line in &lines {
+                let cookie = Cookie::parse(line.as_str()).unwrap();
                 // RFC 6265bis §5.6: name + value within 4096 bytes.
-                assert!(name.len() + value.len() <= 4096, "{len}");
-                assert_eq!(decode_token(value.as_bytes()), Some(token));
+                assert!(cookie.name().len() + cookie.value().len() <= 4096, "{len}");
             }
+            let header = browser_header(&lines);
+            assert_eq!(
+                codec.find(&finder, &header),
+                SessionCookie::Present(session),
+                "{len} special={special}"
+            );
         }
+    }
+
+    #[test]
+    fn writing_one_form_removes_the_other() {
+        let name = "__Host-authgate";
+        let codec = codec(SessionStorage::Plain, name);
+        let long = "b".repeat(9_000 / 2);
+        let chunked = codec
+            .encode(&Session::new(SessionToken::new(long).unwrap()))
+            .unwrap();
+        assert!(chunked.len() > MAX_VALUE_LEN);
+        // Chunked over a single cookie: the single one is removed.
+        let lines = codec.set_lines(&chunked, Duration::from_secs(60), Presence::single());
+        let removed: Vec<String> = lines
+            .iter()
+            .map(|l| Cookie::parse(l.as_str()).unwrap())
+            .filter(|c| c.value().is_empty())
+            .map(|c| c.name().to_owned())
+            .collect();
+        assert_eq!(removed, [name]);
+        // Single over two chunks: both chunks are removed.
+        let had = finder_presence(name, "__Host-authgate__0=a; __Host-authgate__1=b");
+        let lines = codec.set_lines("short", Duration::from_secs(60), had);
+        let removed: Vec<String> = lines
+            .iter()
+            .map(|l| Cookie::parse(l.as_str()).unwrap())
+            .filter(|c| c.value().is_empty())
+            .map(|c| c.name().to_owned())
+            .collect();
+        assert_eq!(removed, ["__Host-authgate__0", "__Host-authgate__1"]);
+        // Removal clears every form the request carried.
+        let lines = codec.removal_lines(had);
+        assert_eq!(lines.len(), 3);
+    }
+
+    fn finder_presence(name: &str, header: &str) -> Presence {
+        CookieFinder::new(name)
+            .scan(&headers(&[header.as_bytes()]))
+            .presence()
+    }
+
+    #[test]
+    fn sealed_sessions_round_trip_and_are_bound_to_the_cookie_name() {
+        let name = "__Host-authgate";
+        let codec = codec(SessionStorage::Sealed, name);
+        let mut session = Session::new(SessionToken::new("access").unwrap())
+            .with_id_token(Secret::new("header.claims.signature"))
+            .with_refresh_token(Secret::new("refresh"))
+            .with_expires_at(UNIX_EPOCH + Duration::from_secs(4_000_000_000));
+        let wire = codec.encode(&session).unwrap();
+        assert!(!wire.contains("access") && !wire.contains("refresh"));
+        assert_eq!(codec.decode(wire.as_bytes()), Some(session.clone()));
+        // A whole token set over one cookie: chunked, still one AEAD.
+        session.id_token = Some(Secret::new("x".repeat(5_000)));
+        let wire = codec.encode(&session).unwrap();
+        let lines = codec.set_lines(&wire, Duration::from_secs(60), Presence::default());
+        assert_eq!(lines.len(), 2);
+        let header = browser_header(&lines);
+        assert_eq!(
+            codec.find(&CookieFinder::new(name), &header),
+            SessionCookie::Present(session)
+        );
+        // Another cookie name does not open it; a flipped byte does not.
+        let other = super::tests::codec(SessionStorage::Sealed, "__Host-other");
+        assert_eq!(other.decode(wire.as_bytes()), None);
+        let mut bytes = wire.into_bytes();
+        bytes[20] ^= 1;
+        assert_eq!(codec.decode(&bytes), None);
     }
 
     #[test]
@@ -478,7 +974,11 @@ mod tests {
                 value.bytes().all(|b| is_plain_token_byte(b) || b == b'~'),
                 "{raw}: {value}"
             );
-            assert_eq!(decode_token(value.as_bytes()), Some(token), "{raw}");
+            assert_eq!(
+                decode_token(value.as_bytes(), MAX_VALUE_LEN),
+                Some(token),
+                "{raw}"
+            );
         }
     }
 

@@ -67,6 +67,16 @@ pub enum ErrorKind {
     Overloaded,
     /// The request was not sent because its input was rejected locally.
     InvalidInput,
+    /// The upstream does not offer this operation (e.g. a sign-out scope
+    /// it cannot end).
+    Unsupported,
+    /// The upstream wants a recent sign-in for this operation (Webcom
+    /// `TOKEN_TOO_OLD`): send the user through
+    /// `{prefix}/signin/{provider}?prompt=login`.
+    FreshAuthRequired,
+    /// The session does not fit the session cookie's ceiling, even in
+    /// chunks (SECURITY.md T-C4); a retry cannot help.
+    SessionTooLarge,
 }
 
 /// One error entry as the upstream sent it (for Altogic: an item of
@@ -96,8 +106,12 @@ pub struct Error {
     source: Option<BoxError>,
 }
 
+/// Constructors for upstream implementations, one per class of
+/// SECURITY.md R1. Only [`invalid_session`](Error::invalid_session) says
+/// anything about the session; the others keep the cookie.
 impl Error {
-    pub(crate) fn new(kind: ErrorKind) -> Self {
+    /// An error of this kind.
+    pub fn new(kind: ErrorKind) -> Self {
         Self {
             kind,
             items: Vec::new(),
@@ -105,12 +119,68 @@ impl Error {
         }
     }
 
-    pub(crate) fn with_items(mut self, items: Vec<UpstreamErrorItem>) -> Self {
+    /// The upstream could not be reached (refused, reset, TLS, DNS).
+    pub fn transport(source: impl Into<BoxError>) -> Self {
+        Self::new(ErrorKind::Transport).with_source(source)
+    }
+
+    /// The upstream did not answer in time.
+    pub fn timeout() -> Self {
+        Self::new(ErrorKind::Timeout)
+    }
+
+    /// The upstream is down or overloaded (`503 Service Unavailable`).
+    pub fn unavailable() -> Self {
+        Self::from_status(StatusCode::SERVICE_UNAVAILABLE)
+    }
+
+    /// The upstream asked to slow down (`429 Too Many Requests`).
+    pub fn rate_limited() -> Self {
+        Self::from_status(StatusCode::TOO_MANY_REQUESTS)
+    }
+
+    /// The upstream answered with this status and it is not a definitive
+    /// "invalid session".
+    pub fn from_status(status: StatusCode) -> Self {
+        Self::new(ErrorKind::Status(status))
+    }
+
+    /// The upstream's answer could not be understood (bad JSON, wrong
+    /// shape, too large, wrong media type).
+    pub fn bad_answer(source: impl Into<BoxError>) -> Self {
+        Self::new(ErrorKind::Decode).with_source(source)
+    }
+
+    /// The upstream definitively said the session is invalid.
+    pub fn invalid_session() -> Self {
+        Self::new(ErrorKind::InvalidSession)
+    }
+
+    /// The input was refused before anything was sent.
+    pub fn invalid_input(source: impl Into<BoxError>) -> Self {
+        Self::new(ErrorKind::InvalidInput).with_source(source)
+    }
+
+    /// The upstream does not offer this operation.
+    pub fn unsupported() -> Self {
+        Self::new(ErrorKind::Unsupported)
+    }
+
+    /// The operation needs a recent sign-in.
+    pub fn fresh_auth_required() -> Self {
+        Self::new(ErrorKind::FreshAuthRequired)
+    }
+
+    /// With the upstream's own error entries (code and message).
+    #[must_use]
+    pub fn with_items(mut self, items: Vec<UpstreamErrorItem>) -> Self {
         self.items = items;
         self
     }
 
-    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+    /// With the underlying cause (never put a token in it).
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
         self
     }
@@ -173,7 +243,11 @@ impl Error {
                     || status == StatusCode::TOO_MANY_REQUESTS
                     || status == StatusCode::REQUEST_TIMEOUT
             }
-            ErrorKind::InvalidSession | ErrorKind::InvalidInput => false,
+            ErrorKind::InvalidSession
+            | ErrorKind::InvalidInput
+            | ErrorKind::Unsupported
+            | ErrorKind::FreshAuthRequired
+            | ErrorKind::SessionTooLarge => false,
         }
     }
 }
@@ -198,6 +272,11 @@ impl fmt::Display for Error {
             ErrorKind::InvalidSession => f.write_str("the session is invalid")?,
             ErrorKind::Overloaded => f.write_str("too many auth upstream calls in flight")?,
             ErrorKind::InvalidInput => f.write_str("invalid input")?,
+            ErrorKind::Unsupported => f.write_str("the auth upstream does not offer this")?,
+            ErrorKind::FreshAuthRequired => f.write_str("a recent sign-in is required")?,
+            ErrorKind::SessionTooLarge => {
+                f.write_str("the session does not fit the session cookie")?;
+            }
         }
         if let Some(code) = self.code() {
             write!(f, " ({code})")?;

@@ -107,6 +107,9 @@ pub enum FlowRejection {
     CrossSite,
     /// Two different session cookies in one request (cookie tossing).
     DuplicateCookies,
+    /// An OAuth landing signed in with a provider that no flow of this
+    /// browser was started for; the new session was ended.
+    ProviderMismatch,
 }
 
 impl fmt::Display for FlowRejection {
@@ -119,6 +122,7 @@ impl fmt::Display for FlowRejection {
             Self::OpenRedirect => "open-redirect",
             Self::CrossSite => "cross-site",
             Self::DuplicateCookies => "duplicate-cookies",
+            Self::ProviderMismatch => "provider-mismatch",
         })
     }
 }

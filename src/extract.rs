@@ -1,8 +1,9 @@
 //! The extractors: [`CurrentUser`] (and `Option<CurrentUser>`), the
 //! [`Auth`] handle, and the [`SameOrigin`] guard for form posts.
 
+use std::future::Future;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
@@ -12,14 +13,15 @@ use http::{HeaderMap, Method};
 use url::Url;
 
 use crate::config::AuthConfig;
-use crate::context::{AuthSlot, RequestAuth};
+use crate::context::{AuthSlot, CurrentSession, RequestAuth};
+use crate::cookie::{WireValue, encode_token};
 use crate::error::Error;
 use crate::events::{AuthEvent, FlowRejection};
 use crate::rejection::{
     CrossSiteRequest, CurrentUserRejection, MissingAuthLayer, NotSignedIn, UpstreamUnavailable,
 };
-use crate::resolve::AuthState;
-use crate::upstream::{Grant, Secret, SessionToken, SignOutScope, User};
+use crate::resolve::{AuthState, CookieChange};
+use crate::upstream::{Grant, Secret, Session, SessionToken, SignOutOutcome, SignOutScope, User};
 
 fn request_auth(parts: &Parts) -> Result<&Arc<RequestAuth>, MissingAuthLayer> {
     AuthSlot::of(&parts.extensions).ok_or(MissingAuthLayer)
@@ -129,7 +131,10 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for CurrentUser {
 #[derive(Debug, Clone)]
 pub struct Auth {
     inner: Arc<RequestAuth>,
-    token: Option<SessionToken>,
+    /// The request's session cookie value, read when the handle was made;
+    /// decoded on first use (a sealed session costs an AES-GCM open).
+    wire: Option<Box<[u8]>>,
+    current: Arc<OnceLock<Option<CurrentSession>>>,
     reset_key: Option<Secret>,
 }
 
@@ -152,15 +157,28 @@ impl Auth {
                     .open::<String>(&shared.reset_name, "reset", value)
             })
             .map(Secret::new);
-        let token = match shared.cookie_finder.find(headers) {
-            crate::cookie::SessionCookie::Present(token) => Some(token),
-            _ => None,
-        };
+        let scan = shared.cookie_finder.scan(headers);
+        let wire = WireValue::of(&scan).map(|wire| wire.as_bytes().into());
         Self {
             inner,
-            token,
+            wire,
+            current: Arc::new(OnceLock::new()),
             reset_key,
         }
+    }
+
+    /// The request's session, decoded once.
+    fn current(&self) -> Option<&CurrentSession> {
+        self.current
+            .get_or_init(|| {
+                let key = self.wire.as_ref()?;
+                let session = self.inner.shared.codec.decode(key)?;
+                Some(CurrentSession {
+                    key: key.clone(),
+                    session,
+                })
+            })
+            .as_ref()
     }
 
     /// Resolves (once per request) and returns who is signed in.
@@ -173,10 +191,22 @@ impl Auth {
         self.inner.resolve().await.state.user().cloned()
     }
 
-    /// The request's session token, to call the upstream on the user's
-    /// behalf. Never log it.
+    /// The session token the request's cookie carries, to call the upstream
+    /// on the user's behalf. Never log it. After a rotation in this request
+    /// it is the old token: use [`session`](Self::session) for the current
+    /// one.
     pub fn token(&self) -> Option<&SessionToken> {
-        self.token.as_ref()
+        self.current().map(|current| &current.session.token)
+    }
+
+    /// The current session: resolves first (once per request), so a
+    /// session the upstream rotated is the new one.
+    pub async fn session(&self) -> Option<Session> {
+        let resolution = self.inner.resolve().await;
+        if let CookieChange::Set(next) = &resolution.cookie {
+            return self.inner.shared.codec.decode(next.wire.as_bytes());
+        }
+        self.current().map(|current| current.session.clone())
     }
 
     /// The configuration of the layer.
@@ -194,57 +224,76 @@ impl Auth {
     /// Signs the browser in with a session from the upstream: sets the
     /// session cookie on the response (a new value, replacing any previous
     /// one) and primes the cache with the user.
-    pub fn sign_in(&self, grant: Grant) {
-        let line = self.inner.shared.sign_in(self.token.as_ref(), grant);
-        self.inner.with_changes(|changes| {
-            changes.set_cookies.push(line);
-            changes.session_written = true;
-        });
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::SessionTooLarge`](crate::ErrorKind::SessionTooLarge)
+    /// when the session does not fit the session cookie even in chunks
+    /// ([`AuthConfig::with_session_cookie_ceiling`]): nothing is set, and
+    /// the new upstream session is ended in the background (a retry cannot
+    /// help; show the user a page that says so).
+    pub fn sign_in(&self, grant: Grant) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        let session = grant.session.clone();
+        match shared.sign_in(self.current(), self.inner.presence(), grant) {
+            Ok(lines) => {
+                self.inner.with_changes(|changes| {
+                    changes.set_cookies.extend(lines);
+                    changes.session_written = true;
+                });
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "authgate: the new session does not fit the session cookie; ending it upstream");
+                let upstream = shared.resolver.upstream().clone();
+                let after = shared.callback_url.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = upstream
+                            .sign_out(&session, SignOutScope::This, &after)
+                            .await;
+                    });
+                }
+                Err(err)
+            }
+        }
     }
 
     /// Signs out. The cookie is cleared (except for
     /// [`SignOutScope::Others`]) and the local cache forgets the session
     /// even when the upstream call fails; that failure is returned so the
-    /// page can say so.
-    pub async fn sign_out(&self, scope: SignOutScope) -> Result<(), Error> {
-        let Some(token) = self.token.as_ref() else {
-            self.clear_session_cookie();
-            return Ok(());
-        };
+    /// page can say so. An upstream that must finish the sign-out in the
+    /// browser (OpenID Connect RP-initiated logout) answers
+    /// [`SignOutOutcome::Redirect`]: send the browser there.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), with
+    /// nothing changed, for a scope the upstream cannot end; otherwise the
+    /// upstream's failure, after signing out locally.
+    pub async fn sign_out(&self, scope: SignOutScope) -> Result<SignOutOutcome, Error> {
         let shared = &self.inner.shared;
-        let user_id = self.user().await.map(|user| user.id.clone());
-        let result = shared.resolver.upstream().sign_out(token, scope).await;
-        if let Err(err) = &result {
-            tracing::warn!(error = %err, "authgate: upstream sign-out failed; cleared locally");
+        if !shared.capabilities.supports_sign_out(scope) {
+            return Err(Error::unsupported());
         }
-        match scope {
-            SignOutScope::This => shared.resolver.revoke(token),
-            SignOutScope::All | SignOutScope::Others => {
-                if let Some(user_id) = &user_id {
-                    let keep = (scope == SignOutScope::Others).then_some(token);
-                    shared.resolver.revoke_user(user_id, keep);
-                }
-                if scope == SignOutScope::All {
-                    shared.resolver.revoke(token);
-                }
-            }
-        }
+        let Some(current) = self.current() else {
+            self.clear_session_cookie();
+            return Ok(SignOutOutcome::Done);
+        };
+        let after = url::Url::parse(&shared.config.absolute(&shared.config.after_sign_out))
+            .unwrap_or_else(|_| shared.config.public_origin.clone());
+        let result = shared.end_session(current, scope, &after).await;
         if scope != SignOutScope::Others {
             self.clear_session_cookie();
         }
-        shared.resolver.emit(AuthEvent::SignedOut {
-            user_id,
-            scope,
-            session: shared.resolver.session_hash(token),
-        });
         result
     }
 
     fn clear_session_cookie(&self) {
         let shared = &self.inner.shared;
-        let line = shared.attributes.removal(&shared.session_name);
+        let lines = shared.codec.removal_lines(self.inner.presence());
         self.inner.with_changes(|changes| {
-            changes.set_cookies.push(line);
+            changes.set_cookies.extend(lines);
             changes.session_written = true;
         });
     }
@@ -253,8 +302,8 @@ impl Auth {
     /// fresh from the upstream: call it after changing the profile (name,
     /// e-mail, phone).
     pub fn refresh(&self) {
-        if let Some(token) = &self.token {
-            self.inner.shared.resolver.forget(token);
+        if let Some(current) = self.current() {
+            self.inner.shared.resolver.forget(&current.key);
         }
     }
 
@@ -267,28 +316,46 @@ impl Auth {
         }
     }
 
+    /// Refuses every other session of this user from now on, here and in
+    /// lookups already in flight: call it after a change that ends the
+    /// user's other sessions upstream (a password or e-mail change).
+    pub async fn revoke_other_sessions(&self) {
+        if let Some(user) = self.user().await {
+            let keep = self.current().map(|current| &*current.key);
+            self.inner.shared.resolver.revoke_user(&user.id, keep);
+        }
+    }
+
     /// Clears the session cookie and forgets the session here, without an
     /// upstream call: for a session already ended upstream (e.g. this
     /// browser's own session ended by id).
     pub fn sign_out_locally(&self) {
-        if let Some(token) = &self.token {
-            self.revoke(token);
+        if let Some(current) = self.current() {
+            let resolver = &self.inner.shared.resolver;
+            resolver.revoke(&current.key, current.session.expires_at);
+            resolver.emit(AuthEvent::SignedOut {
+                user_id: None,
+                scope: SignOutScope::This,
+                session: resolver.session_hash(&current.key),
+            });
         }
         self.clear_session_cookie();
     }
 
     /// Forgets and tombstones another session at once, after ending it
-    /// upstream (e.g. with
-    /// [`altogic::Client::sign_out_session_by_id`](crate::altogic::Client::sign_out_session_by_id)),
+    /// upstream (e.g. with the Altogic client's `sign_out_session_by_id`),
     /// so that browser is signed out on its next request instead of after
-    /// the cache TTL.
+    /// the cache TTL. For upstreams whose cookie holds the token itself
+    /// ([`SessionStorage::Plain`](crate::upstream::SessionStorage::Plain));
+    /// a sealed cookie cannot be found from its token.
     pub fn revoke(&self, token: &SessionToken) {
         let resolver = &self.inner.shared.resolver;
-        resolver.revoke(token);
+        let key = encode_token(token);
+        resolver.revoke(key.as_bytes(), None);
         resolver.emit(AuthEvent::SignedOut {
             user_id: None,
             scope: SignOutScope::This,
-            session: resolver.session_hash(token),
+            session: resolver.session_hash(key.as_bytes()),
         });
     }
 
@@ -298,18 +365,35 @@ impl Auth {
         self.reset_key.clone()
     }
 
-    /// Sets a new password with the pending reset key and clears the reset
-    /// cookie. Does not sign anyone in (SECURITY.md T-B6.2).
-    pub async fn reset_password(&self, new_password: &str) -> Result<(), Error> {
+    /// Sets a new password with the pending reset key: `reset` makes the
+    /// upstream call with the key (the typed client's own operation, e.g.
+    /// the Altogic client's `reset_pwd_with_token`); on success the reset
+    /// cookie is cleared and every cached session of the user is revoked.
+    /// Does not sign anyone in (SECURITY.md T-B6.2).
+    ///
+    /// ```no_run
+    /// # async fn run(auth: authgate::Auth, altogic: authgate::altogic::Client) -> Result<(), authgate::Error> {
+    /// auth.reset_password_with(|key| async move {
+    ///     altogic.reset_pwd_with_token(&key, "new password").await
+    /// })
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when no
+    /// reset is pending; otherwise what `reset` returned.
+    pub async fn reset_password_with<F, Fut>(&self, reset: F) -> Result<(), Error>
+    where
+        F: FnOnce(Secret) -> Fut,
+        Fut: Future<Output = Result<(), Error>>,
+    {
         let Some(key) = self.password_reset_key() else {
             return Err(Error::new(crate::error::ErrorKind::InvalidInput));
         };
+        reset(key).await?;
         let shared = &self.inner.shared;
-        shared
-            .resolver
-            .upstream()
-            .reset_password(&key, new_password)
-            .await?;
         let line = shared.attributes.removal(&shared.reset_name);
         self.inner
             .with_changes(|changes| changes.set_cookies.push(line));

@@ -14,8 +14,9 @@ use tower_service::Service;
 
 use crate::config::AuthConfig;
 use crate::context::{AuthSlot, CookieState, RequestAuth, Shared};
+use crate::cookie::SessionCodec;
 use crate::events::{AuthEvent, FlowRejection};
-use crate::resolve::Resolver;
+use crate::resolve::{Resolver, ResolverParts};
 use crate::routes;
 use crate::upstream::Upstream;
 
@@ -70,14 +71,37 @@ impl AuthLayer {
             );
         }
         let keys = config.build_keys();
+        let capabilities = upstream.capabilities();
+        let codec = SessionCodec::new(
+            capabilities.storage,
+            config.session_cookie_name(),
+            keys.clone(),
+            config.session_cookie_ceiling,
+            config.attributes(),
+            config.session_max_age,
+        );
         let resolver = Resolver::new(
             upstream,
-            keys.hash_key(),
-            config.cache.clone(),
-            config.events.clone(),
+            ResolverParts {
+                hash_key: keys.hash_key().to_vec(),
+                settings: config.cache.clone(),
+                events: config.events.clone(),
+                codec: codec.clone(),
+                revocation: capabilities.revocation,
+                session_max_age: config.session_max_age,
+            },
         );
+        let callback_url = url::Url::parse(&config.callback_url())
+            .unwrap_or_else(|_| config.public_origin.clone());
         Self {
-            shared: Arc::new(Shared::new(config, resolver, keys)),
+            shared: Arc::new(Shared::new(
+                config,
+                resolver,
+                keys,
+                capabilities,
+                codec,
+                callback_url,
+            )),
         }
     }
 
@@ -89,6 +113,12 @@ impl AuthLayer {
     /// The configuration.
     pub fn config(&self) -> &AuthConfig {
         &self.shared.config
+    }
+
+    /// The session cookie's codec.
+    #[cfg(feature = "test-util")]
+    pub(crate) fn codec(&self) -> &SessionCodec {
+        &self.shared.codec
     }
 }
 

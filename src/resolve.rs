@@ -1,6 +1,8 @@
-//! The [`Resolver`]: a bounded, shared cache of token → user with single
-//! flight, a stale-if-error window, a negative cache, a failure cooldown and
-//! tombstones after sign-out (SECURITY.md R1–R5).
+//! The [`Resolver`]: a bounded, shared cache of session → user with single
+//! flight, a stale-if-error window, a negative cache, a failure cooldown,
+//! tombstones and user-wide marks after sign-out, deadlines capped by the
+//! session's expiry, and coalesced rotation with a successor mark
+//! (SECURITY.md R1–R5, R10).
 //!
 //! Deadlines are kept in the entries as `tokio::time::Instant`s, so a paused
 //! tokio clock drives expiry in tests.
@@ -9,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
@@ -19,10 +21,11 @@ use sha2::Sha256;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::cache::{Cache, MarkKind};
+use crate::cache::{Cache, MarkKind, Successor};
 use crate::config::CacheSettings;
+use crate::cookie::SessionCodec;
 use crate::events::{AuthEvent, AuthEvents, SessionHash};
-use crate::upstream::{Lookup, SessionToken, Upstream, User};
+use crate::upstream::{Lookup, Revocation, Session, Upstream, User, Valid};
 
 /// How long a single upstream lookup may take in total, whatever the
 /// client's own timeouts say.
@@ -67,48 +70,66 @@ impl AuthState {
     }
 }
 
-/// The result of resolving one request's token.
+/// What a resolution does to the session cookie.
+#[derive(Debug, Clone)]
+pub(crate) enum CookieChange {
+    Keep,
+    /// The session can never be valid again: delete the cookie.
+    Clear,
+    /// The session was rotated: set its successor (every request that
+    /// waited on the rotation sets the same value).
+    Set(Arc<Successor>),
+}
+
+/// The result of resolving one request's session.
 #[derive(Debug, Clone)]
 pub(crate) struct Resolution {
     pub(crate) state: AuthState,
-    /// The token can never be valid again: delete the cookie.
-    pub(crate) clear_cookie: bool,
+    pub(crate) cookie: CookieChange,
 }
 
 impl Resolution {
     pub(crate) fn signed_in(user: Arc<User>, stale: bool) -> Self {
         Self {
             state: AuthState::SignedIn { user, stale },
-            clear_cookie: false,
+            cookie: CookieChange::Keep,
         }
     }
 
     fn invalid() -> Self {
         Self {
             state: AuthState::Anonymous,
-            clear_cookie: true,
+            cookie: CookieChange::Clear,
         }
     }
 
     fn unavailable() -> Self {
         Self {
             state: AuthState::Unavailable,
-            clear_cookie: false,
+            cookie: CookieChange::Keep,
         }
     }
 }
 
 #[derive(Clone)]
 enum Fetched {
-    Valid(Arc<User>),
+    Valid {
+        user: Arc<User>,
+        rotated: Option<Arc<Successor>>,
+    },
     Invalid,
     Failed,
 }
 
 type Flight = Shared<BoxFuture<'static, Fetched>>;
 
-/// Resolves session tokens to users through the upstream, with a shared
-/// cache. One per [`AuthLayer`](crate::AuthLayer); cheap to clone.
+/// How long a rotated session's old cookie is still served (with the new
+/// cookie set on its response), so sibling requests that left before the
+/// rotation are healed instead of refreshing again (SECURITY.md R10).
+const ROTATION_GRACE: Duration = Duration::from_secs(30);
+
+/// Resolves sessions to users through the upstream, with a shared cache.
+/// One per [`AuthLayer`](crate::AuthLayer); cheap to clone.
 #[derive(Clone)]
 pub struct Resolver {
     inner: Arc<Inner>,
@@ -118,11 +139,14 @@ struct Inner {
     upstream: Arc<dyn Upstream>,
     hasher: Hmac<Sha256>,
     cache: Cache,
-    in_flight: Mutex<HashMap<Box<str>, Flight>>,
+    in_flight: Mutex<HashMap<Box<[u8]>, Flight>>,
     permits: Semaphore,
     settings: CacheSettings,
     upstream_calls: AtomicU64,
     events: AuthEvents,
+    codec: SessionCodec,
+    revocation: Revocation,
+    session_max_age: Duration,
 }
 
 impl fmt::Debug for Resolver {
@@ -134,19 +158,31 @@ impl fmt::Debug for Resolver {
     }
 }
 
+/// What the resolver needs besides the upstream.
+pub(crate) struct ResolverParts {
+    pub(crate) hash_key: Vec<u8>,
+    pub(crate) settings: CacheSettings,
+    pub(crate) events: AuthEvents,
+    pub(crate) codec: SessionCodec,
+    pub(crate) revocation: Revocation,
+    pub(crate) session_max_age: Duration,
+}
+
+/// The tokio instant of a wall-clock time (now, if it has passed).
+fn instant_at(at: SystemTime, now: Instant) -> Instant {
+    at.duration_since(SystemTime::now())
+        .map_or(now, |left| now + left)
+}
+
 impl Resolver {
-    pub(crate) fn new(
-        upstream: Arc<dyn Upstream>,
-        hash_key: &[u8],
-        settings: CacheSettings,
-        events: AuthEvents,
-    ) -> Self {
+    pub(crate) fn new(upstream: Arc<dyn Upstream>, parts: ResolverParts) -> Self {
         // HMAC pads keys to its 64-byte block; doing it here makes the
         // constructor infallible.
         let mut block = [0u8; 64];
-        let len = hash_key.len().min(block.len());
-        block[..len].copy_from_slice(&hash_key[..len]);
+        let len = parts.hash_key.len().min(block.len());
+        block[..len].copy_from_slice(&parts.hash_key[..len]);
         let hasher = <Hmac<Sha256> as hmac::digest::KeyInit>::new(&block.into());
+        let settings = parts.settings;
         Self {
             inner: Arc::new(Inner {
                 upstream,
@@ -156,7 +192,10 @@ impl Resolver {
                 permits: Semaphore::new(settings.max_in_flight),
                 settings,
                 upstream_calls: AtomicU64::new(0),
-                events,
+                events: parts.events,
+                codec: parts.codec,
+                revocation: parts.revocation,
+                session_max_age: parts.session_max_age,
             }),
         }
     }
@@ -175,15 +214,15 @@ impl Resolver {
         (self.inner.cache.user_count(), self.inner.cache.user_bytes())
     }
 
-    /// The fresh cached user of a token: the warm path, with no upstream
-    /// call and no allocation.
-    pub(crate) fn fresh(&self, token: &[u8]) -> Option<Arc<User>> {
-        self.inner.cache.fresh_user(token, Instant::now())
+    /// The fresh cached user of a session cookie value: the warm path, with
+    /// no upstream call and no allocation.
+    pub(crate) fn fresh(&self, key: &[u8]) -> Option<Arc<User>> {
+        self.inner.cache.fresh_user(key, Instant::now())
     }
 
-    /// Resolves a token: cache, then one coalesced upstream lookup.
-    pub(crate) async fn resolve(&self, token: &SessionToken) -> Resolution {
-        let key = token.expose().as_bytes();
+    /// Resolves a session: cache, then one coalesced upstream lookup. `key`
+    /// is the session cookie's value, `session` what it decodes to.
+    pub(crate) async fn resolve(&self, key: &[u8], session: &Session) -> Resolution {
         let cache = &self.inner.cache;
         let now = Instant::now();
         let cached = cache.user(key);
@@ -192,22 +231,30 @@ impl Resolver {
         }
         let fetched = match cache.mark(key, now) {
             Some(MarkKind::Invalid | MarkKind::Revoked) => return Resolution::invalid(),
+            Some(MarkKind::Rotated(next)) => {
+                return Resolution {
+                    state: AuthState::SignedIn {
+                        user: next.user.clone(),
+                        stale: false,
+                    },
+                    cookie: CookieChange::Set(next),
+                };
+            }
             Some(MarkKind::Cooldown) => Fetched::Failed,
-            None => self.flight(token).await,
+            None => self.flight(key, session).await,
         };
+        let revoked = || matches!(cache.mark(key, Instant::now()), Some(MarkKind::Revoked));
         match fetched {
             // A sign-out may have landed while the lookup was in flight.
-            Fetched::Valid(_) if cache.mark(key, Instant::now()) == Some(MarkKind::Revoked) => {
-                Resolution::invalid()
-            }
-            Fetched::Valid(user) => Resolution::signed_in(user, false),
+            Fetched::Valid { .. } if revoked() => Resolution::invalid(),
+            Fetched::Valid { user, rotated } => Resolution {
+                state: AuthState::SignedIn { user, stale: false },
+                cookie: rotated.map_or(CookieChange::Keep, CookieChange::Set),
+            },
             Fetched::Invalid => Resolution::invalid(),
             Fetched::Failed => match cached {
                 // Revocations override stale serving (SECURITY.md R2.5).
-                Some(entry)
-                    if Instant::now() < entry.stale_until
-                        && cache.mark(key, Instant::now()) != Some(MarkKind::Revoked) =>
-                {
+                Some(entry) if Instant::now() < entry.stale_until && !revoked() => {
                     Resolution::signed_in(entry.user, true)
                 }
                 _ => Resolution::unavailable(),
@@ -215,39 +262,41 @@ impl Resolver {
         }
     }
 
-    /// Joins the lookup in flight for the token, or starts one as a detached
-    /// task so a cancelled request does not cancel its waiters (R3.3).
-    fn flight(&self, token: &SessionToken) -> Flight {
+    /// Joins the lookup in flight for the session, or starts one as a
+    /// detached task so a cancelled request does not cancel its waiters
+    /// (R3.3).
+    fn flight(&self, key: &[u8], session: &Session) -> Flight {
         let mut in_flight = self
             .inner
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(flight) = in_flight.get(token.expose()) {
+        if let Some(flight) = in_flight.get(key) {
             return flight.clone();
         }
         let inner = self.inner.clone();
-        let owned = token.clone();
+        let owned_key: Box<[u8]> = key.into();
+        let owned_session = session.clone();
         // The task removes its map entry under the same lock, so it cannot
         // do so before the entry below is inserted.
-        let task = tokio::spawn(async move { inner.fetch(owned).await });
+        let task = tokio::spawn(async move { inner.fetch(owned_key, owned_session).await });
         let flight = async move { task.await.unwrap_or(Fetched::Failed) }
             .boxed()
             .shared();
-        in_flight.insert(token.expose().into(), flight.clone());
+        in_flight.insert(key.into(), flight.clone());
         flight
     }
 
     /// Puts a freshly signed-in user in the cache, so the next request does
-    /// not need the upstream.
-    pub(crate) fn prime(&self, token: &SessionToken, user: User) {
-        self.inner.store(token.expose().as_bytes(), Arc::new(user));
+    /// not need the upstream; the session's expiry caps the deadlines.
+    pub(crate) fn prime(&self, key: &[u8], user: User, expires_at: Option<SystemTime>) {
+        self.inner.store(key, Arc::new(user), expires_at, None);
     }
 
-    /// Forgets the cached user of a token (the next request asks the
+    /// Forgets the cached user of a session (the next request asks the
     /// upstream), without tombstoning it.
-    pub(crate) fn forget(&self, token: &SessionToken) {
-        self.inner.cache.forget_user(token.expose().as_bytes());
+    pub(crate) fn forget(&self, key: &[u8]) {
+        self.inner.cache.forget_user(key);
     }
 
     /// Forgets every cached session of a user (without tombstones), so their
@@ -256,32 +305,46 @@ impl Resolver {
         self.inner.cache.remove_user_sessions(user_id, None);
     }
 
-    /// Forgets a signed-out token and tombstones it.
-    pub(crate) fn revoke(&self, token: &SessionToken) {
-        let settings = &self.inner.settings;
-        let horizon = settings.fresh_ttl + settings.stale_window;
-        self.inner.cache.mark_token(
-            token.expose().as_bytes(),
-            MarkKind::Revoked,
-            Instant::now() + horizon,
-        );
+    /// Forgets a signed-out session and tombstones it for as long as the
+    /// upstream's revocation horizon says.
+    pub(crate) fn revoke(&self, key: &[u8], expires_at: Option<SystemTime>) {
+        let inner = &self.inner;
+        let now = Instant::now();
+        let until = match inner.revocation {
+            Revocation::UntilExpiry => match expires_at {
+                Some(at) => instant_at(at, now),
+                None => now + inner.session_max_age,
+            },
+            _ => now + inner.settings.fresh_ttl + inner.settings.stale_window,
+        };
+        inner.cache.mark_token(key, MarkKind::Revoked, until);
     }
 
-    /// Forgets every cached session of a user, except `keep`.
-    pub(crate) fn revoke_user(&self, user_id: &str, keep: Option<&SessionToken>) {
-        self.inner
+    /// A user-wide revocation (sign out of all or all other sessions, a
+    /// password or e-mail change): forgets the user's cached sessions
+    /// except `keep`, and leaves a mark that lookups completing afterwards
+    /// respect.
+    pub(crate) fn revoke_user(&self, user_id: &str, keep: Option<&[u8]>) {
+        let inner = &self.inner;
+        let settings = &inner.settings;
+        let horizon = match inner.revocation {
+            Revocation::UntilExpiry => inner.session_max_age,
+            // Long enough for any lookup that started before it to end.
+            _ => settings.fresh_ttl + settings.stale_window + HARD_LOOKUP_TIMEOUT,
+        };
+        inner
             .cache
-            .remove_user_sessions(user_id, keep.map(|t| t.expose().as_bytes()));
+            .mark_user(user_id, keep, Instant::now() + horizon);
     }
 
-    /// A short, keyed fingerprint of a token for log lines and events.
-    pub(crate) fn fingerprint(&self, token: &SessionToken) -> String {
-        self.inner.fingerprint(token.expose().as_bytes())
+    /// A short, keyed fingerprint of a session for log lines and events.
+    pub(crate) fn fingerprint(&self, key: &[u8]) -> String {
+        self.inner.fingerprint(key)
     }
 
     /// The fingerprint as an event field.
-    pub(crate) fn session_hash(&self, token: &SessionToken) -> SessionHash {
-        SessionHash(self.fingerprint(token))
+    pub(crate) fn session_hash(&self, key: &[u8]) -> SessionHash {
+        SessionHash(self.fingerprint(key))
     }
 
     /// Emits an auth event.
@@ -291,48 +354,61 @@ impl Resolver {
 }
 
 impl Inner {
-    fn fingerprint(&self, token: &[u8]) -> String {
+    fn fingerprint(&self, key: &[u8]) -> String {
         let mut mac = self.hasher.clone();
-        mac.update(token);
+        mac.update(key);
         let digest = mac.finalize().into_bytes();
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    fn store(&self, token: &[u8], user: Arc<User>) {
+    /// Caches a user: fresh until the upstream's recheck time or the
+    /// jittered TTL, stale for the window after, both capped by the
+    /// session's expiry (SECURITY.md T-H2).
+    fn store(
+        &self,
+        key: &[u8],
+        user: Arc<User>,
+        expires_at: Option<SystemTime>,
+        recheck_at: Option<SystemTime>,
+    ) {
         let settings = &self.settings;
         let now = Instant::now();
-        // Up to 10 % jitter so users warmed together do not expire together.
-        let jitter = settings
-            .fresh_ttl
-            .mul_f64(rand::thread_rng().gen_range(0.0..0.1));
-        let fresh_until = now + settings.fresh_ttl - jitter;
-        self.cache.insert_user(
-            token,
-            user,
-            fresh_until,
-            fresh_until + settings.stale_window,
-        );
+        let mut fresh_until = match recheck_at {
+            Some(at) => instant_at(at, now),
+            None => {
+                // Up to 10 % jitter so users warmed together do not expire
+                // together.
+                let jitter = settings
+                    .fresh_ttl
+                    .mul_f64(rand::thread_rng().gen_range(0.0..0.1));
+                now + settings.fresh_ttl - jitter
+            }
+        };
+        let mut stale_until = fresh_until + settings.stale_window;
+        if let Some(at) = expires_at {
+            let end = instant_at(at, now);
+            fresh_until = fresh_until.min(end);
+            stale_until = stale_until.min(end);
+        }
+        self.cache.insert_user(key, user, fresh_until, stale_until);
     }
 
-    async fn fetch(self: Arc<Self>, token: SessionToken) -> Fetched {
-        let fetched = self.lookup_upstream(&token).await;
+    async fn fetch(self: Arc<Self>, key: Box<[u8]>, session: Session) -> Fetched {
+        let fetched = self.lookup_upstream(&key, &session).await;
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(token.expose());
+            .remove(&key);
         fetched
     }
 
-    async fn lookup_upstream(&self, token: &SessionToken) -> Fetched {
+    async fn lookup_upstream(&self, key: &[u8], session: &Session) -> Fetched {
         let settings = &self.settings;
-        let key = token.expose().as_bytes();
         let permit = tokio::time::timeout(settings.queue_timeout, self.permits.acquire()).await;
         let Ok(Ok(_permit)) = permit else {
             tracing::warn!(token = %self.fingerprint(key), "authgate: upstream lookup queue full; request is unavailable");
             return Fetched::Failed;
         };
-        self.upstream_calls.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(HARD_LOOKUP_TIMEOUT, self.upstream.lookup(token)).await;
         let cooldown = || {
             self.cache.mark_token(
                 key,
@@ -340,34 +416,100 @@ impl Inner {
                 Instant::now() + settings.failure_cooldown,
             );
         };
-        match result {
-            Ok(Ok(Lookup::Valid { user, .. })) => {
-                let user = Arc::new(user);
-                self.cache.clear_cooldown(key);
-                self.store(key, user.clone());
-                Fetched::Valid(user)
+        // A second attempt only when a user-wide revocation landed while
+        // the first was in flight.
+        for attempt in 0..2 {
+            let started = Instant::now();
+            self.upstream_calls.fetch_add(1, Ordering::Relaxed);
+            let result =
+                tokio::time::timeout(HARD_LOOKUP_TIMEOUT, self.upstream.lookup(session)).await;
+            match result {
+                Ok(Ok(Lookup::Valid(valid))) => {
+                    let revoked =
+                        self.cache
+                            .user_revoked(&valid.user.id, key, started, valid.issued_at);
+                    if revoked && valid.issued_at.is_none() && attempt == 0 {
+                        // The answer may predate the revocation: ask again.
+                        continue;
+                    }
+                    if revoked {
+                        return self.invalid(key);
+                    }
+                    self.cache.clear_cooldown(key);
+                    return self.admit(key, valid);
+                }
+                Ok(Ok(Lookup::Invalid)) => return self.invalid(key),
+                Ok(Err(err)) => {
+                    tracing::warn!(token = %self.fingerprint(key), error = %err, "authgate: user lookup failed; keeping the session");
+                    cooldown();
+                    return Fetched::Failed;
+                }
+                Err(_) => {
+                    tracing::warn!(token = %self.fingerprint(key), "authgate: user lookup timed out; keeping the session");
+                    cooldown();
+                    return Fetched::Failed;
+                }
             }
-            Ok(Ok(Lookup::Invalid)) => {
-                self.cache.mark_token(
-                    key,
-                    MarkKind::Invalid,
-                    Instant::now() + settings.negative_ttl,
-                );
-                self.events.emit(AuthEvent::SessionInvalidated {
-                    session: SessionHash(self.fingerprint(key)),
-                });
-                Fetched::Invalid
+        }
+        // The second answer also predated a revocation (only with a
+        // revocation at each attempt): keep the cookie, serve nobody.
+        Fetched::Failed
+    }
+
+    fn invalid(&self, key: &[u8]) -> Fetched {
+        self.cache.mark_token(
+            key,
+            MarkKind::Invalid,
+            Instant::now() + self.settings.negative_ttl,
+        );
+        self.events.emit(AuthEvent::SessionInvalidated {
+            session: SessionHash(self.fingerprint(key)),
+        });
+        Fetched::Invalid
+    }
+
+    /// Caches a valid answer. A rotated session is sealed here, once, by
+    /// the lookup every waiting request shares: they all set the same new
+    /// cookie, and the old one is marked with its successor.
+    fn admit(&self, key: &[u8], valid: Valid) -> Fetched {
+        let user = Arc::new(valid.user);
+        let Some(next) = valid.rotated else {
+            self.store(key, user.clone(), valid.expires_at, valid.recheck_at);
+            return Fetched::Valid {
+                user,
+                rotated: None,
+            };
+        };
+        let wire = match self.codec.encode(&next) {
+            Ok(wire) => wire,
+            Err(err) => {
+                tracing::error!(token = %self.fingerprint(key), error = %err, "authgate: the rotated session does not fit the cookie; the old one stays");
+                self.store(key, user.clone(), valid.expires_at, valid.recheck_at);
+                return Fetched::Valid {
+                    user,
+                    rotated: None,
+                };
             }
-            Ok(Err(err)) => {
-                tracing::warn!(token = %self.fingerprint(key), error = %err, "authgate: user lookup failed; keeping the session");
-                cooldown();
-                Fetched::Failed
-            }
-            Err(_) => {
-                tracing::warn!(token = %self.fingerprint(key), "authgate: user lookup timed out; keeping the session");
-                cooldown();
-                Fetched::Failed
-            }
+        };
+        let successor = Arc::new(Successor {
+            cookie_until: SystemTime::now() + self.codec.max_age(&next),
+            wire: wire.into(),
+            user: user.clone(),
+        });
+        self.store(
+            successor.wire.as_bytes(),
+            user.clone(),
+            valid.expires_at,
+            valid.recheck_at,
+        );
+        self.cache.mark_token(
+            key,
+            MarkKind::Rotated(successor.clone()),
+            Instant::now() + ROTATION_GRACE,
+        );
+        Fetched::Valid {
+            user,
+            rotated: Some(successor),
         }
     }
 }

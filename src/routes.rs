@@ -2,7 +2,7 @@
 //!
 //! | route | what it does |
 //! |---|---|
-//! | `GET /auth/signin/{provider}?return_to=` | seals a flow cookie (provider, validated `return_to`) and 303s to the upstream's sign-in page |
+//! | `GET /auth/signin/{provider}?return_to=&prompt=login` | a fresh flow id (the OAuth `state`), the upstream's start (URL and its own per-flow data), a sealed flow cookie per flow (provider, validated `return_to`, the upstream's data), 303 to the upstream |
 //! | `GET /auth/callback` | the upstream's landings: grant exchange → session cookie → 303 to the validated `return_to`; password reset → encrypted reset cookie → 303 to the reset page; e-mail changed → 303 with a notice; failure → an escaped error page |
 //! | `GET /auth/continue`, `POST /auth/continue` | an e-mail link's landing (magic link, address confirmation) waits in an encrypted cookie until the user clicks "Continue" (a same-origin `POST`), so mail scanners that open links neither spend them nor get a session (SECURITY.md T-B6.4; [`AuthConfig::with_email_link_confirmation`](crate::AuthConfig::with_email_link_confirmation)) |
 //! | `POST /auth/signout?scope=this\|all\|others&return_to=` | cross-site check, upstream sign-out, cookie cleared with mirrored attributes even if the upstream fails, tombstone, 303 |
@@ -11,17 +11,22 @@
 //! `HEAD` never spends a token. Other paths under the prefix go to the app.
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
+use sha2::{Digest as _, Sha256};
 
 use crate::context::{Shared, apply_hygiene};
-use crate::cookie::{CookieFinder, SessionCookie};
-use crate::events::{AuthEvent, FlowRejection};
+use crate::cookie::{CookieFinder, MAX_VALUE_LEN};
+use crate::events::{AuthEvent, FlowRejection, SignInMethod};
 use crate::extract::is_same_origin;
-use crate::upstream::{CallbackOutcome, CallbackParams, FlowRecord, SignOutScope};
+use crate::upstream::{
+    CallbackOutcome, CallbackParams, Correlation, FlowId, FlowRecord, Prompt, Session, SignInStart,
+    SignOutOutcome, SignOutScope,
+};
 
 /// The longest message from the upstream shown on an error page.
 const MAX_MESSAGE_CHARS: usize = 300;
@@ -183,7 +188,7 @@ fn single_param<'a>(params: &'a CallbackParams, name: &str) -> Option<&'a str> {
 /// Answers one of the layer's routes.
 pub(crate) async fn handle(shared: Arc<Shared>, route: Route, parts: Parts) -> Response<Bytes> {
     let page = match route {
-        Route::SignIn(provider) => sign_in(&shared, &provider, &parts),
+        Route::SignIn(provider) => sign_in(&shared, &provider, &parts).await,
         Route::Callback => callback(&shared, &parts).await,
         Route::Continue => continue_email_link(&shared, &parts).await,
         Route::SignOut => sign_out(&shared, &parts).await,
@@ -191,43 +196,189 @@ pub(crate) async fn handle(shared: Arc<Shared>, route: Route, parts: Parts) -> R
     page.finish()
 }
 
-fn sign_in(shared: &Shared, provider: &str, parts: &Parts) -> Page {
+/// How many [`Correlation::Single`] flows one browser keeps in flight.
+const MAX_SINGLE_FLOWS: usize = 4;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The cookie of a flow found by its id: `{session}-flow.{h}`, `h` = 16
+/// characters of base64url(SHA-256(id)), so parallel sign-ins in one
+/// browser each have their own cookie.
+fn flow_cookie_name(shared: &Shared, flow: &str) -> String {
+    use base64::Engine as _;
+    let digest = Sha256::digest(flow.as_bytes());
+    let hash = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+    format!("{}.{}", shared.flow_name, &hash[..16])
+}
+
+/// The [`Correlation::Single`] flows in flight in this browser, oldest
+/// first, without the expired ones.
+fn single_flows(shared: &Shared, parts: &Parts) -> (Vec<FlowRecord>, bool) {
+    let (flows, present) = open_sealed::<Vec<FlowRecord>>(
+        shared,
+        parts,
+        &shared.flow_finder,
+        &shared.flow_name,
+        "flow",
+    );
+    let oldest = unix_now().saturating_sub(shared.config.flow_ttl.as_secs());
+    let mut flows = flows.unwrap_or_default();
+    flows.retain(|f| f.started >= oldest && f.correlation == Correlation::Single);
+    (flows, present)
+}
+
+/// The `Set-Cookie` line that stores the Single flows (or removes them).
+fn single_flows_cookie(shared: &Shared, mut flows: Vec<FlowRecord>) -> Option<String> {
+    let ttl = shared.config.flow_ttl;
+    while !flows.is_empty() {
+        let sealed = shared.keys.seal(&shared.flow_name, "flow", &flows, ttl)?;
+        if sealed.len() <= MAX_VALUE_LEN {
+            return Some(shared.attributes.build(&shared.flow_name, sealed, ttl));
+        }
+        flows.remove(0);
+    }
+    Some(shared.attributes.removal(&shared.flow_name))
+}
+
+fn sign_in_unavailable(status: StatusCode) -> Page {
+    let mut page = Page::html(
+        status,
+        "Sign-in unavailable",
+        "The sign-in could not be started. Please try again in a moment.",
+        None,
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        page.response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    page
+}
+
+async fn sign_in(shared: &Shared, provider: &str, parts: &Parts) -> Page {
     if !matches!(parts.method, Method::GET | Method::HEAD) {
         return method_not_allowed("GET, HEAD");
     }
-    let upstream = shared.resolver.upstream();
-    let Some(provider) = upstream.providers().iter().find(|p| **p == provider) else {
+    if !shared.capabilities.has_provider(provider) {
         return Page::html(
             StatusCode::NOT_FOUND,
             "Unknown provider",
             "This sign-in provider is not available.",
             None,
         );
-    };
+    }
     let params = CallbackParams::parse(parts.uri.query().unwrap_or(""));
     let return_to = shared.return_to_or(
         single_param(&params, "return_to"),
         &shared.config.after_sign_in,
     );
-    let flow = FlowRecord {
-        provider: (*provider).to_owned(),
+    let flow = FlowId::generate();
+    let mut start = SignInStart::new(provider, &flow, &shared.callback_url);
+    if single_param(&params, "prompt") == Some("login") {
+        start.prompt = Prompt::Login;
+    }
+    let redirect = match shared.resolver.upstream().start_sign_in(start).await {
+        Ok(redirect) => redirect,
+        Err(err) => {
+            tracing::warn!(error = %err, provider, "authgate: the upstream could not start a sign-in");
+            return sign_in_unavailable(StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    let record = FlowRecord {
+        provider: provider.to_owned(),
         return_to,
+        flow,
+        correlation: redirect.correlation,
+        data: redirect.data,
+        started: unix_now(),
     };
-    let sealed = shared
-        .keys
-        .seal(&shared.flow_name, "flow", &flow, shared.config.flow_ttl);
-    let (Some(sealed), Ok(url)) = (sealed, upstream.sign_in_url(provider, &flow)) else {
-        return Page::html(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Sign-in unavailable",
-            "The sign-in could not be started.",
-            None,
-        );
+    let ttl = shared.config.flow_ttl;
+    let cookie = match record.correlation {
+        Correlation::Single => {
+            let (mut flows, _) = single_flows(shared, parts);
+            flows.push(record);
+            let excess = flows.len().saturating_sub(MAX_SINGLE_FLOWS);
+            flows.drain(..excess);
+            single_flows_cookie(shared, flows)
+        }
+        _ => {
+            let name = flow_cookie_name(shared, record.flow.as_str());
+            shared
+                .keys
+                .seal(&name, "flow", &record, ttl)
+                .filter(|sealed| sealed.len() <= MAX_VALUE_LEN)
+                .map(|sealed| shared.attributes.build(&name, sealed, ttl))
+        }
     };
-    let cookie = shared
-        .attributes
-        .build(&shared.flow_name, sealed, shared.config.flow_ttl);
-    Page::redirect(url.as_str()).cookie(cookie)
+    let Some(cookie) = cookie else {
+        return sign_in_unavailable(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    Page::redirect(redirect.url.as_str()).cookie(cookie)
+}
+
+/// The flow a landing belongs to, as the core found and checked it.
+enum FoundFlow {
+    /// The landing names its flow (`state` or `flow`) and the flow's own
+    /// cookie holds the matching record.
+    Named { record: FlowRecord, cookie: String },
+    /// No flow id came back: the browser's Single flows, oldest first.
+    Single(Vec<FlowRecord>),
+}
+
+/// Finds the flow of a landing by the parameter that names it, before the
+/// upstream sees anything (SEAM.md §2.3; SECURITY.md T-B1): the cookie
+/// named after the id must open, hold the same id (compared in constant
+/// time), have been found the way it was started, and be for the provider
+/// the landing names, if it names one.
+fn find_flow(
+    shared: &Shared,
+    parts: &Parts,
+    params: &CallbackParams,
+) -> Result<FoundFlow, Box<Page>> {
+    let named = [
+        ("state", Correlation::State),
+        ("flow", Correlation::CallbackQuery),
+    ]
+    .into_iter()
+    .find_map(|(name, how)| single_param(params, name).map(|id| (id, how)));
+    let Some((id, how)) = named else {
+        return Ok(FoundFlow::Single(single_flows(shared, parts).0));
+    };
+    let name = flow_cookie_name(shared, id);
+    let finder = CookieFinder::new(&name);
+    let (record, present) = open_sealed::<FlowRecord>(shared, parts, &finder, &name, "flow");
+    let removal = shared.attributes.removal(&name);
+    let provider = single_param(params, "provider");
+    let checked = record.filter(|r| {
+        r.flow.matches(id) && r.correlation == how && provider.is_none_or(|p| p == r.provider)
+    });
+    match checked {
+        Some(record) => Ok(FoundFlow::Named {
+            record,
+            cookie: name,
+        }),
+        None => {
+            shared.resolver.emit(AuthEvent::FlowRejected {
+                reason: if present {
+                    FlowRejection::TamperedFlow
+                } else {
+                    FlowRejection::MissingFlow
+                },
+                session: None,
+            });
+            let page = Page::html(
+                StatusCode::BAD_REQUEST,
+                "Sign-in failed",
+                "No sign-in was started in this browser. Please start again.",
+                Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
+            );
+            Err(Box::new(if present { page.cookie(removal) } else { page }))
+        }
+    }
 }
 
 async fn callback(shared: &Shared, parts: &Parts) -> Page {
@@ -237,19 +388,14 @@ async fn callback(shared: &Shared, parts: &Parts) -> Page {
         Method::GET => {}
         _ => return method_not_allowed("GET, HEAD"),
     }
-    let (flow, _) = open_sealed::<FlowRecord>(
-        shared,
-        parts,
-        &shared.flow_finder,
-        &shared.flow_name,
-        "flow",
-    );
-    let remove_flow = shared.attributes.removal(&shared.flow_name);
     let params = landing_params(parts.uri.query().unwrap_or(""), parts);
     if shared.config.confirm_email_links && shared.resolver.upstream().is_email_link(&params) {
         return hold_email_link(shared, parts.uri.query().unwrap_or(""));
     }
-    complete(shared, parts, &params, flow.as_ref(), remove_flow).await
+    match find_flow(shared, parts, &params) {
+        Ok(found) => complete(shared, parts, &params, found, None).await,
+        Err(refused) => *refused,
+    }
 }
 
 /// Reads one of the layer's sealed cookies: its value, and whether the
@@ -369,24 +515,35 @@ async fn continue_email_link(shared: &Shared, parts: &Parts) -> Page {
                 return expired().cookie(remove_link);
             };
             let params = landing_params(&query, parts);
-            complete(shared, parts, &params, None, remove_link).await
+            let found = FoundFlow::Single(Vec::new());
+            complete(shared, parts, &params, found, Some(remove_link)).await
         }
         _ => method_not_allowed("GET, HEAD, POST"),
     }
 }
 
-/// Exchanges a landing with the upstream and answers with its outcome;
-/// `cleanup` (the removal of the cookie that carried the landing's state)
-/// goes on every answer.
+/// Exchanges a landing with the upstream and answers with its outcome. A
+/// named flow's cookie is removed on every answer but an outage (the
+/// user may retry), a Single flow when it is used or failed; `link` (the
+/// removal of an e-mail link's cookie) goes on every answer.
 async fn complete(
     shared: &Shared,
     parts: &Parts,
     params: &CallbackParams,
-    flow: Option<&FlowRecord>,
-    cleanup: String,
+    found: FoundFlow,
+    link: Option<String>,
 ) -> Page {
     let sign_in_page = shared.config.sign_in_page.as_str();
     let upstream = shared.resolver.upstream();
+    let (flow, mut cleanup) = match &found {
+        FoundFlow::Named { record, cookie } => {
+            (Some(record), vec![shared.attributes.removal(cookie)])
+        }
+        // The most recent flow: the upstream needs to know that one exists;
+        // which one is picked once it says who signed in.
+        FoundFlow::Single(flows) => (flows.last(), Vec::new()),
+    };
+    cleanup.extend(link);
     let outcome = match upstream.complete_callback(params, flow).await {
         Ok(outcome) => outcome,
         Err(err) => {
@@ -403,18 +560,43 @@ async fn complete(
             return page;
         }
     };
-    match outcome {
+    let single_used = |flows: &[FlowRecord], index: usize| {
+        let mut rest = flows.to_vec();
+        rest.remove(index);
+        single_flows_cookie(shared, rest)
+    };
+    let page = match outcome {
         CallbackOutcome::SignedIn(grant) => {
-            let return_to = shared.return_to.validate_or(
-                flow.map(|f| f.return_to.as_str()),
-                &shared.config.after_sign_in,
-            );
-            let previous = match shared.cookie_finder.find(&parts.headers) {
-                SessionCookie::Present(token) => Some(token),
-                _ => None,
+            let (return_to, flows_cookie) = match (&found, &grant.method) {
+                (FoundFlow::Named { record, .. }, _) => (Some(record.return_to.clone()), None),
+                (FoundFlow::Single(flows), SignInMethod::OAuth(provider)) => {
+                    let picked = flows
+                        .iter()
+                        .rposition(|f| f.provider.eq_ignore_ascii_case(provider));
+                    let Some(index) = picked else {
+                        return refuse_provider(shared, grant.session).await;
+                    };
+                    (
+                        Some(flows[index].return_to.clone()),
+                        single_used(flows, index),
+                    )
+                }
+                (FoundFlow::Single(_), _) => (None, None),
             };
-            let session = shared.sign_in(previous.as_ref(), grant);
-            Page::redirect(&return_to).cookie(session).cookie(cleanup)
+            let return_to = shared
+                .return_to
+                .validate_or(return_to.as_deref(), &shared.config.after_sign_in);
+            let session = grant.session.clone();
+            let (previous, had) = shared.current_session(&parts.headers);
+            match shared.sign_in(previous.as_ref(), had, grant) {
+                Ok(lines) => {
+                    let mut page = Page::redirect(&return_to);
+                    page.set_cookies.extend(lines);
+                    page.set_cookies.extend(flows_cookie);
+                    page
+                }
+                Err(err) => return session_too_large(shared, session, &err).await,
+            }
         }
         CallbackOutcome::PasswordReset(key) => {
             let ttl = shared.config.flow_ttl;
@@ -431,16 +613,16 @@ async fn complete(
             };
             let reset = shared.attributes.build(&shared.reset_name, sealed, ttl);
             let location = shared.config.absolute(&shared.config.reset_password_page);
-            Page::redirect(&location).cookie(reset).cookie(cleanup)
+            Page::redirect(&location).cookie(reset)
         }
         CallbackOutcome::EmailChanged => {
             // This browser's cached profile shows the old address: name the
             // user in the event, then forget the profile everywhere here.
             let mut user_id = None;
-            if let SessionCookie::Present(token) = shared.cookie_finder.find(&parts.headers) {
+            if let (Some(current), _) = shared.current_session(&parts.headers) {
                 user_id = shared
                     .resolver
-                    .resolve(&token)
+                    .resolve(&current.key, &current.session)
                     .await
                     .state
                     .user()
@@ -453,7 +635,7 @@ async fn complete(
             let mut location = shared.config.absolute(&shared.config.notice_page);
             location.push(if location.contains('?') { '&' } else { '?' });
             location.push_str("notice=email-changed");
-            Page::redirect(&location).cookie(cleanup)
+            Page::redirect(&location)
         }
         CallbackOutcome::Failed {
             status,
@@ -473,14 +655,64 @@ async fn complete(
             } else {
                 StatusCode::BAD_REQUEST
             };
-            Page::html(
+            let mut page = Page::html(
                 status,
                 "Sign-in failed",
                 &message,
                 Some((sign_in_page, "Back to sign in")),
-            )
-            .cookie(cleanup)
+            );
+            // The flow the upstream was given is spent.
+            if let FoundFlow::Single(flows) = &found
+                && !flows.is_empty()
+            {
+                page.set_cookies.extend(single_used(flows, flows.len() - 1));
+            }
+            page
         }
+    };
+    let mut page = page;
+    page.set_cookies.extend(cleanup);
+    page
+}
+
+/// An OAuth landing whose provider no flow of this browser was started
+/// for (login CSRF with a Single upstream): the session just created is
+/// ended, nobody is signed in.
+async fn refuse_provider(shared: &Shared, session: Session) -> Page {
+    shared.resolver.emit(AuthEvent::FlowRejected {
+        reason: FlowRejection::ProviderMismatch,
+        session: None,
+    });
+    end_new_session(shared, &session).await;
+    Page::html(
+        StatusCode::BAD_REQUEST,
+        "Sign-in failed",
+        "No sign-in with this provider was started in this browser. Please start again.",
+        Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
+    )
+}
+
+/// A session over the cookie ceiling (SECURITY.md T-C4): the session just
+/// created is ended and the page says why; a retry cannot help, so this
+/// is not a 503.
+async fn session_too_large(shared: &Shared, session: Session, err: &crate::Error) -> Page {
+    tracing::error!(error = %err, "authgate: the new session does not fit the session cookie; ending it upstream");
+    end_new_session(shared, &session).await;
+    Page::html(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Sign-in failed",
+        "Your account's session is too large for this site's cookies, so you could not be signed in. Trying again will not help; please tell the site's administrators.",
+        Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
+    )
+}
+
+async fn end_new_session(shared: &Shared, session: &Session) {
+    let upstream = shared.resolver.upstream();
+    if let Err(err) = upstream
+        .sign_out(session, SignOutScope::This, &shared.callback_url)
+        .await
+    {
+        tracing::warn!(error = %err, "authgate: the refused session could not be ended upstream");
     }
 }
 
@@ -498,7 +730,9 @@ async fn sign_out(shared: &Shared, parts: &Parts) -> Page {
         return refused;
     }
     let params = CallbackParams::parse(parts.uri.query().unwrap_or(""));
-    let Some(scope) = SignOutScope::parse(single_param(&params, "scope").unwrap_or("")) else {
+    let scope = SignOutScope::parse(single_param(&params, "scope").unwrap_or(""))
+        .filter(|scope| shared.capabilities.supports_sign_out(*scope));
+    let Some(scope) = scope else {
         return Page::html(
             StatusCode::BAD_REQUEST,
             "Bad request",
@@ -510,38 +744,25 @@ async fn sign_out(shared: &Shared, parts: &Parts) -> Page {
         single_param(&params, "return_to"),
         &shared.config.after_sign_out,
     );
-    let removal = shared.attributes.removal(&shared.session_name);
-    let SessionCookie::Present(token) = shared.cookie_finder.find(&parts.headers) else {
+    let (current, had) = shared.current_session(&parts.headers);
+    let removal = shared.codec.removal_lines(had);
+    let Some(current) = current else {
         // Nobody to sign out: idempotent, no upstream call.
-        return Page::redirect(&location).cookie(removal);
+        let mut page = Page::redirect(&location);
+        page.set_cookies.extend(removal);
+        return page;
     };
-    let resolver = &shared.resolver;
-    // Usually a cache hit; names the user in the event and for the
-    // user-wide evictions below.
-    let user_id = resolver
-        .resolve(&token)
-        .await
-        .state
-        .user()
-        .map(|u| u.id.clone());
-    if let Err(err) = resolver.upstream().sign_out(&token, scope).await {
-        tracing::warn!(error = %err, "authgate: upstream sign-out failed; signed out locally");
-    }
-    match (scope, &user_id) {
-        (SignOutScope::Others, Some(id)) => resolver.revoke_user(id, Some(&token)),
-        (SignOutScope::All, Some(id)) => resolver.revoke_user(id, None),
-        _ => {}
-    }
-    resolver.emit(AuthEvent::SignedOut {
-        user_id,
-        scope,
-        session: resolver.session_hash(&token),
-    });
+    let after = url::Url::parse(&location).unwrap_or_else(|_| shared.config.public_origin.clone());
+    let outcome = shared.end_session(&current, scope, &after).await;
+    let location = match outcome {
+        Ok(SignOutOutcome::Redirect(url)) => url.to_string(),
+        _ => location,
+    };
+    let mut page = Page::redirect(&location);
     if scope == SignOutScope::Others {
-        return Page::redirect(&location);
+        return page;
     }
-    resolver.revoke(&token);
-    let mut page = Page::redirect(&location).cookie(removal);
+    page.set_cookies.extend(removal);
     page.response
         .headers_mut()
         .insert("clear-site-data", HeaderValue::from_static("\"cache\""));

@@ -61,13 +61,17 @@ use http::header::{COOKIE, SET_COOKIE};
 use http::{Method, Request, Response};
 use rand::Rng as _;
 
+use std::time::{Duration, SystemTime};
+
 use crate::config::AuthConfig;
-use crate::error::{Error, ErrorKind};
+use crate::cookie::SessionCodec;
+use crate::error::Error;
 use crate::events::{FlowRejection, SignInMethod};
 use crate::layer::AuthLayer;
 use crate::upstream::{
-    BoxFuture, CallbackOutcome, CallbackParams, FlowRecord, Grant, Lookup, Secret, SessionToken,
-    SignOutScope, Upstream, User,
+    BoxFuture, CallbackOutcome, CallbackParams, Capabilities, Correlation, FlowRecord, Grant,
+    Lookup, Revocation, Session, SessionStorage, SessionToken, SignInRedirect, SignInStart,
+    SignOutOutcome, SignOutScope, Upstream, User, Valid,
 };
 
 /// The public origin the kit's default configuration uses.
@@ -88,6 +92,10 @@ pub enum Fault {
     Unavailable,
     /// The upstream never answers (the resolver's own timeout ends it).
     Hang,
+    /// The upstream answers after this delay, with the answer it had when
+    /// the lookup arrived (a slow network: a sign-out meanwhile does not
+    /// change the answer already on its way).
+    Delay(Duration),
 }
 
 /// A user of the kit's upstream.
@@ -118,16 +126,46 @@ pub enum SessionChange {
 #[derive(Default)]
 struct MemoryState {
     users: HashMap<String, User>,
-    sessions: HashMap<String, String>,
+    /// token → (user id, expiry).
+    sessions: HashMap<String, (String, Option<SystemTime>)>,
     grants: HashMap<String, String>,
     faults: HashMap<String, Fault>,
 }
 
-/// The kit's in-memory upstream.
+/// How the kit's upstream behaves: which seam v2 features it exercises.
+#[derive(Debug, Clone)]
+struct Modes {
+    storage: SessionStorage,
+    correlation: Correlation,
+    revocation: Revocation,
+    session_lifetime: Option<Duration>,
+    rotate_after: Option<Duration>,
+    token_len: usize,
+}
+
+impl Default for Modes {
+    fn default() -> Self {
+        Self {
+            storage: SessionStorage::Plain,
+            correlation: Correlation::Single,
+            revocation: Revocation::Upstream,
+            session_lifetime: None,
+            rotate_after: None,
+            token_len: 24,
+        }
+    }
+}
+
+/// The kit's in-memory upstream. By default it behaves like Altogic
+/// (opaque tokens in a plain cookie, no expiry, one redirect URL); its
+/// `with_*` modes exercise the rest of the seam: sealed sessions, expiry,
+/// rotation and `state` correlation.
 #[derive(Clone, Default)]
 pub struct MemoryUpstream {
     state: Arc<Mutex<MemoryState>>,
     lookups: Arc<AtomicU64>,
+    rotations: Arc<AtomicU64>,
+    modes: Modes,
 }
 
 impl fmt::Debug for MemoryUpstream {
@@ -139,8 +177,14 @@ impl fmt::Debug for MemoryUpstream {
 }
 
 fn random_token() -> String {
-    let bytes: [u8; 24] = rand::thread_rng().r#gen();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    random_hex(24)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.r#gen::<u8>()))
+        .collect()
 }
 
 impl MemoryUpstream {
@@ -152,54 +196,174 @@ impl MemoryUpstream {
     pub fn lookups(&self) -> u64 {
         self.lookups.load(Ordering::Relaxed)
     }
+
+    /// How many sessions this upstream rotated.
+    pub fn rotations(&self) -> u64 {
+        self.rotations.load(Ordering::Relaxed)
+    }
+
+    /// Keeps whole sessions sealed in the cookie
+    /// ([`SessionStorage::Sealed`]), each with a refresh token.
+    #[must_use]
+    pub fn with_sealed_sessions(mut self) -> Self {
+        self.modes.storage = SessionStorage::Sealed;
+        self
+    }
+
+    /// Sessions end `lifetime` after they are minted; the lookup says so.
+    #[must_use]
+    pub fn with_session_lifetime(mut self, lifetime: Duration) -> Self {
+        self.modes.session_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Every lookup rotates the session (a refresh): the old token stops
+    /// working, the new one is due for the next rotation after `after`.
+    #[must_use]
+    pub fn with_rotation(mut self, after: Duration) -> Self {
+        self.modes.rotate_after = Some(after);
+        self
+    }
+
+    /// Sign-ins carry the flow id back as `state` ([`Correlation::State`])
+    /// and complete with `?state=…&code=…` ([`TestKit::authorization_code`]).
+    #[must_use]
+    pub fn with_state_correlation(mut self) -> Self {
+        self.modes.correlation = Correlation::State;
+        self
+    }
+
+    /// Signed-out sessions stay refused until they expire
+    /// ([`Revocation::UntilExpiry`]).
+    #[must_use]
+    pub fn with_revocation_until_expiry(mut self) -> Self {
+        self.modes.revocation = Revocation::UntilExpiry;
+        self
+    }
+
+    /// Tokens of `bytes` random bytes (hex, so twice as many characters);
+    /// default 24.
+    #[must_use]
+    pub fn with_token_bytes(mut self, bytes: usize) -> Self {
+        self.modes.token_len = bytes.max(1);
+        self
+    }
+
+    /// A new session of `user_id`, as this upstream would hand it out.
+    fn mint(&self, state: &mut MemoryState, user_id: &str) -> Session {
+        let token = random_hex(self.modes.token_len);
+        let expires_at = self
+            .modes
+            .session_lifetime
+            .map(|lifetime| SystemTime::now() + lifetime);
+        state
+            .sessions
+            .insert(token.clone(), (user_id.to_owned(), expires_at));
+        let token =
+            SessionToken::new(token).unwrap_or_else(|| unreachable!("hex tokens are valid"));
+        let mut session = Session::new(token);
+        session.expires_at = expires_at;
+        if self.modes.storage == SessionStorage::Sealed {
+            session.refresh_token = Some(crate::upstream::Secret::new(random_token()));
+        }
+        session
+    }
 }
 
 impl Upstream for MemoryUpstream {
-    fn lookup<'a>(&'a self, token: &'a SessionToken) -> BoxFuture<'a, Result<Lookup, Error>> {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .with_providers(["test", "other"])
+            .with_storage(self.modes.storage)
+            .with_revocation(self.modes.revocation)
+            .with_sign_out_scopes(&[SignOutScope::This, SignOutScope::All, SignOutScope::Others])
+    }
+
+    fn lookup<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<Lookup, Error>> {
         Box::pin(async move {
             self.lookups.fetch_add(1, Ordering::Relaxed);
-            let (user, fault) = {
-                let state = self.state();
-                let user = state
+            let token = session.token.expose();
+            let answer = {
+                let mut state = self.state();
+                let found = state
                     .sessions
-                    .get(token.expose())
-                    .and_then(|id| state.users.get(id))
-                    .cloned();
-                let fault = user.as_ref().and_then(|u| state.faults.get(&u.id).copied());
-                (user, fault)
+                    .get(token)
+                    .cloned()
+                    .filter(|(_, expires)| expires.is_none_or(|at| SystemTime::now() < at))
+                    .and_then(|(id, expires)| Some((state.users.get(&id)?.clone(), expires)));
+                let fault = found
+                    .as_ref()
+                    .and_then(|(u, _)| state.faults.get(&u.id).copied());
+                let valid = match found {
+                    Some((user, expires)) => {
+                        let mut valid = Valid::new(user);
+                        valid.expires_at = expires;
+                        if let Some(after) = self.modes.rotate_after {
+                            state.sessions.remove(token);
+                            let next = self.mint(&mut state, &valid.user.id);
+                            self.rotations.fetch_add(1, Ordering::Relaxed);
+                            valid.expires_at = next.expires_at;
+                            valid.recheck_at = Some(SystemTime::now() + after);
+                            valid.rotated = Some(next);
+                        }
+                        Some(valid)
+                    }
+                    None => None,
+                };
+                (valid, fault)
             };
-            match (user, fault) {
+            match answer {
                 (None, _) | (Some(_), Some(Fault::Invalid)) => Ok(Lookup::Invalid),
-                (Some(_), Some(Fault::Unavailable)) => Err(Error::new(ErrorKind::Status(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                ))),
+                (Some(_), Some(Fault::Unavailable)) => Err(Error::unavailable()),
                 (Some(_), Some(Fault::Hang)) => std::future::pending().await,
-                (Some(user), None) => Ok(Lookup::Valid {
-                    user,
-                    expires_at: None,
-                }),
+                (Some(valid), Some(Fault::Delay(delay))) => {
+                    tokio::time::sleep(delay).await;
+                    Ok(Lookup::Valid(valid))
+                }
+                (Some(valid), None) => Ok(Lookup::Valid(valid)),
             }
         })
     }
 
-    fn providers(&self) -> &[&str] {
-        &["test"]
-    }
-
-    fn sign_in_url(&self, provider: &str, _flow: &FlowRecord) -> Result<url::Url, Error> {
-        url::Url::parse(&format!("https://upstream.test/_auth/{provider}"))
-            .map_err(|e| Error::new(ErrorKind::InvalidInput).with_source(e))
+    fn start_sign_in<'a>(
+        &'a self,
+        start: SignInStart<'a>,
+    ) -> BoxFuture<'a, Result<SignInRedirect, Error>> {
+        let mut url = format!("https://upstream.test/_auth/{}", start.provider);
+        if self.modes.correlation == Correlation::State {
+            url.push_str("?state=");
+            url.push_str(start.flow.as_str());
+        }
+        let redirect = url::Url::parse(&url)
+            .map(|url| SignInRedirect::new(url, self.modes.correlation))
+            .map_err(Error::invalid_input);
+        Box::pin(std::future::ready(redirect))
     }
 
     /// Understands `?access_token=<key>` with a key from
-    /// [`TestKit::magic_link`].
+    /// [`TestKit::magic_link`], and `?code=<key>` with a key from
+    /// [`TestKit::authorization_code`] for the flow's provider.
     fn complete_callback<'a>(
         &'a self,
         params: &'a CallbackParams,
-        _flow: Option<&'a FlowRecord>,
+        flow: Option<&'a FlowRecord>,
     ) -> BoxFuture<'a, Result<CallbackOutcome, Error>> {
         Box::pin(async move {
-            let key = params.single("access_token").ok().flatten().unwrap_or("");
+            let single = |name| params.single(name).ok().flatten();
+            let (key, method) = match (single("code"), flow) {
+                (Some(code), Some(flow)) => (code, SignInMethod::OAuth(flow.provider.clone())),
+                (Some(_), None) => {
+                    return Ok(CallbackOutcome::Failed {
+                        status: http::StatusCode::BAD_REQUEST,
+                        message: "No sign-in was started in this browser.".to_owned(),
+                        rejection: Some(FlowRejection::MissingFlow),
+                    });
+                }
+                (None, _) => (
+                    single("access_token").unwrap_or(""),
+                    SignInMethod::MagicLink,
+                ),
+            };
             let mut state = self.state();
             let Some(user_id) = state.grants.remove(key) else {
                 return Ok(CallbackOutcome::Failed {
@@ -208,47 +372,36 @@ impl Upstream for MemoryUpstream {
                     rejection: Some(FlowRejection::ReplayedGrant),
                 });
             };
-            let token = random_token();
-            state.sessions.insert(token.clone(), user_id.clone());
-            let user = state.users.get(&user_id).cloned();
-            let token = SessionToken::new(token).ok_or_else(|| Error::new(ErrorKind::Decode))?;
-            let mut grant = Grant::new(token, SignInMethod::MagicLink);
-            grant.user = user;
+            let session = self.mint(&mut state, &user_id);
+            let mut grant = Grant::from_session(session, method);
+            grant.user = state.users.get(&user_id).cloned();
             Ok(CallbackOutcome::SignedIn(grant))
         })
     }
 
     fn sign_out<'a>(
         &'a self,
-        token: &'a SessionToken,
+        session: &'a Session,
         scope: SignOutScope,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+        _after: &'a url::Url,
+    ) -> BoxFuture<'a, Result<SignOutOutcome, Error>> {
         Box::pin(async move {
+            let token = session.token.expose();
             let mut state = self.state();
-            let Some(user_id) = state.sessions.get(token.expose()).cloned() else {
-                return Err(Error::new(ErrorKind::InvalidSession));
+            let Some((user_id, _)) = state.sessions.get(token).cloned() else {
+                return Err(Error::invalid_session());
             };
             match scope {
                 SignOutScope::This => {
-                    state.sessions.remove(token.expose());
+                    state.sessions.remove(token);
                 }
-                SignOutScope::All => state.sessions.retain(|_, id| *id != user_id),
+                SignOutScope::All => state.sessions.retain(|_, (id, _)| *id != user_id),
                 SignOutScope::Others => state
                     .sessions
-                    .retain(|t, id| *id != user_id || t == token.expose()),
+                    .retain(|t, (id, _)| *id != user_id || t == token),
             }
-            Ok(())
+            Ok(SignOutOutcome::Done)
         })
-    }
-
-    fn reset_password<'a>(
-        &'a self,
-        _key: &'a Secret,
-        _new_password: &'a str,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        // The memory upstream keeps no passwords; test resets against the
-        // dev upstream (`authgate::dev`).
-        Box::pin(async { Err(Error::new(ErrorKind::InvalidInput)) })
     }
 }
 
@@ -258,6 +411,7 @@ pub struct TestKit {
     upstream: MemoryUpstream,
     layer: AuthLayer,
     cookie_name: String,
+    codec: SessionCodec,
 }
 
 impl Default for TestKit {
@@ -278,13 +432,20 @@ impl TestKit {
 
     /// A kit with your configuration (your cookie name, pages, TTLs).
     pub fn with_config(config: AuthConfig) -> Self {
-        let upstream = MemoryUpstream::default();
+        Self::with_upstream(config, MemoryUpstream::default())
+    }
+
+    /// A kit with your configuration and an upstream in one of its modes
+    /// (`MemoryUpstream::default().with_rotation(..)`, …).
+    pub fn with_upstream(config: AuthConfig, upstream: MemoryUpstream) -> Self {
         let cookie_name = config.session_cookie_name();
         let layer = AuthLayer::new(config, upstream.clone());
+        let codec = layer.codec().clone();
         Self {
             upstream,
             layer,
             cookie_name,
+            codec,
         }
     }
 
@@ -329,24 +490,50 @@ impl TestKit {
 
     /// Mints a new session for the user and returns its token.
     pub fn session(&self, user: &TestUser) -> SessionToken {
-        let token = random_token();
         self.upstream
-            .state()
-            .sessions
-            .insert(token.clone(), user.user.id.clone());
-        SessionToken::new(token).unwrap_or_else(|| unreachable!("hex tokens are valid"))
+            .mint(&mut self.upstream.state(), &user.user.id)
+            .token
+    }
+
+    /// Mints a new session for the user and returns its session cookie
+    /// value (`Cookie: {name}={value}`), encoded as the layer stores it
+    /// (sealed, when the upstream's mode says so). A value over 4,000
+    /// bytes is a chunked cookie: use [`signed_in`](Self::signed_in).
+    pub fn session_cookie(&self, user: &TestUser) -> String {
+        let session = self
+            .upstream
+            .mint(&mut self.upstream.state(), &user.user.id);
+        self.codec
+            .encode(&session)
+            .unwrap_or_else(|_| unreachable!("the kit's sessions fit a cookie"))
     }
 
     /// Requests that carry a new session of the user.
     pub fn signed_in(&self, user: &TestUser) -> TestRequest {
-        let token = self.session(user);
+        let value = self.session_cookie(user);
         TestRequest {
-            cookie: Some(format!(
-                "{}={}",
-                self.cookie_name,
-                crate::cookie::encode_token(&token)
-            )),
+            cookie: Some(self.codec.cookie_header(&value)),
         }
+    }
+
+    /// Requests that carry this session cookie value (for example one a
+    /// response set).
+    pub fn with_session_cookie(&self, value: &str) -> TestRequest {
+        TestRequest {
+            cookie: Some(self.codec.cookie_header(value)),
+        }
+    }
+
+    /// An authorization code that signs the user in on
+    /// `{prefix}/callback?state=…&code=…` (with
+    /// [`MemoryUpstream::with_state_correlation`]).
+    pub fn authorization_code(&self, user: &TestUser) -> String {
+        let code = random_token();
+        self.upstream
+            .state()
+            .grants
+            .insert(code.clone(), user.user.id.clone());
+        code
     }
 
     /// Requests without a session.
@@ -359,11 +546,7 @@ impl TestKit {
     /// click on `{prefix}/continue` that Altogic's e-mail links wait for
     /// ([`AuthConfig::with_email_link_confirmation`](crate::AuthConfig::with_email_link_confirmation)).
     pub fn magic_link(&self, user: &TestUser) -> String {
-        let key = random_token();
-        self.upstream
-            .state()
-            .grants
-            .insert(key.clone(), user.user.id.clone());
+        let key = self.authorization_code(user);
         format!(
             "{}/callback?action=magic-link&status=200&access_token={key}",
             self.layer.config().route_prefix()
@@ -388,23 +571,38 @@ impl TestKit {
         self.upstream.lookups()
     }
 
-    /// What the response did to the session cookie.
+    /// What the response did to the session cookie. A chunked cookie's
+    /// value is its chunks joined, as [`with_session_cookie`](Self::with_session_cookie)
+    /// takes it.
     pub fn session_change<B>(&self, response: &Response<B>) -> SessionChange {
-        let mut change = SessionChange::Unchanged;
+        let mut single = None;
+        let mut chunks: Vec<(usize, String)> = Vec::new();
+        let chunk_prefix = format!("{}__", self.cookie_name);
         for value in response.headers().get_all(SET_COOKIE) {
             let Ok(parsed) = value.to_str().map(cookie::Cookie::parse) else {
                 continue;
             };
             let Ok(parsed) = parsed else { continue };
             if parsed.name() == self.cookie_name {
-                change = if parsed.value().is_empty() {
-                    SessionChange::Cleared
-                } else {
-                    SessionChange::Set(parsed.value().to_owned())
-                };
+                single = Some(parsed.value().to_owned());
+            } else if let Some(index) = parsed
+                .name()
+                .strip_prefix(&chunk_prefix)
+                .and_then(|i| i.parse::<usize>().ok())
+                && !parsed.value().is_empty()
+            {
+                chunks.push((index, parsed.value().to_owned()));
             }
         }
-        change
+        if !chunks.is_empty() {
+            chunks.sort();
+            return SessionChange::Set(chunks.into_iter().map(|(_, v)| v).collect());
+        }
+        match single {
+            Some(value) if value.is_empty() => SessionChange::Cleared,
+            Some(value) => SessionChange::Set(value),
+            None => SessionChange::Unchanged,
+        }
     }
 }
 

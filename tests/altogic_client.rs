@@ -4,7 +4,7 @@
 
 use authgate::altogic::Client;
 use authgate::dev::{DevUpstream, MessageKind};
-use authgate::upstream::{Lookup, Secret, Upstream};
+use authgate::upstream::{Lookup, Secret, Session, Upstream};
 use authgate::{ErrorKind, SessionToken};
 use http::StatusCode;
 use serde_json::json;
@@ -409,11 +409,14 @@ async fn r1_a_wrong_client_key_is_never_an_invalid_session() {
     assert_eq!(err.code(), Some("invalid_client_key"));
     assert!(!err.is_invalid_session());
     assert!(
-        wrong.lookup(&t).await.is_err(),
+        wrong.lookup(&Session::new(t.clone())).await.is_err(),
         "lookup is transient, not Invalid"
     );
-    assert!(matches!(client.lookup(&t).await, Ok(Lookup::Valid { .. })));
-    let revoked = SessionToken::new("no-such-session").unwrap();
+    assert!(matches!(
+        client.lookup(&Session::new(t)).await,
+        Ok(Lookup::Valid(_))
+    ));
+    let revoked = Session::new(SessionToken::new("no-such-session").unwrap());
     assert!(matches!(client.lookup(&revoked).await, Ok(Lookup::Invalid)));
 }
 

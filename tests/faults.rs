@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use authgate::upstream::{
-    BoxFuture, CallbackOutcome, CallbackParams, FlowRecord, Lookup, Secret, SessionToken,
-    SignOutScope, Upstream, User,
+    BoxFuture, CallbackOutcome, CallbackParams, Capabilities, FlowRecord, Lookup, Session,
+    SessionToken, SignInRedirect, SignInStart, SignOutOutcome, SignOutScope, Upstream, User, Valid,
 };
 use authgate::{
     Auth, AuthConfig, AuthLayer, AuthService, AuthState, CurrentUser, ErrorKind, altogic,
@@ -1098,8 +1098,6 @@ struct Scripted {
     script: Arc<Mutex<Script>>,
     errors: Arc<Mutex<Vec<authgate::Error>>>,
     calls: Arc<AtomicU64>,
-    /// Never called over the network; only makes local errors.
-    spare: altogic::Client,
 }
 
 impl Scripted {
@@ -1108,7 +1106,6 @@ impl Scripted {
             script: Arc::new(Mutex::new(Script::Valid)),
             errors: Arc::new(Mutex::new(errors)),
             calls: Arc::new(AtomicU64::new(0)),
-            spare: client_for("http://127.0.0.1:9", UPSTREAM_TIMEOUT),
         }
     }
 
@@ -1121,9 +1118,7 @@ impl Scripted {
     }
 
     fn local_error(&self) -> authgate::Error {
-        self.spare
-            .provider_sign_in_url("no-such-provider")
-            .unwrap_err()
+        authgate::Error::invalid_input("not used by these tests")
     }
 }
 
@@ -1135,18 +1130,19 @@ fn ada() -> User {
 }
 
 impl Upstream for Scripted {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+    }
+
     fn lookup<'a>(
         &'a self,
-        _token: &'a SessionToken,
+        _session: &'a Session,
     ) -> BoxFuture<'a, Result<Lookup, authgate::Error>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let script = *self.script.lock().unwrap();
             match script {
-                Script::Valid => Ok(Lookup::Valid {
-                    user: ada(),
-                    expires_at: None,
-                }),
+                Script::Valid => Ok(Lookup::Valid(Valid::new(ada()))),
                 Script::Invalid => Ok(Lookup::Invalid),
                 Script::Transient => Err(self
                     .errors
@@ -1158,16 +1154,11 @@ impl Upstream for Scripted {
         })
     }
 
-    fn providers(&self) -> &[&str] {
-        &[]
-    }
-
-    fn sign_in_url(
-        &self,
-        _provider: &str,
-        _flow: &FlowRecord,
-    ) -> Result<url::Url, authgate::Error> {
-        Err(self.local_error())
+    fn start_sign_in<'a>(
+        &'a self,
+        _start: SignInStart<'a>,
+    ) -> BoxFuture<'a, Result<SignInRedirect, authgate::Error>> {
+        Box::pin(async move { Err(self.local_error()) })
     }
 
     fn complete_callback<'a>(
@@ -1181,18 +1172,11 @@ impl Upstream for Scripted {
 
     fn sign_out<'a>(
         &'a self,
-        _token: &'a SessionToken,
+        _session: &'a Session,
         _scope: SignOutScope,
-    ) -> BoxFuture<'a, Result<(), authgate::Error>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn reset_password<'a>(
-        &'a self,
-        _key: &'a Secret,
-        _new_password: &'a str,
-    ) -> BoxFuture<'a, Result<(), authgate::Error>> {
-        Box::pin(async move { Err(self.local_error()) })
+        _after: &'a url::Url,
+    ) -> BoxFuture<'a, Result<SignOutOutcome, authgate::Error>> {
+        Box::pin(async { Ok(SignOutOutcome::Done) })
     }
 }
 

@@ -1,8 +1,13 @@
-//! The upstream seam: the small neutral trait the layer needs, and the
-//! neutral [`User`], [`SessionToken`] and [`Grant`] types.
+//! The upstream seam: the neutral [`Upstream`] trait every hosted auth
+//! service plugs in through, and the neutral types it speaks:
+//! [`Capabilities`], [`Session`], [`Lookup`]/[`Valid`], [`Grant`], the
+//! flow types ([`FlowId`], [`FlowRecord`], [`SignInRedirect`]) and
+//! [`User`].
 //!
-//! Each hosted auth service has a typed client (see [`crate::altogic`]) that
-//! implements [`Upstream`] and also exposes the service's own operations.
+//! Each hosted auth service has a typed client (the `altogic` module, behind
+//! the `altogic` feature) that implements [`Upstream`] and also exposes the
+//! service's own operations. An upstream can be written outside the crate
+//! with the public API alone.
 
 use std::fmt;
 use std::future::Future;
@@ -10,6 +15,7 @@ use std::pin::Pin;
 use std::time::SystemTime;
 
 use serde::Serialize;
+use url::Url;
 
 use crate::error::Error;
 use crate::events::{FlowRejection, SignInMethod};
@@ -17,37 +23,22 @@ use crate::events::{FlowRejection, SignInMethod};
 /// A boxed, sendable future, as returned by [`Upstream`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The longest session token authgate accepts, in bytes as stored in the
-/// cookie.
-///
-/// A cookie whose name and value exceed 4096 bytes is dropped by browsers,
-/// so longer tokens could never round-trip (SECURITY.md T-C4).
-pub const MAX_TOKEN_LEN: usize = 4000;
-
-/// An upstream session token. Its `Debug` output is redacted.
+/// An upstream session token (the bearer credential: an Altogic or Webcom
+/// session token, a SlashID JWT, an OpenID Connect access token). Its
+/// `Debug` output is redacted.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SessionToken(Box<str>);
 
 impl SessionToken {
-    /// Wraps a token; `None` if it is empty, holds control characters, or
-    /// would not fit a cookie: longer than [`MAX_TOKEN_LEN`] as stored in
-    /// the cookie (tokens outside `[A-Za-z0-9._-]` are stored base64url,
-    /// a third longer). A browser silently drops a cookie over 4096 bytes,
-    /// which would loop the user back to sign-in; refusing the token makes
-    /// the sign-in fail with a clear error instead (SECURITY.md T-C4).
+    /// Wraps a token; `None` if it is empty or holds control characters.
+    /// Whether it fits a cookie is the session codec's question: a session
+    /// over the cookie budget is split into chunks, and one over the
+    /// configured ceiling fails the sign-in with a clear error
+    /// ([`ErrorKind::SessionTooLarge`](crate::ErrorKind::SessionTooLarge),
+    /// SECURITY.md T-C4).
     pub fn new(token: impl Into<String>) -> Option<Self> {
         let token = token.into();
-        let plain = token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        let stored_len = if plain {
-            token.len()
-        } else {
-            1 + token.len().div_ceil(3) * 4
-        };
-        let valid = !token.is_empty()
-            && stored_len <= MAX_TOKEN_LEN
-            && !token.bytes().any(|b| b.is_ascii_control());
+        let valid = !token.is_empty() && !token.bytes().any(|b| b.is_ascii_control());
         valid.then(|| Self(token.into_boxed_str()))
     }
 
@@ -164,6 +155,9 @@ pub struct User {
     pub groups: Vec<String>,
     /// Organisation id, if the upstream has one.
     pub org: Option<String>,
+    /// A guest or anonymous user (Webcom guests, SlashID anonymous
+    /// persons).
+    pub anonymous: bool,
     /// The upstream's whole user object.
     pub raw: RawJson,
 }
@@ -211,29 +205,225 @@ impl User {
     }
 }
 
+/// One upstream session, whatever its cookie looks like: the bearer token
+/// and, for upstreams that hand out more (OpenID Connect), the ID token,
+/// the refresh token and the token's expiry. `Debug` is redacted.
+///
+/// With [`SessionStorage::Plain`] only [`token`](Self::token) is kept in
+/// the cookie; [`SessionStorage::Sealed`] keeps all of it, encrypted.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Session {
+    /// The bearer token sent upstream.
+    pub token: SessionToken,
+    /// The OpenID Connect ID token (claims, `id_token_hint`), if any.
+    pub id_token: Option<Secret>,
+    /// The refresh token, if any.
+    pub refresh_token: Option<Secret>,
+    /// When [`token`](Self::token) expires, if the upstream says.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Session {
+    /// A session of one bearer token.
+    pub fn new(token: SessionToken) -> Self {
+        Self {
+            token,
+            id_token: None,
+            refresh_token: None,
+            expires_at: None,
+        }
+    }
+
+    /// With the token's expiry.
+    #[must_use]
+    pub fn with_expires_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// With an ID token.
+    #[must_use]
+    pub fn with_id_token(mut self, id_token: Secret) -> Self {
+        self.id_token = Some(id_token);
+        self
+    }
+
+    /// With a refresh token.
+    #[must_use]
+    pub fn with_refresh_token(mut self, refresh_token: Secret) -> Self {
+        self.refresh_token = Some(refresh_token);
+        self
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("token", &self.token)
+            .field("id_token", &self.id_token)
+            .field("refresh_token", &self.refresh_token)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// How the session cookie holds a [`Session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SessionStorage {
+    /// The cookie value is the bearer token itself (base64url after a `~`
+    /// when it has bytes outside `[A-Za-z0-9._-]`). For opaque tokens the
+    /// upstream can look up (Altogic, Webcom).
+    #[default]
+    Plain,
+    /// The whole [`Session`] encrypted with the app key (AES-256-GCM, the
+    /// cookie name as associated data). For token sets (OpenID Connect).
+    Sealed,
+}
+
+/// How long a signed-out session must stay refused locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Revocation {
+    /// The upstream ends sessions itself and answers "invalid" afterwards:
+    /// a local tombstone only has to outlive the cache (fresh TTL plus the
+    /// stale window).
+    #[default]
+    Upstream,
+    /// The upstream cannot end a session (or it is checked locally, like a
+    /// JWT): a tombstone lasts until the session expires, else for the
+    /// configured session max age.
+    UntilExpiry,
+}
+
+/// What an upstream supports, declared once and read when the layer is
+/// built.
+///
+/// ```
+/// use authgate::upstream::{Capabilities, Revocation, SignOutScope};
+///
+/// let caps = Capabilities::new()
+///     .with_providers(["google", "github"])
+///     .with_sign_out_scopes(&[SignOutScope::This])
+///     .with_revocation(Revocation::UntilExpiry);
+/// assert!(caps.supports_sign_out(SignOutScope::This));
+/// assert!(!caps.supports_sign_out(SignOutScope::All));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// How the session cookie holds a session.
+    pub storage: SessionStorage,
+    /// The names accepted by `{prefix}/signin/{provider}`.
+    pub providers: Vec<Box<str>>,
+    /// The sign-out scopes the upstream can end.
+    pub sign_out: &'static [SignOutScope],
+    /// How long a signed-out session stays refused locally.
+    pub revocation: Revocation,
+    /// Whether the upstream verifies back-channel logout tokens
+    /// ([`Upstream::back_channel_logout`]).
+    pub back_channel_logout: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Capabilities {
+    /// Plain storage, no providers, sign-out of this session only,
+    /// upstream revocation, no back-channel logout.
+    pub fn new() -> Self {
+        Self {
+            storage: SessionStorage::Plain,
+            providers: Vec::new(),
+            sign_out: &[SignOutScope::This],
+            revocation: Revocation::Upstream,
+            back_channel_logout: false,
+        }
+    }
+
+    /// With a session storage.
+    #[must_use]
+    pub fn with_storage(mut self, storage: SessionStorage) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// With the providers a sign-in can start with.
+    #[must_use]
+    pub fn with_providers<I, P>(mut self, providers: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<Box<str>>,
+    {
+        self.providers = providers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// With the sign-out scopes the upstream supports.
+    #[must_use]
+    pub fn with_sign_out_scopes(mut self, scopes: &'static [SignOutScope]) -> Self {
+        self.sign_out = scopes;
+        self
+    }
+
+    /// With a revocation horizon.
+    #[must_use]
+    pub fn with_revocation(mut self, revocation: Revocation) -> Self {
+        self.revocation = revocation;
+        self
+    }
+
+    /// With back-channel logout.
+    #[must_use]
+    pub fn with_back_channel_logout(mut self, supported: bool) -> Self {
+        self.back_channel_logout = supported;
+        self
+    }
+
+    /// Whether `provider` is one of [`providers`](Self::providers).
+    pub fn has_provider(&self, provider: &str) -> bool {
+        self.providers.iter().any(|p| &**p == provider)
+    }
+
+    /// Whether the upstream can end sessions in `scope`.
+    pub fn supports_sign_out(&self, scope: SignOutScope) -> bool {
+        self.sign_out.contains(&scope)
+    }
+}
+
 /// A session handed out by the upstream (sign-in, sign-up, grant exchange).
 /// Turn it into a cookie with [`Auth::sign_in`](crate::Auth::sign_in).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Grant {
-    /// The new session token.
-    pub token: SessionToken,
+    /// The new session.
+    pub session: Session,
     /// The user, when the upstream returned it with the session.
     pub user: Option<User>,
-    /// When the session ends, if the upstream says.
-    pub expires_at: Option<SystemTime>,
     /// How the user signed in (for [auth events](crate::events)).
     pub method: SignInMethod,
+    /// The upstream's id of the session, if it has one (OpenID Connect
+    /// `sid`).
+    pub session_id: Option<String>,
 }
 
 impl Grant {
     /// A grant for a session token.
     pub fn new(token: SessionToken, method: SignInMethod) -> Self {
+        Self::from_session(Session::new(token), method)
+    }
+
+    /// A grant for a whole session.
+    pub fn from_session(session: Session, method: SignInMethod) -> Self {
         Self {
-            token,
+            session,
             user: None,
-            expires_at: None,
             method,
+            session_id: None,
         }
     }
 
@@ -247,24 +437,96 @@ impl Grant {
     /// With the session's end.
     #[must_use]
     pub fn with_expires_at(mut self, at: SystemTime) -> Self {
-        self.expires_at = Some(at);
+        self.session.expires_at = Some(at);
         self
+    }
+
+    /// The session token.
+    pub fn token(&self) -> &SessionToken {
+        &self.session.token
     }
 }
 
-/// The answer to "who owns this token?".
+/// The answer to "who owns this session?".
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // made once per upstream call, never stored
 pub enum Lookup {
-    /// The token is valid and belongs to this user.
-    Valid {
-        /// The user.
-        user: User,
-        /// When the session ends, if the upstream says.
-        expires_at: Option<SystemTime>,
-    },
-    /// The upstream definitively said the token is invalid.
+    /// The session is valid.
+    Valid(Valid),
+    /// The upstream definitively said the session is invalid.
     Invalid,
+}
+
+/// A valid session's user and the deadlines the upstream sets on it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Valid {
+    /// The user.
+    pub user: User,
+    /// When the session ends: a hard cap on the cache's fresh and stale
+    /// deadlines and on the cookie's `Max-Age`. `None`: no known end.
+    pub expires_at: Option<SystemTime>,
+    /// When to ask the upstream again (a JWT's refresh point, a remote
+    /// check interval). `None`: the configured cache TTL.
+    pub recheck_at: Option<SystemTime>,
+    /// A new session that replaces the request's (a refresh happened). The
+    /// core seals it once and sets it on every waiting request; the old
+    /// cookie stays served for a short successor window (SECURITY.md R10).
+    pub rotated: Option<Session>,
+    /// The upstream's session id (OpenID Connect `sid`).
+    pub session_id: Option<String>,
+    /// When the session was issued (a JWT's `iat`), for user-wide
+    /// revocations ("every session of this user issued before T").
+    pub issued_at: Option<SystemTime>,
+}
+
+impl Valid {
+    /// A valid session of `user` with no deadlines of its own.
+    pub fn new(user: User) -> Self {
+        Self {
+            user,
+            expires_at: None,
+            recheck_at: None,
+            rotated: None,
+            session_id: None,
+            issued_at: None,
+        }
+    }
+
+    /// With the session's end.
+    #[must_use]
+    pub fn with_expires_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// With the time to ask again.
+    #[must_use]
+    pub fn with_recheck_at(mut self, at: SystemTime) -> Self {
+        self.recheck_at = Some(at);
+        self
+    }
+
+    /// With the session that replaces the request's.
+    #[must_use]
+    pub fn with_rotated(mut self, session: Session) -> Self {
+        self.rotated = Some(session);
+        self
+    }
+
+    /// With the upstream's session id.
+    #[must_use]
+    pub fn with_session_id(mut self, id: impl Into<String>) -> Self {
+        self.session_id = Some(id.into());
+        self
+    }
+
+    /// With the issue time.
+    #[must_use]
+    pub fn with_issued_at(mut self, at: SystemTime) -> Self {
+        self.issued_at = Some(at);
+        self
+    }
 }
 
 /// Which sessions a sign-out ends.
@@ -357,14 +619,215 @@ impl fmt::Debug for CallbackParams {
     }
 }
 
-/// The browser-bound record of a sign-in in flight (kept in the encrypted
-/// flow cookie).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The id of one sign-in in flight: 32 bytes from the operating system's
+/// random source, base64url (43 characters). It is the OAuth `state`
+/// (RFC 6749 §10.12) wherever the upstream carries one back.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct FlowId(Box<str>);
+
+impl FlowId {
+    /// A fresh id from the OS random source.
+    pub(crate) fn generate() -> Self {
+        use base64::Engine as _;
+        use rand::RngCore as _;
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(bytes)
+                .into_boxed_str(),
+        )
+    }
+
+    /// The id as sent in URLs (`state=`, `flow=`).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `candidate` is this id, compared in constant time.
+    pub(crate) fn matches(&self, candidate: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.len() == candidate.len() && bool::from(self.0.as_bytes().ct_eq(candidate.as_bytes()))
+    }
+}
+
+impl fmt::Debug for FlowId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FlowId(<redacted>)")
+    }
+}
+
+/// How a callback landing finds its flow record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum Correlation {
+    /// The upstream sends the flow id back as the OAuth `state` parameter.
+    State,
+    /// The sign-in URL's return address carries `?flow=<id>` and the
+    /// upstream keeps it (Webcom's redirect mode).
+    CallbackQuery,
+    /// Nothing comes back (Altogic's fixed redirect URL): the core keeps a
+    /// few flows per browser and picks the one whose provider matches the
+    /// landing's exchange result, the most recent on a tie.
+    Single,
+}
+
+/// The upstream's own per-flow data (a PKCE verifier, a nonce, a
+/// `requestKey`), sealed in the flow cookie with the core's record and
+/// handed back to [`Upstream::complete_callback`]. Its `Debug` output is
+/// redacted.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct FlowData(Box<serde_json::value::RawValue>);
+
+impl FlowData {
+    /// No data.
+    pub fn none() -> Self {
+        Self(serde_json::value::RawValue::NULL.to_owned())
+    }
+
+    /// Data from any serializable value.
+    pub fn new<T: Serialize>(value: &T) -> Result<Self, Error> {
+        serde_json::value::to_raw_value(value)
+            .map(Self)
+            .map_err(Error::invalid_input)
+    }
+
+    /// The data, deserialized.
+    pub fn get<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_str(self.0.get()).map_err(Error::bad_answer)
+    }
+}
+
+impl Default for FlowData {
+    fn default() -> Self {
+        Self::none()
+    }
+}
+
+impl fmt::Debug for FlowData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FlowData(<redacted>)")
+    }
+}
+
+impl PartialEq for FlowData {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+/// Whether the user must sign in again at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Prompt {
+    /// The provider decides (an existing provider session may be reused).
+    #[default]
+    Default,
+    /// Fresh authentication (`?prompt=login` on the start route; OpenID
+    /// Connect `prompt=login`): the answer to
+    /// [`ErrorKind::FreshAuthRequired`](crate::ErrorKind::FreshAuthRequired).
+    Login,
+}
+
+/// What [`Upstream::start_sign_in`] gets: the provider, the flow's id and
+/// the app's callback URL.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct SignInStart<'a> {
+    /// The provider, one of [`Capabilities::providers`].
+    pub provider: &'a str,
+    /// The flow's id: send it as `state` (or in the return address).
+    pub flow: &'a FlowId,
+    /// The app's callback URL ([`AuthConfig::callback_url`](crate::AuthConfig::callback_url)).
+    pub callback_url: &'a Url,
+    /// Whether the user must authenticate again.
+    pub prompt: Prompt,
+}
+
+impl<'a> SignInStart<'a> {
+    /// A start for `provider` (for upstream implementations' own tests).
+    pub fn new(provider: &'a str, flow: &'a FlowId, callback_url: &'a Url) -> Self {
+        Self {
+            provider,
+            flow,
+            callback_url,
+            prompt: Prompt::Default,
+        }
+    }
+}
+
+/// Where to send the browser to sign in, and what to remember.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SignInRedirect {
+    /// The upstream's (or provider's) sign-in URL.
+    pub url: Url,
+    /// How the callback will find this flow.
+    pub correlation: Correlation,
+    /// The upstream's own per-flow data.
+    pub data: FlowData,
+}
+
+impl SignInRedirect {
+    /// A redirect with no per-flow data.
+    pub fn new(url: Url, correlation: Correlation) -> Self {
+        Self {
+            url,
+            correlation,
+            data: FlowData::none(),
+        }
+    }
+
+    /// With per-flow data.
+    #[must_use]
+    pub fn with_data(mut self, data: FlowData) -> Self {
+        self.data = data;
+        self
+    }
+}
+
+/// A sign-in in flight, sealed in its own flow cookie and checked by the
+/// core (flow id in constant time, correlation, provider) before the
+/// upstream sees the landing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct FlowRecord {
     /// The provider the flow was started for.
     pub provider: String,
     /// Where to go after signing in (validated again at use).
     pub return_to: String,
+    /// The flow's id.
+    pub flow: FlowId,
+    /// How the callback finds it.
+    pub correlation: Correlation,
+    /// The upstream's own data.
+    pub data: FlowData,
+    /// When the flow started, in seconds since the Unix epoch.
+    pub started: u64,
+}
+
+/// What a sign-out amounts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignOutOutcome {
+    /// Done; the browser goes to the validated `return_to`.
+    Done,
+    /// The browser must visit the upstream to finish (an OpenID Connect
+    /// `end_session_endpoint`); it comes back to the `after` URL.
+    Redirect(Url),
+}
+
+/// Whom a back-channel logout ends (OpenID Connect Back-Channel Logout
+/// 1.0 §2.4: `sid`, `sub` or both).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionRevocation {
+    /// The upstream's session id.
+    pub sid: Option<String>,
+    /// The user's id.
+    pub sub: Option<String>,
 }
 
 /// What a callback landing amounts to.
@@ -389,22 +852,38 @@ pub enum CallbackOutcome {
     },
 }
 
-/// The operations the layer needs from a hosted auth service.
+/// The seam between authgate's core and a hosted auth service: the few
+/// operations the layer needs. Each upstream's typed client implements it
+/// (see the `altogic` module) and offers the service's other operations
+/// itself.
 ///
-/// Implemented by [`altogic::Client`](crate::altogic::Client); implement it
-/// for any other upstream. Methods return [`BoxFuture`] so the layer can
-/// hold an `Arc<dyn Upstream>`.
+/// The core owns every cookie (session, flow, reset), every cache entry and
+/// every deadline; an upstream owns its wire protocol and an opaque
+/// per-flow blob ([`FlowData`]). Methods return [`BoxFuture`] so the layer
+/// holds one `Arc<dyn Upstream>`; they are reached only on cold events
+/// (a cache miss, a sign-in, a sign-out), never on the warm path.
+///
+/// Report failures with [`Error`]'s constructors
+/// ([`Error::unavailable`], [`Error::timeout`], [`Error::rate_limited`],
+/// [`Error::bad_answer`], …): only `Ok(Lookup::Invalid)` signs a user
+/// out; every `Err` keeps the cookie (SECURITY.md R1).
 pub trait Upstream: Send + Sync + 'static {
-    /// Resolves a session token to its user. Return `Ok(Lookup::Invalid)`
-    /// only on a definitive "this token is invalid"; everything else that is
+    /// What this upstream supports; read once when the layer is built.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Resolves a session to its user. Return `Ok(Lookup::Invalid)` only
+    /// on a definitive "this session is invalid"; everything else that is
     /// not a user is an `Err` and keeps the cookie.
-    fn lookup<'a>(&'a self, token: &'a SessionToken) -> BoxFuture<'a, Result<Lookup, Error>>;
+    fn lookup<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<Lookup, Error>>;
 
-    /// The OAuth providers this upstream can start a sign-in with.
-    fn providers(&self) -> &[&str];
-
-    /// The URL to send the browser to for a provider sign-in.
-    fn sign_in_url(&self, provider: &str, flow: &FlowRecord) -> Result<url::Url, Error>;
+    /// Starts a sign-in with a provider: the URL to send the browser to,
+    /// how the callback will find the flow, and the upstream's own data
+    /// for it. The core has checked the provider against
+    /// [`Capabilities::providers`].
+    fn start_sign_in<'a>(
+        &'a self,
+        start: SignInStart<'a>,
+    ) -> BoxFuture<'a, Result<SignInRedirect, Error>>;
 
     /// Whether a landing comes from a link in an e-mail (a magic link, an
     /// address confirmation) that should be confirmed by a click before it
@@ -418,24 +897,36 @@ pub trait Upstream: Send + Sync + 'static {
         false
     }
 
-    /// Completes a callback landing (never cached, never coalesced).
+    /// Completes a callback landing (never cached, never coalesced). `flow`
+    /// is the record the core found and checked for this landing; `None`
+    /// when the browser has no flow in flight (an e-mail link, or a
+    /// landing nobody started here, which an OAuth landing must refuse).
+    /// A [`Correlation::Single`] upstream names the provider that really
+    /// signed in with [`SignInMethod::OAuth`]; the core then picks the
+    /// browser's flow for that provider.
     fn complete_callback<'a>(
         &'a self,
         params: &'a CallbackParams,
         flow: Option<&'a FlowRecord>,
     ) -> BoxFuture<'a, Result<CallbackOutcome, Error>>;
 
-    /// Ends sessions upstream.
+    /// Ends sessions upstream. `scope` is one of
+    /// [`Capabilities::sign_out`]; `after` is where the browser goes next
+    /// (for a [`SignOutOutcome::Redirect`] back to the app).
     fn sign_out<'a>(
         &'a self,
-        token: &'a SessionToken,
+        session: &'a Session,
         scope: SignOutScope,
-    ) -> BoxFuture<'a, Result<(), Error>>;
+        after: &'a Url,
+    ) -> BoxFuture<'a, Result<SignOutOutcome, Error>>;
 
-    /// Sets a new password with a password-reset key.
-    fn reset_password<'a>(
+    /// Verifies a back-channel logout token (OpenID Connect Back-Channel
+    /// Logout 1.0) and says whom it ends. Default: unsupported.
+    fn back_channel_logout<'a>(
         &'a self,
-        key: &'a Secret,
-        new_password: &'a str,
-    ) -> BoxFuture<'a, Result<(), Error>>;
+        logout_token: &'a str,
+    ) -> BoxFuture<'a, Result<SessionRevocation, Error>> {
+        let _ = logout_token;
+        Box::pin(std::future::ready(Err(Error::unsupported())))
+    }
 }

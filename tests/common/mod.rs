@@ -256,8 +256,10 @@ async fn sign_in(
 ) -> Response {
     match client.sign_in_with_email(&form.email, &form.password).await {
         Ok(response) => {
-            if let Some(grant) = response.into_grant() {
-                auth.sign_in(grant);
+            if let Some(grant) = response.into_grant()
+                && let Err(err) = auth.sign_in(grant)
+            {
+                return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response();
             }
             Redirect::to(&auth.return_to(form.return_to.as_deref())).into_response()
         }
@@ -281,8 +283,16 @@ async fn reset_page(auth: Auth) -> String {
     }
 }
 
-async fn reset_submit(_: SameOrigin, auth: Auth, Form(form): Form<ResetForm>) -> Response {
-    match auth.reset_password(&form.password).await {
+async fn reset_submit(
+    _: SameOrigin,
+    auth: Auth,
+    State(client): State<altogic::Client>,
+    Form(form): Form<ResetForm>,
+) -> Response {
+    let reset = auth.reset_password_with(|key| async move {
+        client.reset_pwd_with_token(&key, &form.password).await
+    });
+    match reset.await {
         Ok(()) => Redirect::to("/signin?reset=ok").into_response(),
         Err(err) => (StatusCode::BAD_REQUEST, format!("reset failed: {err}")).into_response(),
     }

@@ -229,7 +229,14 @@ pub(crate) fn finish_sign_in(
             code: None,
         });
     };
-    view.auth.sign_in(grant);
+    if let Err(err) = view.auth.sign_in(grant) {
+        // The session does not fit a cookie: a retry cannot help.
+        return Err(Problem {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("You could not be signed in: {err}. Trying again will not help."),
+            code: None,
+        });
+    }
     let target = view.auth.return_to(return_to.filter(|r| !r.is_empty()));
     Ok(axum::response::Redirect::to(&target).into_response())
 }

@@ -114,7 +114,11 @@ pub(crate) async fn reset(
     let problem = if form.password.is_empty() {
         Problem::invalid("Enter a new password.")
     } else {
-        match view.auth.reset_password(&form.password).await {
+        let altogic = view.altogic();
+        let reset = view.auth.reset_password_with(|key| async move {
+            altogic.reset_pwd_with_token(&key, &form.password).await
+        });
+        match reset.await {
             Ok(()) => return Redirect::to("/signin?notice=password-reset").into_response(),
             Err(err) if err.kind() == ErrorKind::InvalidInput => {
                 Problem::invalid("This password-reset link has expired or was already used.")
