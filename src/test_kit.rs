@@ -566,6 +566,16 @@ impl TestKit {
         self.upstream.state().faults.remove(&user.user.id);
     }
 
+    /// How many sessions of the user the upstream holds.
+    pub fn sessions_of(&self, user: &TestUser) -> usize {
+        self.upstream
+            .state()
+            .sessions
+            .values()
+            .filter(|(id, _)| *id == user.user.id)
+            .count()
+    }
+
     /// How many user lookups reached the upstream (cache misses).
     pub fn upstream_lookups(&self) -> u64 {
         self.upstream.lookups()

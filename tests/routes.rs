@@ -742,3 +742,95 @@ async fn email_links_sign_in_on_get_when_confirmation_is_off() {
     assert!(set_cookie(response.headers(), "__Host-authgate").is_some());
     assert!(set_cookie(response.headers(), LINK).is_none());
 }
+
+/// Runs the dev simulator for a sign-in already started (`target` is the
+/// upstream URL the start redirected to) and returns the callback path.
+async fn simulate_consent(target: &str, name: &str, email: &str) -> String {
+    let landing = no_redirect_client()
+        .post(target)
+        .form(&[("name", name), ("email", email), ("decision", "continue")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(landing.status(), StatusCode::SEE_OTHER);
+    local_path(landing.headers()["location"].to_str().unwrap())
+}
+
+/// SEAM.md M1–M3, issue 9 point 2: two tabs of one browser start a Google
+/// and a GitHub sign-in; Altogic carries no `state` back, so the core keeps
+/// both flows and picks the one whose provider the exchange names. Each tab
+/// lands on its own `return_to`, and the sign-in event names the provider
+/// that really signed in.
+#[tokio::test]
+async fn two_tabs_signing_in_with_two_providers_each_land_on_their_own_page() {
+    let (events, mut received) = authgate::events::AuthEvents::channel(64);
+    let site = site_with(|config| config.with_events(events)).await;
+
+    // Tab 1 starts Google; tab 2 starts GitHub with the browser's cookies.
+    let first = site
+        .get("/auth/signin/google?return_to=%2Fa%3Ftab%3D1", None)
+        .await;
+    let google = location(&first).to_owned();
+    let jar = format!(
+        "{FLOW}={}",
+        set_cookie(first.headers(), FLOW).unwrap().value()
+    );
+    let second = site
+        .get("/auth/signin/github?return_to=%2Fb%3Ftab%3D2", Some(&jar))
+        .await;
+    let github = location(&second).to_owned();
+    let jar = format!(
+        "{FLOW}={}",
+        set_cookie(second.headers(), FLOW).unwrap().value()
+    );
+
+    let google_callback = simulate_consent(&google, "Grace Hopper", "grace@example.test").await;
+    let github_callback = simulate_consent(&github, "Ada Lovelace", "ada@example.test").await;
+
+    // The first tab's landing arrives second.
+    let landed = site.get(&github_callback, Some(&jar)).await;
+    assert_eq!(landed.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&landed), "https://app.example/b?tab=2");
+    let left = set_cookie(landed.headers(), FLOW).expect("the other flow is kept");
+    assert!(!is_removal(&left));
+    let jar = format!("{FLOW}={}", left.value());
+
+    let landed = site.get(&google_callback, Some(&jar)).await;
+    assert_eq!(landed.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&landed), "https://app.example/a?tab=1");
+    assert!(is_removal(&set_cookie(landed.headers(), FLOW).unwrap()));
+
+    let mut providers = Vec::new();
+    while let Ok(event) = received.try_recv() {
+        if let authgate::events::AuthEvent::SignedIn { method, .. } = event {
+            providers.push(method.to_string());
+        }
+    }
+    assert_eq!(providers, ["oauth:github", "oauth:google"]);
+}
+
+/// A landing for a provider this browser never started while another
+/// flow is in flight (login CSRF with a planted landing): nobody is signed
+/// in, and the session the exchange created is ended upstream.
+#[tokio::test]
+async fn a_landing_for_a_provider_never_started_here_is_refused_and_its_session_ended() {
+    let site = site().await;
+    let started = site.get("/auth/signin/google?return_to=%2Fa", None).await;
+    let jar = format!(
+        "{FLOW}={}",
+        set_cookie(started.headers(), FLOW).unwrap().value()
+    );
+    // The attacker's own GitHub landing, planted in the victim's browser.
+    let github = format!("{}/_auth/github", site.dev.url());
+    let callback = simulate_consent(&github, "Mallory", "mallory@example.test").await;
+    let calls = site.dev.upstream_calls();
+    let response = site.get(&callback, Some(&jar)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(set_cookie(response.headers(), "__Host-authgate").is_none());
+    // The victim's own Google flow stays in flight.
+    assert!(set_cookie(response.headers(), FLOW).is_none());
+    let body = body_string(response).await;
+    assert!(body.contains("No sign-in with this provider"), "{body}");
+    // The grant exchange, then the sign-out of the session it created.
+    assert_eq!(site.dev.upstream_calls(), calls + 2);
+}

@@ -1,0 +1,372 @@
+//! Seam v2 in the core, proven with the test kit's in-memory upstream in
+//! its modes: rotation (SECURITY.md R10), expiry caps (T-H2), revocation
+//! horizons and user-wide marks (SEAM.md M14), sealed and chunked sessions
+//! (T-C4, M13, M17).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use authgate::events::SignInMethod;
+use authgate::test::{Fault, MemoryUpstream, SessionChange, TestKit};
+use authgate::{Auth, AuthConfig, CurrentUser, ErrorKind, Grant, SessionToken};
+use axum::Router;
+use axum::body::Body;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use http::header::{COOKIE, SET_COOKIE};
+use http::{Response, StatusCode};
+use tower::ServiceExt as _;
+use tower_layer::Layer as _;
+
+type App = authgate::AuthService<Router>;
+
+fn config() -> AuthConfig {
+    AuthConfig::new("https://app.test")
+        .unwrap()
+        .with_key([3u8; 64])
+        .unwrap()
+}
+
+fn app(kit: &TestKit) -> App {
+    let router = Router::new()
+        .route(
+            "/account",
+            get(|user: CurrentUser| async move { user.id.clone() }),
+        )
+        .route(
+            "/tokens",
+            get(|auth: Auth, _user: CurrentUser| async move {
+                let before = auth.token().map(|t| t.expose().to_owned());
+                let now = auth.session().await.map(|s| s.token.expose().to_owned());
+                format!("{} {}", before.unwrap_or_default(), now.unwrap_or_default())
+            }),
+        )
+        .route(
+            "/signout-local",
+            post(|auth: Auth| async move {
+                auth.sign_out_locally();
+                "signed out here"
+            }),
+        )
+        .route(
+            "/grant",
+            post(|auth: Auth| async move {
+                let token = SessionToken::new("x".repeat(9_000)).unwrap();
+                match auth.sign_in(Grant::new(token, SignInMethod::Password)) {
+                    Ok(()) => "signed in".into_response(),
+                    Err(err) => {
+                        assert_eq!(err.kind(), ErrorKind::SessionTooLarge);
+                        (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response()
+                    }
+                }
+            }),
+        )
+        .with_state(());
+    kit.layer().layer(router)
+}
+
+async fn send(app: &App, request: http::Request<Body>) -> Response<Body> {
+    app.clone().oneshot(request).await.unwrap()
+}
+
+async fn body(response: Response<Body>) -> String {
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn set_value(kit: &TestKit, response: &Response<Body>) -> String {
+    match kit.session_change(response) {
+        SessionChange::Set(value) => value,
+        other => panic!("expected a new session cookie, got {other:?}"),
+    }
+}
+
+/// R10: 100 concurrent requests carrying a session that is due for a
+/// refresh make one rotation, and every one of them sets the same new
+/// cookie; a request still carrying the old cookie inside the successor
+/// window is served and healed; past it, the old session is gone.
+#[tokio::test(start_paused = true)]
+async fn r10_a_due_session_rotates_once_and_every_waiting_request_sets_the_same_cookie() {
+    let upstream = MemoryUpstream::default().with_rotation(Duration::from_secs(300));
+    let kit = TestKit::with_upstream(config(), upstream);
+    let app = app(&kit);
+    let user = kit.user("ada@example.test");
+    let old = kit.session_cookie(&user);
+
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let app = app.clone();
+            let request = kit.with_session_cookie(&old).get("/account");
+            tokio::spawn(async move { app.oneshot(request).await.unwrap() })
+        })
+        .collect();
+    let mut values = HashSet::new();
+    for task in tasks {
+        let response = task.await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        values.insert(set_value(&kit, &response));
+    }
+    assert_eq!(kit.upstream().rotations(), 1, "one rotation");
+    assert_eq!(kit.upstream_lookups(), 1, "one lookup");
+    assert_eq!(values.len(), 1, "every response sets the same cookie");
+    let new = values.into_iter().next().unwrap();
+    assert_ne!(new, old);
+
+    // The new cookie is warm: served from the cache, nothing set.
+    let response = send(&app, kit.with_session_cookie(&new).get("/account")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(kit.session_change(&response), SessionChange::Unchanged);
+    assert_eq!(kit.upstream_lookups(), 1);
+
+    // A sibling that left with the old cookie: served and healed.
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let response = send(&app, kit.with_session_cookie(&old).get("/account")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(set_value(&kit, &response), new);
+    assert_eq!(kit.upstream_lookups(), 1, "no second refresh");
+
+    // Past the successor window the old session is simply dead.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let response = send(&app, kit.with_session_cookie(&old).get("/account")).await;
+    assert_ne!(response.status(), StatusCode::OK);
+    assert_eq!(kit.session_change(&response), SessionChange::Cleared);
+
+    // Due again: the upstream's recheck time ends the new cookie's freshness.
+    tokio::time::advance(Duration::from_secs(300)).await;
+    let response = send(&app, kit.with_session_cookie(&new).get("/account")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let newer = set_value(&kit, &response);
+    assert!(newer != new && newer != old);
+    assert_eq!(kit.upstream().rotations(), 2);
+}
+
+/// `Auth::token` is the cookie's token; `Auth::session` resolves first, so
+/// after a rotation in the same request it is the new session (SEAM.md M16).
+#[tokio::test]
+async fn auth_session_is_the_rotated_session() {
+    let upstream = MemoryUpstream::default().with_rotation(Duration::from_secs(300));
+    let kit = TestKit::with_upstream(config(), upstream);
+    let app = app(&kit);
+    let user = kit.user("ada@example.test");
+    let response = send(&app, kit.signed_in(&user).get("/tokens")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = body(response).await;
+    let (before, now) = text.split_once(' ').unwrap();
+    assert!(!before.is_empty() && !now.is_empty());
+    assert_ne!(before, now);
+}
+
+/// SEAM.md M14, issue 9 point 5: a lookup is held at the upstream for 2 s;
+/// meanwhile the same user signs out everywhere from another browser. When
+/// the held answer arrives, the first browser is not signed in, neither
+/// then nor on its next request.
+#[tokio::test(start_paused = true)]
+async fn m14_a_held_lookup_never_signs_in_a_browser_signed_out_everywhere_meanwhile() {
+    let kit = TestKit::with_config(config());
+    let app = app(&kit);
+    let user = kit.user("ada@example.test");
+    let first = kit.signed_in(&user);
+    let second = kit.signed_in(&user);
+    let response = send(&app, second.get("/account")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    kit.fail(&user, Fault::Delay(Duration::from_secs(2)));
+    let held = {
+        let app = app.clone();
+        let request = first.get("/account");
+        tokio::spawn(async move { app.oneshot(request).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let lookups = kit.upstream_lookups();
+    assert_eq!(lookups, 2, "the first browser's lookup is at the upstream");
+
+    let signed_out = send(&app, second.post_form("/auth/signout?scope=all", "")).await;
+    assert_eq!(signed_out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(kit.session_change(&signed_out), SessionChange::Cleared);
+    assert_eq!(kit.sessions_of(&user), 0);
+
+    let response = held.await.unwrap();
+    assert_ne!(response.status(), StatusCode::OK, "not signed in then");
+    assert_eq!(kit.session_change(&response), SessionChange::Cleared);
+    let response = send(&app, first.get("/account")).await;
+    assert_ne!(response.status(), StatusCode::OK, "nor on the next request");
+}
+
+/// SECURITY.md T-H2 and SEAM.md M5: the session's expiry caps the cache's
+/// deadlines, so an expired session is never served stale during an
+/// outage (a session without expiry is, within the stale window), and a
+/// sign-in's cookie lives no longer than its session.
+#[tokio::test(start_paused = true)]
+async fn t_h2_an_expired_session_is_never_served_stale() {
+    for (lifetime, served_stale) in [(Some(30), false), (None, true)] {
+        let mut upstream = MemoryUpstream::default();
+        if let Some(secs) = lifetime {
+            upstream = upstream.with_session_lifetime(Duration::from_secs(secs));
+        }
+        let kit = TestKit::with_upstream(config(), upstream);
+        let app = app(&kit);
+        let user = kit.user("ada@example.test");
+        let request = kit.signed_in(&user);
+        assert_eq!(
+            send(&app, request.get("/account")).await.status(),
+            StatusCode::OK
+        );
+        kit.fail(&user, Fault::Unavailable);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let response = send(&app, request.get("/account")).await;
+        let expected = if served_stale {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        assert_eq!(response.status(), expected, "lifetime {lifetime:?}");
+        // An outage never signs anyone out.
+        assert_eq!(kit.session_change(&response), SessionChange::Unchanged);
+    }
+
+    let upstream = MemoryUpstream::default().with_session_lifetime(Duration::from_secs(30));
+    let kit = TestKit::with_upstream(config(), upstream);
+    let app = app(&kit);
+    let user = kit.user("ada@example.test");
+    let landed = send(&app, kit.anonymous().get(&kit.magic_link(&user))).await;
+    assert_eq!(landed.status(), StatusCode::SEE_OTHER);
+    let line = landed
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| cookie::Cookie::parse(v.to_str().unwrap().to_owned()).unwrap())
+        .find(|c| c.name() == "__Host-authgate")
+        .unwrap();
+    let max_age = line.max_age().unwrap().whole_seconds();
+    assert!((1..=30).contains(&max_age), "Max-Age {max_age}");
+}
+
+/// SEAM.md M14: for an upstream that cannot end sessions, a local
+/// sign-out's tombstone lasts until the session expires, not for the
+/// cache's horizon; for one that can, the upstream is asked again after
+/// the horizon.
+#[tokio::test(start_paused = true)]
+async fn tombstones_last_as_long_as_the_upstream_revocation_horizon_says() {
+    let hour = Duration::from_secs(3600);
+    for (until_expiry, asked_again) in [(true, false), (false, true)] {
+        let mut upstream = MemoryUpstream::default().with_session_lifetime(hour);
+        if until_expiry {
+            upstream = upstream.with_revocation_until_expiry();
+        }
+        let kit = TestKit::with_upstream(config(), upstream);
+        let app = app(&kit);
+        let user = kit.user("ada@example.test");
+        let request = kit.signed_in(&user);
+        assert_eq!(
+            send(&app, request.get("/account")).await.status(),
+            StatusCode::OK
+        );
+        let out = send(&app, request.post_form("/signout-local", "")).await;
+        assert_eq!(kit.session_change(&out), SessionChange::Cleared);
+        // The browser keeps sending the old cookie (a copy, a replay).
+        tokio::time::advance(Duration::from_secs(600)).await;
+        let lookups = kit.upstream_lookups();
+        let response = send(&app, request.get("/account")).await;
+        let was_asked = kit.upstream_lookups() > lookups;
+        assert_eq!(was_asked, asked_again, "until_expiry={until_expiry}");
+        if until_expiry {
+            assert_ne!(response.status(), StatusCode::OK);
+        }
+    }
+}
+
+/// SEAM.md M13, M17, SECURITY.md T-C4: a sealed session larger than one
+/// cookie is split into chunks; the browser's chunks are joined into the
+/// cache key, so the second request costs no upstream call, and the cookie
+/// never shows the token.
+#[tokio::test]
+async fn sealed_sessions_over_one_cookie_are_chunked_and_stay_warm() {
+    let upstream = MemoryUpstream::default()
+        .with_sealed_sessions()
+        .with_token_bytes(2_000);
+    let kit = TestKit::with_upstream(config(), upstream);
+    let app = app(&kit);
+    let user = kit.user("ada@example.test");
+    let request = kit.signed_in(&user);
+    let probe = request.get("/account");
+    let header = probe.headers()[COOKIE].to_str().unwrap().to_owned();
+    assert!(header.contains("__Host-authgate__0=") && header.contains("__Host-authgate__1="));
+    assert!(!header.contains("__Host-authgate="));
+    for lookups in [1, 1] {
+        let response = send(&app, request.get("/account")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(kit.upstream_lookups(), lookups);
+    }
+
+    // A sign-in writes the chunks, each within a browser's 4096 bytes.
+    let landed = send(&app, kit.anonymous().get(&kit.magic_link(&user))).await;
+    assert_eq!(landed.status(), StatusCode::SEE_OTHER);
+    let chunks: Vec<_> = landed
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| cookie::Cookie::parse(v.to_str().unwrap().to_owned()).unwrap())
+        .filter(|c| c.name().starts_with("__Host-authgate__"))
+        .collect();
+    assert_eq!(chunks.len(), 2);
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.name().len() + c.value().len() <= 4096)
+    );
+    let value = set_value(&kit, &landed);
+    let response = send(&app, kit.with_session_cookie(&value).get("/account")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(kit.upstream_lookups(), 1, "primed by the sign-in");
+}
+
+/// A chunked sealed session that rotates: every chunk is replaced.
+#[tokio::test]
+async fn a_rotated_chunked_session_replaces_every_chunk() {
+    let upstream = MemoryUpstream::default()
+        .with_sealed_sessions()
+        .with_token_bytes(2_000)
+        .with_rotation(Duration::from_secs(300));
+    let kit = TestKit::with_upstream(config(), upstream);
+    let app = app(&kit);
+    let user = kit.user("ada@example.test");
+    let old = kit.session_cookie(&user);
+    let response = send(&app, kit.with_session_cookie(&old).get("/account")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let new = set_value(&kit, &response);
+    assert_ne!(new, old);
+    let response = send(&app, kit.with_session_cookie(&new).get("/account")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(kit.session_change(&response), SessionChange::Unchanged);
+    assert_eq!(kit.upstream().rotations(), 1);
+}
+
+/// SECURITY.md T-C4: a session over the cookie ceiling fails the sign-in
+/// with a page that says why (not a 503: a retry cannot help), sets no
+/// cookie, and the upstream session just created is ended.
+#[tokio::test]
+async fn t_c4_a_session_over_the_ceiling_fails_clearly_and_is_ended_upstream() {
+    let upstream = MemoryUpstream::default().with_token_bytes(5_000);
+    let kit = TestKit::with_upstream(config(), upstream);
+    let app = app(&kit);
+    let user = kit.user("ada@example.test");
+    let landed = send(&app, kit.anonymous().get(&kit.magic_link(&user))).await;
+    assert_eq!(landed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(kit.session_change(&landed), SessionChange::Unchanged);
+    let text = body(landed).await;
+    assert!(
+        text.contains("too large") && text.contains("will not help"),
+        "{text}"
+    );
+    assert_eq!(kit.sessions_of(&user), 0, "the new session was ended");
+
+    // Through the handle: an error, and nothing set.
+    let response = send(&app, kit.anonymous().post_form("/grant", "")).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(response.headers().get(SET_COOKIE).is_none());
+}
