@@ -4,7 +4,9 @@
 #   scripts/bench.sh [ROUNDS]      default: 15 rounds of 5 s per variant (~8 min here)
 #   scripts/bench.sh --quick       smoke test: 3 rounds of 2 s, callgrind K = 300/1,300 (~1 min)
 #   options: --no-rounds --no-rss --no-callgrind --no-traffic  (skip a part);
-#   BENCH_CALLGRIND_VARIANTS="bare authgate" limits the callgrind part
+#   BENCH_CALLGRIND_VARIANTS="bare authgate" limits the callgrind part;
+#   BENCH_COOKIE_HEADER=session sends the session cookie alone instead of a
+#   browser's three-cookie header (consent, analytics, session)
 #
 # Variants (bench/src/bin/bench-server.rs), all serving the same ~2 KB page
 # with the signed-in user's name on GET /:
@@ -63,6 +65,7 @@ for arg in "$@"; do
 done
 
 VARIANTS=(bare authgate authgate-route-layer axum-login)
+COOKIE_HEADER=${BENCH_COOKIE_HEADER:-browser}
 # callgrind also measures bare axum + the two N7 headers (bare-private)
 CALLGRIND_VARIANTS=(${BENCH_CALLGRIND_VARIANTS:-bare bare-private authgate authgate-route-layer axum-login})
 SERVER_PID=""
@@ -128,6 +131,7 @@ mkdir -p "$RUN/logs"
     printf 'server_pin\t%s\n' "$SERVER_PIN_DESC"
     printf 'client_pin\t%s\n' "$CLIENT_PIN_DESC"
     printf 'quick\t%s\n' "$QUICK"
+    printf 'cookie_header\t%s\n' "$COOKIE_HEADER"
     printf 'callgrind_mode\t%s\n' "switched on once the server was ready, by \`callgrind_control -i on\`"
 } >"$RUN/meta.tsv"
 
@@ -226,7 +230,8 @@ if [[ $DO_ROUNDS -eq 1 ]]; then
             server_log="$RUN/logs/round$round.$v.server.log"
             start_upstream "$v" "$RUN/logs/round$round.$v.upstream.log"
             start_server "$server_log" 300 "${SERVER_PIN[@]}" "$BIN/bench-server" \
-                --variant "$v" --users "$USERS" --cookies "$cookies" "${UPSTREAM_ARGS[@]}"
+                --variant "$v" --users "$USERS" --cookies "$cookies" \
+                --cookie-header "$COOKIE_HEADER" "${UPSTREAM_ARGS[@]}"
             rss_ready=$(rss_of "$SERVER_PID")
             warm_requests=0
             if ((WARMUP > 0)); then
@@ -294,7 +299,7 @@ callgrind_run() {
     start_server "$server_log" 900 "${SERVER_PIN[@]}" valgrind --tool=callgrind \
         --instr-atstart="$instr_at_start" --callgrind-out-file="$out" \
         "$BIN/bench-server" --variant "$v" --users "$USERS" --cookies "$cookies" \
-        --requests "$k" "${UPSTREAM_ARGS[@]}"
+        --cookie-header "$COOKIE_HEADER" --requests "$k" "${UPSTREAM_ARGS[@]}"
     if ((CG_TOGGLE)) && ! callgrind_control --instr=on "$SERVER_PID" >"$control_log" 2>&1; then
         log "warning: callgrind_control failed ($(tr '\n' ' ' <"$control_log")); instrumenting whole runs instead"
         CG_TOGGLE=0

@@ -3,7 +3,9 @@
 # hyper, no timers): deterministic, for comparing changes. See
 # bench/src/bin/warm-path.rs and BENCHMARKS.md.
 #
-#   scripts/warm-path.sh            bare, bare-headers, authgate
+#   scripts/warm-path.sh            bare, bare-headers, authgate, authgate-sealed,
+#                                   each with the session cookie alone and
+#                                   with a browser's three-cookie header (+3c)
 #   scripts/warm-path.sh authgate   one variant
 #
 # Leaves callgrind.warm-path.VARIANT.{1000,11000}.out in bench/results/last-run/
@@ -19,7 +21,7 @@ command -v valgrind >/dev/null || {
 cargo build --release --quiet --manifest-path "$ROOT/bench/Cargo.toml" --bin warm-path
 BIN="$ROOT/bench/target/release/warm-path"
 variants=("$@")
-((${#variants[@]})) || variants=(bare bare-headers authgate)
+((${#variants[@]})) || variants=(bare bare-headers authgate authgate-sealed bare+3c bare-headers+3c authgate+3c authgate-sealed+3c)
 declare -A per
 for v in "${variants[@]}"; do
     declare -A ir
@@ -29,7 +31,9 @@ for v in "${variants[@]}"; do
         ir[$k]=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$file" | tail -1)
     done
     per[$v]=$(((ir[11000] - ir[1000]) / 10000))
-    printf '%-14s %6d instructions/request' "$v" "${per[$v]}"
-    [[ -n "${per[bare]:-}" && "$v" != bare ]] && printf '   (%+d vs bare)' $((per[$v] - per[bare]))
+    printf '%-19s %6d instructions/request' "$v" "${per[$v]}"
+    base=bare
+    [[ "$v" == *+3c ]] && base=bare+3c
+    [[ -n "${per[$base]:-}" && "$v" != "$base" ]] && printf '   (%+d vs %s)' $((per[$v] - per[$base])) "$base"
     printf '\n'
 done

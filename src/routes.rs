@@ -339,12 +339,29 @@ fn find_flow(
     parts: &Parts,
     params: &CallbackParams,
 ) -> Result<FoundFlow, Box<Page>> {
-    let named = [
+    let carriers = [
         ("state", Correlation::State),
         ("flow", Correlation::CallbackQuery),
-    ]
-    .into_iter()
-    .find_map(|(name, how)| single_param(params, name).map(|id| (id, how)));
+    ];
+    if carriers
+        .iter()
+        .any(|(name, _)| params.single(name).is_err())
+    {
+        // A repeated flow id: never pick one (SECURITY.md T-B6.1).
+        shared.resolver.emit(AuthEvent::FlowRejected {
+            reason: FlowRejection::MalformedLanding,
+            session: None,
+        });
+        return Err(Box::new(Page::html(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "This sign-in link is malformed.",
+            Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
+        )));
+    }
+    let named = carriers
+        .into_iter()
+        .find_map(|(name, how)| single_param(params, name).map(|id| (id, how)));
     let Some((id, how)) = named else {
         return Ok(FoundFlow::Single(single_flows(shared, parts).0));
     };

@@ -370,3 +370,63 @@ async fn t_c4_a_session_over_the_ceiling_fails_clearly_and_is_ended_upstream() {
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(response.headers().get(SET_COOKIE).is_none());
 }
+
+/// SEAM.md M2–M3, SECURITY.md T-B1: with `state` correlation each flow has
+/// its own cookie, and the core checks the landing's `state` against it
+/// before the upstream sees the code: a repeated or unknown `state` is
+/// refused without spending the code; two flows in flight both land.
+#[tokio::test]
+async fn t_b1_state_flows_are_checked_by_the_core_before_the_upstream() {
+    let kit = TestKit::with_upstream(config(), MemoryUpstream::default().with_state_correlation());
+    let app = app(&kit);
+    let user = kit.user("ada@example.test");
+    let start = |return_to: &str| {
+        let app = app.clone();
+        let request = kit
+            .anonymous()
+            .get(&format!("/auth/signin/test?return_to={return_to}"));
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::SEE_OTHER);
+            let target = response.headers()["location"].to_str().unwrap().to_owned();
+            let state = target.split_once("state=").unwrap().1.to_owned();
+            let flow = response
+                .headers()
+                .get_all(SET_COOKIE)
+                .iter()
+                .map(|v| cookie::Cookie::parse(v.to_str().unwrap().to_owned()).unwrap())
+                .find(|c| c.name().starts_with("__Host-authgate-flow."))
+                .unwrap();
+            (state, format!("{}={}", flow.name(), flow.value()))
+        }
+    };
+    let (state_a, cookie_a) = start("/a").await;
+    let (state_b, cookie_b) = start("/b").await;
+    assert_ne!(cookie_a, cookie_b, "one cookie per flow");
+    let jar = format!("{cookie_a}; {cookie_b}");
+    let land = |query: String| {
+        let app = app.clone();
+        let mut request = kit.anonymous().get(&format!("/auth/callback?{query}"));
+        request.headers_mut().insert(COOKIE, jar.parse().unwrap());
+        async move { app.oneshot(request).await.unwrap() }
+    };
+    let code = kit.authorization_code(&user);
+    for refused in [
+        format!("state={state_a}&state={state_a}&code={code}"),
+        format!("state={state_b}x&code={code}"),
+        format!("state=&code={code}"),
+    ] {
+        let response = land(refused.clone()).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{refused}");
+        assert_eq!(kit.session_change(&response), SessionChange::Unchanged);
+    }
+    // The code was never spent: the real landings still work, each on its
+    // own page, the second tab's first.
+    let response = land(format!("state={state_b}&code={code}")).await;
+    assert_eq!(response.headers()["location"], "https://app.test/b");
+    set_value(&kit, &response);
+    let code = kit.authorization_code(&user);
+    let response = land(format!("state={state_a}&code={code}")).await;
+    assert_eq!(response.headers()["location"], "https://app.test/a");
+    set_value(&kit, &response);
+}

@@ -5,6 +5,7 @@
 //! bench-server --variant bare|bare-private|authgate|authgate-route-layer|axum-login
 //!              [--users N] [--cookies PATH] [--requests K]
 //!              [--distinct-users D] [--upstream URL [--upstream-key KEY]]
+//!              [--cookie-header browser|session]
 //! ```
 //!
 //! - `bare`: axum with no auth, a fixed name (the limit).
@@ -21,8 +22,10 @@
 //!   attached with `Router::layer` as axum-login documents, min(N, D) users
 //!   in an in-memory backend, one in-process login per session.
 //!
-//! It writes the N `Cookie` header values (`name=value`, one a line) to
-//! `--cookies`, prints `listening on http://127.0.0.1:PORT`, then the RSS
+//! It writes the N `Cookie` header values to `--cookies`, one a line: by
+//! default as a browser sends them (a consent cookie, an analytics cookie,
+//! then `name=value`), with `--cookie-header session` the session cookie
+//! alone; prints `listening on http://127.0.0.1:PORT`, then the RSS
 //! before and after the sessions were prepared, then `ready`. It stops on
 //! SIGTERM/SIGINT, or after serving K pages with `--requests K` (callgrind
 //! needs a normal exit), and then prints what it served.
@@ -282,11 +285,17 @@ async fn serve(listener: tokio::net::TcpListener, app: App) -> std::io::Result<(
     }
 }
 
-fn write_cookies(path: Option<&str>, cookies: &[String]) -> Result<(), BoxError> {
+/// What a browser sends besides the session: a consent and an analytics
+/// cookie. The scan walks every pair, so a session-only header hides part
+/// of its cost.
+const BROWSER_COOKIES: &str = "cookieconsent_status=dismissed; _ga=GA1.1.1418365342.1732924800; ";
+
+fn write_cookies(path: Option<&str>, cookies: &[String], browser: bool) -> Result<(), BoxError> {
     let Some(path) = path else { return Ok(()) };
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let prefix = if browser { BROWSER_COOKIES } else { "" };
     for cookie in cookies {
-        writeln!(file, "{cookie}")?;
+        writeln!(file, "{prefix}{cookie}")?;
     }
     file.flush()?;
     Ok(())
@@ -429,7 +438,8 @@ async fn main() -> Result<(), BoxError> {
         }
         other => return Err(format!("unknown variant {other:?}").into()),
     };
-    write_cookies(args.get("cookies"), &cookies)?;
+    let browser = args.get("cookie-header").unwrap_or("browser") != "session";
+    write_cookies(args.get("cookies"), &cookies, browser)?;
     let rss_ready = rss_kib();
     // Count only what is served from now on (the warm-up ran the handler).
     PAGES.store(0, Ordering::Relaxed);

@@ -4,22 +4,29 @@
 //! the count is deterministic and a change of a few instructions shows.
 //!
 //! ```text
-//! warm-path bare|bare-headers|authgate REQUESTS
+//! warm-path VARIANT[+3c] REQUESTS
 //! ```
 //!
 //! - `bare`: axum, the handler renders a name it holds.
 //! - `bare-headers`: the same, then the two N7 headers inserted into the
 //!   response as authgate does.
 //! - `authgate`: `AuthLayer` (the test kit's in-memory upstream, warm)
-//!   wrapping the router, `CurrentUser` in the handler.
+//!   wrapping the router, `CurrentUser` in the handler; the session cookie
+//!   holds the token (plain storage, as for Altogic).
+//! - `authgate-sealed`: the same with sealed sessions (the whole session
+//!   AES-GCM-sealed in the cookie, as OpenID Connect sessions will be).
+//!
+//! A `+3c` suffix sends what a browser sends: a consent cookie, an
+//! analytics cookie and the session cookie in one `Cookie` header; without
+//! it, the session cookie alone.
 //!
 //! `scripts/warm-path.sh` runs each under callgrind with 1,000 and 11,000
 //! requests and prints (Ir(11,000) − Ir(1,000)) / 10,000.
 
 use std::process::ExitCode;
 
-use authgate::CurrentUser;
-use authgate::test::TestKit;
+use authgate::test::{MemoryUpstream, TestKit};
+use authgate::{AuthConfig, CurrentUser};
 use axum::Router;
 use axum::body::Body;
 use axum::http::header::{CACHE_CONTROL, COOKIE, VARY};
@@ -65,8 +72,12 @@ where
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (Some(variant), Some(Ok(requests))) = (args.get(1), args.get(2).map(|n| n.parse())) else {
-        eprintln!("usage: warm-path bare|bare-headers|authgate REQUESTS");
+        eprintln!("usage: warm-path bare|bare-headers|authgate|authgate-sealed[+3c] REQUESTS");
         return ExitCode::from(2);
+    };
+    let (variant, three_cookies) = match variant.strip_suffix("+3c") {
+        Some(base) => (base, true),
+        None => (variant.as_str(), false),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -78,20 +89,37 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let kit = TestKit::new();
+    let upstream = match variant {
+        "authgate-sealed" => MemoryUpstream::default().with_sealed_sessions(),
+        _ => MemoryUpstream::default(),
+    };
+    let config = AuthConfig::new(authgate::test::TEST_ORIGIN)
+        .and_then(|config| config.with_key([0x5a; 64]));
+    let Ok(config) = config else {
+        eprintln!("warm-path: bad test configuration");
+        return ExitCode::FAILURE;
+    };
+    let kit = TestKit::with_upstream(config, upstream);
     let user = kit.user("ada@example.test");
-    let token = kit.session(&user);
-    let Ok(cookie) = HeaderValue::from_str(&format!("__Host-authgate={}", token.expose())) else {
-        eprintln!("warm-path: the token does not fit a header");
+    let session = format!("__Host-authgate={}", kit.session_cookie(&user));
+    let header = if three_cookies {
+        format!(
+            "cookieconsent_status=dismissed; _ga=GA1.1.1418365342.1732924800; {session}"
+        )
+    } else {
+        session
+    };
+    let Ok(cookie) = HeaderValue::from_str(&header) else {
+        eprintln!("warm-path: the cookie does not fit a header");
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
-        match variant.as_str() {
+        match variant {
             "bare" | "bare-headers" => {
                 let router = Router::new().route("/", get(bare_page)).with_state(());
                 drive(router, &cookie, requests, variant == "bare-headers").await;
             }
-            "authgate" => {
+            "authgate" | "authgate-sealed" => {
                 let router = Router::new().route("/", get(page)).with_state(());
                 drive(kit.layer().layer(router), &cookie, requests, false).await;
             }
