@@ -217,8 +217,8 @@ fn flow_cookie_name(shared: &Shared, flow: &str) -> String {
 
 /// The [`Correlation::Single`] flows in flight in this browser, oldest
 /// first, without the expired ones.
-fn single_flows(shared: &Shared, parts: &Parts) -> (Vec<FlowRecord>, bool) {
-    let (flows, present) = open_sealed::<Vec<FlowRecord>>(
+fn single_flows(shared: &Shared, parts: &Parts) -> Vec<FlowRecord> {
+    let (flows, _) = open_sealed::<Vec<FlowRecord>>(
         shared,
         parts,
         &shared.flow_finder,
@@ -228,7 +228,7 @@ fn single_flows(shared: &Shared, parts: &Parts) -> (Vec<FlowRecord>, bool) {
     let oldest = unix_now().saturating_sub(shared.config.flow_ttl.as_secs());
     let mut flows = flows.unwrap_or_default();
     flows.retain(|f| f.started >= oldest && f.correlation == Correlation::Single);
-    (flows, present)
+    flows
 }
 
 /// The `Set-Cookie` line that stores the Single flows (or removes them).
@@ -288,18 +288,12 @@ async fn sign_in(shared: &Shared, provider: &str, parts: &Parts) -> Page {
             return sign_in_unavailable(StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    let record = FlowRecord {
-        provider: provider.to_owned(),
-        return_to,
-        flow,
-        correlation: redirect.correlation,
-        data: redirect.data,
-        started: unix_now(),
-    };
+    let redirect_url = redirect.url.clone();
+    let record = FlowRecord::new(provider, &return_to, flow, redirect);
     let ttl = shared.config.flow_ttl;
     let cookie = match record.correlation {
         Correlation::Single => {
-            let (mut flows, _) = single_flows(shared, parts);
+            let mut flows = single_flows(shared, parts);
             flows.push(record);
             let excess = flows.len().saturating_sub(MAX_SINGLE_FLOWS);
             flows.drain(..excess);
@@ -317,7 +311,7 @@ async fn sign_in(shared: &Shared, provider: &str, parts: &Parts) -> Page {
     let Some(cookie) = cookie else {
         return sign_in_unavailable(StatusCode::INTERNAL_SERVER_ERROR);
     };
-    Page::redirect(redirect.url.as_str()).cookie(cookie)
+    Page::redirect(redirect_url.as_str()).cookie(cookie)
 }
 
 /// The flow a landing belongs to, as the core found and checked it.
@@ -363,7 +357,7 @@ fn find_flow(
         .into_iter()
         .find_map(|(name, how)| single_param(params, name).map(|id| (id, how)));
     let Some((id, how)) = named else {
-        return Ok(FoundFlow::Single(single_flows(shared, parts).0));
+        return Ok(FoundFlow::Single(single_flows(shared, parts)));
     };
     let name = flow_cookie_name(shared, id);
     let finder = CookieFinder::new(&name);

@@ -23,9 +23,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use authgate::events::{AuthEvent, AuthEvents, FlowRejection, SignInMethod};
 use authgate::upstream::{
-    BoxFuture, CallbackOutcome, CallbackParams, Capabilities, Correlation, FlowData, FlowRecord,
-    Grant, Lookup, Prompt, Revocation, Secret, Session, SessionToken, SignInRedirect, SignInStart,
-    SignOutOutcome, SignOutScope, Upstream, User, Valid,
+    BoxFuture, CallbackOutcome, CallbackParams, Capabilities, Correlation, FlowData, FlowId,
+    FlowRecord, Grant, Lookup, Prompt, Revocation, Secret, Session, SessionToken, SignInRedirect,
+    SignInStart, SignOutOutcome, SignOutScope, Upstream, User, Valid,
 };
 use authgate::{
     AuthConfig, AuthLayer, AuthService, CurrentUser, Error, ErrorKind, UpstreamErrorItem,
@@ -1297,15 +1297,10 @@ async fn t_d1_sign_out_clears_the_cookie_even_when_the_upstream_is_down() {
 /// `#[non_exhaustive]` with no constructor and `FlowId` has no public one,
 /// so an upstream's own tests can only build them through serde.
 fn flow_record(provider: &str, data: &CustomFlow) -> FlowRecord {
-    serde_json::from_value(serde_json::json!({
-        "provider": provider,
-        "return_to": "/",
-        "flow": random_id(),
-        "correlation": "State",
-        "data": data,
-        "started": unix_now(),
-    }))
-    .unwrap()
+    let url = url::Url::parse("https://auth.example/authorize").unwrap();
+    let redirect =
+        SignInRedirect::new(url, Correlation::State).with_data(FlowData::new(data).unwrap());
+    FlowRecord::new(provider, "/", FlowId::generate(), redirect)
 }
 
 #[tokio::test]

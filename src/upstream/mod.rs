@@ -627,8 +627,9 @@ impl fmt::Debug for CallbackParams {
 pub struct FlowId(Box<str>);
 
 impl FlowId {
-    /// A fresh id from the OS random source.
-    pub(crate) fn generate() -> Self {
+    /// A fresh id from the OS random source (the core makes one per
+    /// sign-in; public for upstreams' own tests).
+    pub fn generate() -> Self {
         use base64::Engine as _;
         use rand::RngCore as _;
         let mut bytes = [0u8; 32];
@@ -806,6 +807,23 @@ pub struct FlowRecord {
     pub data: FlowData,
     /// When the flow started, in seconds since the Unix epoch.
     pub started: u64,
+}
+
+impl FlowRecord {
+    /// A record as the core makes it at a sign-in start (public for
+    /// upstreams' own tests of [`Upstream::complete_callback`]).
+    pub fn new(provider: &str, return_to: &str, flow: FlowId, redirect: SignInRedirect) -> Self {
+        Self {
+            provider: provider.to_owned(),
+            return_to: return_to.to_owned(),
+            flow,
+            correlation: redirect.correlation,
+            data: redirect.data,
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
 }
 
 /// What a sign-out amounts to.
