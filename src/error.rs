@@ -186,6 +186,7 @@ impl Error {
     }
 
     /// Maps a reqwest error, dropping its URL (it may carry a grant key).
+    #[cfg(feature = "altogic")]
     pub(crate) fn from_reqwest(err: reqwest::Error) -> Self {
         let kind = if err.is_timeout() {
             ErrorKind::Timeout

@@ -20,6 +20,7 @@
 //! // Give it to the layer and to the typed client:
 //! # fn wire(events: AuthEvents) -> Result<(), authgate::ConfigError> {
 //! let config = authgate::AuthConfig::new("https://app.example")?.with_events(events.clone());
+//! # #[cfg(feature = "altogic")]
 //! let client = authgate::altogic::Client::builder("https://x.c1-na.altogic.com", "key")
 //!     .with_events(events)
 //!     .build()?;

@@ -113,6 +113,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for CurrentUser {
 /// upstream calls, and the pending password reset.
 ///
 /// ```
+/// # #[cfg(feature = "altogic")] mod example {
 /// use authgate::{Auth, altogic};
 /// use axum::response::Redirect;
 ///
@@ -127,6 +128,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for CurrentUser {
 ///         Err(_) => Redirect::to("/signin?error=1"),
 ///     }
 /// }
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Auth {
@@ -372,6 +374,7 @@ impl Auth {
     /// Does not sign anyone in (SECURITY.md T-B6.2).
     ///
     /// ```no_run
+    /// # #[cfg(feature = "altogic")]
     /// # async fn run(auth: authgate::Auth, altogic: authgate::altogic::Client) -> Result<(), authgate::Error> {
     /// auth.reset_password_with(|key| async move {
     ///     altogic.reset_pwd_with_token(&key, "new password").await

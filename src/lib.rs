@@ -1,6 +1,21 @@
 #![doc = include_str!("docs.md")]
+// The crate docs link to feature-gated modules; without the feature, each
+// link goes to the feature flags table instead of breaking. The empty line
+// ends docs.md's last paragraph, so the link definitions below are read as
+// such.
+#![doc = ""]
+#![cfg_attr(feature = "altogic", doc = "[gated-altogic]: crate::altogic")]
+#![cfg_attr(not(feature = "altogic"), doc = "[gated-altogic]: #feature-flags")]
+#![cfg_attr(feature = "dev-upstream", doc = "[gated-dev]: crate::dev")]
+#![cfg_attr(not(feature = "dev-upstream"), doc = "[gated-dev]: #feature-flags")]
+#![cfg_attr(feature = "test-util", doc = "[gated-test]: mod@crate::test")]
+#![cfg_attr(not(feature = "test-util"), doc = "[gated-test]: #feature-flags")]
+#![cfg_attr(feature = "test-util", doc = "[gated-test-kit]: crate::test::TestKit")]
+#![cfg_attr(not(feature = "test-util"), doc = "[gated-test-kit]: #feature-flags")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "altogic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "altogic")))]
 pub mod altogic;
 mod cache;
 mod config;
