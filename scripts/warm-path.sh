@@ -4,8 +4,9 @@
 # bench/src/bin/warm-path.rs and BENCHMARKS.md.
 #
 #   scripts/warm-path.sh            bare, bare-headers, authgate, authgate-sealed,
-#                                   each with the session cookie alone and
-#                                   with a browser's three-cookie header (+3c)
+#                                   each with the session cookie alone, with
+#                                   a browser's three-cookie header (+3c), and
+#                                   bare/authgate with ten cookies (+10c)
 #   scripts/warm-path.sh authgate   one variant
 #
 # Leaves callgrind.warm-path.VARIANT.{1000,11000}.out in bench/results/last-run/
@@ -21,7 +22,7 @@ command -v valgrind >/dev/null || {
 cargo build --release --quiet --manifest-path "$ROOT/bench/Cargo.toml" --bin warm-path
 BIN="$ROOT/bench/target/release/warm-path"
 variants=("$@")
-((${#variants[@]})) || variants=(bare bare-headers authgate authgate-sealed bare+3c bare-headers+3c authgate+3c authgate-sealed+3c)
+((${#variants[@]})) || variants=(bare bare-headers authgate authgate-sealed bare+3c bare-headers+3c authgate+3c authgate-sealed+3c bare+10c authgate+10c)
 declare -A per
 for v in "${variants[@]}"; do
     declare -A ir
@@ -34,6 +35,7 @@ for v in "${variants[@]}"; do
     printf '%-19s %6d instructions/request' "$v" "${per[$v]}"
     base=bare
     [[ "$v" == *+3c ]] && base=bare+3c
+    [[ "$v" == *+10c ]] && base=bare+10c
     [[ -n "${per[$base]:-}" && "$v" != "$base" ]] && printf '   (%+d vs %s)' $((per[$v] - per[$base])) "$base"
     printf '\n'
 done

@@ -17,8 +17,9 @@
 //!   AES-GCM-sealed in the cookie, as OpenID Connect sessions will be).
 //!
 //! A `+3c` suffix sends what a browser sends: a consent cookie, an
-//! analytics cookie and the session cookie in one `Cookie` header; without
-//! it, the session cookie alone.
+//! analytics cookie and the session cookie in one `Cookie` header; `+10c`
+//! nine other cookies (a site with the usual marketing tags, ~480 bytes in
+//! all); without a suffix, the session cookie alone.
 //!
 //! `scripts/warm-path.sh` runs each under callgrind with 1,000 and 11,000
 //! requests and prints (Ir(11,000) − Ir(1,000)) / 10,000.
@@ -34,6 +35,17 @@ use axum::http::{HeaderValue, Request};
 use axum::routing::get;
 use tower::{Service, ServiceExt as _};
 use tower_layer::Layer as _;
+
+/// What a browser sends besides the session on a plain site: a consent
+/// and an analytics cookie.
+const BROWSER_COOKIES: &str = "cookieconsent_status=dismissed; _ga=GA1.1.1418365342.1732924800; ";
+
+/// … and on a site with the usual marketing tags (nine cookies, ~420 bytes).
+const MANY_COOKIES: &str = "cookieconsent_status=dismissed; _ga=GA1.1.1418365342.1732924800; \
+    _gid=GA1.1.918273645.1732924800; _gcl_au=1.1.1122334455.1732924800; \
+    _fbp=fb.1.1732924800123.1234567890; _hjSessionUser_123456=eyJpZCI6IjEyMzQ1Njc4OTAiLCJjcmVhdGVkIjoxNzMyOTI0ODAwfQ==; \
+    intercom-id-abc123=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0; \
+    ajs_anonymous_id=9f8e7d6c-5b4a-3928-1706-f5e4d3c2b1a0; locale=en-GB; ";
 
 async fn page(user: CurrentUser) -> String {
     format!("<p>Hello, {}</p>", user.display_name())
@@ -72,12 +84,15 @@ where
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (Some(variant), Some(Ok(requests))) = (args.get(1), args.get(2).map(|n| n.parse())) else {
-        eprintln!("usage: warm-path bare|bare-headers|authgate|authgate-sealed[+3c] REQUESTS");
+        eprintln!("usage: warm-path bare|bare-headers|authgate|authgate-sealed[+3c|+10c] REQUESTS");
         return ExitCode::from(2);
     };
-    let (variant, three_cookies) = match variant.strip_suffix("+3c") {
-        Some(base) => (base, true),
-        None => (variant.as_str(), false),
+    let (variant, others) = if let Some(base) = variant.strip_suffix("+3c") {
+        (base, BROWSER_COOKIES)
+    } else if let Some(base) = variant.strip_suffix("+10c") {
+        (base, MANY_COOKIES)
+    } else {
+        (variant.as_str(), "")
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -93,8 +108,8 @@ fn main() -> ExitCode {
         "authgate-sealed" => MemoryUpstream::default().with_sealed_sessions(),
         _ => MemoryUpstream::default(),
     };
-    let config = AuthConfig::new(authgate::test::TEST_ORIGIN)
-        .and_then(|config| config.with_key([0x5a; 64]));
+    let config =
+        AuthConfig::new(authgate::test::TEST_ORIGIN).and_then(|config| config.with_key([0x5a; 64]));
     let Ok(config) = config else {
         eprintln!("warm-path: bad test configuration");
         return ExitCode::FAILURE;
@@ -102,13 +117,7 @@ fn main() -> ExitCode {
     let kit = TestKit::with_upstream(config, upstream);
     let user = kit.user("ada@example.test");
     let session = format!("__Host-authgate={}", kit.session_cookie(&user));
-    let header = if three_cookies {
-        format!(
-            "cookieconsent_status=dismissed; _ga=GA1.1.1418365342.1732924800; {session}"
-        )
-    } else {
-        session
-    };
+    let header = format!("{others}{session}");
     let Ok(cookie) = HeaderValue::from_str(&header) else {
         eprintln!("warm-path: the cookie does not fit a header");
         return ExitCode::FAILURE;
