@@ -65,8 +65,9 @@ impl Shared {
         keys: Keys,
         capabilities: Capabilities,
         codec: SessionCodec,
-        callback_url: url::Url,
     ) -> Self {
+        let callback_url = url::Url::parse(&config.callback_url())
+            .unwrap_or_else(|_| config.public_origin.clone());
         let session_name = config.session_cookie_name();
         let flow_name = format!("{session_name}-flow");
         let reset_name = format!("{session_name}-reset");

@@ -967,25 +967,22 @@ mod tests {
             .encode(&Session::new(SessionToken::new(long).unwrap()))
             .unwrap();
         assert!(chunked.len() > MAX_VALUE_LEN);
+        let removed = |lines: Vec<String>| -> Vec<String> {
+            lines
+                .iter()
+                .map(|l| Cookie::parse(l.as_str()).unwrap())
+                .filter(|c| c.value().is_empty())
+                .map(|c| c.name().to_owned())
+                .collect()
+        };
+        let minute = Duration::from_secs(60);
         // Chunked over a single cookie: the single one is removed.
-        let lines = codec.set_lines(&chunked, Duration::from_secs(60), Presence::single());
-        let removed: Vec<String> = lines
-            .iter()
-            .map(|l| Cookie::parse(l.as_str()).unwrap())
-            .filter(|c| c.value().is_empty())
-            .map(|c| c.name().to_owned())
-            .collect();
-        assert_eq!(removed, [name]);
+        let lines = codec.set_lines(&chunked, minute, Presence::single());
+        assert_eq!(removed(lines), [name]);
         // Single over two chunks: both chunks are removed.
         let had = finder_presence(name, "__Host-authgate__0=a; __Host-authgate__1=b");
-        let lines = codec.set_lines("short", Duration::from_secs(60), had);
-        let removed: Vec<String> = lines
-            .iter()
-            .map(|l| Cookie::parse(l.as_str()).unwrap())
-            .filter(|c| c.value().is_empty())
-            .map(|c| c.name().to_owned())
-            .collect();
-        assert_eq!(removed, ["__Host-authgate__0", "__Host-authgate__1"]);
+        let lines = codec.set_lines("short", minute, had);
+        assert_eq!(removed(lines), ["__Host-authgate__0", "__Host-authgate__1"]);
         // Removal clears every form the request carried.
         let lines = codec.removal_lines(had);
         assert_eq!(lines.len(), 3);

@@ -91,17 +91,8 @@ impl AuthLayer {
                 session_max_age: config.session_max_age,
             },
         );
-        let callback_url = url::Url::parse(&config.callback_url())
-            .unwrap_or_else(|_| config.public_origin.clone());
         Self {
-            shared: Arc::new(Shared::new(
-                config,
-                resolver,
-                keys,
-                capabilities,
-                codec,
-                callback_url,
-            )),
+            shared: Arc::new(Shared::new(config, resolver, keys, capabilities, codec)),
         }
     }
 
