@@ -56,8 +56,7 @@ impl MarkKind {
     }
 }
 
-/// The session that replaced a rotated one.
-#[derive(Debug)]
+/// The session that replaced a rotated one. `Debug` is redacted.
 pub(crate) struct Successor {
     /// The new cookie value (the new cache key).
     pub(crate) wire: Arc<str>,
@@ -65,6 +64,15 @@ pub(crate) struct Successor {
     pub(crate) cookie_until: SystemTime,
     /// The user.
     pub(crate) user: Arc<User>,
+}
+
+impl std::fmt::Debug for Successor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Successor")
+            .field("wire", &"<redacted>")
+            .field("user", &self.user.id)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -76,7 +84,6 @@ struct Mark {
 /// A user-wide revocation (sign out everywhere, a password change): a
 /// lookup that started before it, or a session issued before it, must not
 /// be served (SECURITY.md §5).
-#[derive(Debug)]
 struct UserMark {
     at: Instant,
     wall: SystemTime,
@@ -107,6 +114,31 @@ impl std::fmt::Debug for Cache {
             .field("users", &self.user_count())
             .finish_non_exhaustive()
     }
+}
+
+fn unix_secs(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Keys longer than this are kept in the marks map as their SHA-256
+/// digest, so a flood of large bogus cookies costs at most ~300 bytes a
+/// mark (marks are bounded by count). The digest is the whole 32 bytes:
+/// never a truncated key (SECURITY.md T-F1).
+const LONG_MARK_KEY: usize = 256;
+
+/// A token's key in the marks map.
+fn mark_key(token: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use sha2::Digest as _;
+    if token.len() <= LONG_MARK_KEY {
+        return std::borrow::Cow::Borrowed(token);
+    }
+    // 0xFF never starts a cookie value that decodes, so a digest key
+    // cannot equal a real one.
+    let mut key = Vec::with_capacity(33);
+    key.push(0xFF);
+    key.extend_from_slice(&sha2::Sha256::digest(token));
+    std::borrow::Cow::Owned(key)
 }
 
 /// The shard of a token. Tokens are random; an attacker who skews their
@@ -159,7 +191,7 @@ impl Cache {
             .unwrap_or_else(PoisonError::into_inner);
         shard
             .marks
-            .get(token)
+            .get(&*mark_key(token))
             .filter(|mark| now < mark.until)
             .map(|mark| mark.kind.clone())
     }
@@ -179,14 +211,15 @@ impl Cache {
             .shard(token)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let key = mark_key(token);
         let revoked = shard
             .marks
-            .get(token)
+            .get(&*key)
             .is_some_and(|m| m.kind.is_revoked() && now < m.until);
         if revoked {
             return false;
         }
-        shard.marks.remove(token);
+        shard.marks.remove(&*key);
         let entry = Entry {
             user,
             fresh_until,
@@ -214,16 +247,27 @@ impl Cache {
         if !cooldown && let Some(old) = shard.users.remove(token) {
             shard.user_bytes -= old.weight;
         }
-        // A cooldown or a rotation never replaces a tombstone.
-        let keeps_tombstone = matches!(kind, MarkKind::Cooldown | MarkKind::Rotated(_))
-            && shard
-                .marks
-                .get(token)
-                .is_some_and(|m| m.kind.is_revoked() && now < m.until);
-        if keeps_tombstone {
+        let key = mark_key(token);
+        // A cooldown or a rotation never replaces a tombstone; a cooldown
+        // or an invalid answer (a late refresh with the spent session)
+        // never replaces a live successor.
+        let keeps = shard
+            .marks
+            .get(&*key)
+            .filter(|m| now < m.until)
+            .is_some_and(|m| {
+                matches!(
+                    (&m.kind, &kind),
+                    (MarkKind::Revoked, MarkKind::Cooldown | MarkKind::Rotated(_))
+                        | (MarkKind::Rotated(_), MarkKind::Cooldown | MarkKind::Invalid)
+                )
+            });
+        if keeps {
             return;
         }
-        shard.marks.insert(token.into(), Mark { kind, until });
+        shard
+            .marks
+            .insert(key.into_owned().into(), Mark { kind, until });
         if shard.marks.len() > self.shard_marks {
             shard.evict_marks(self.shard_marks, now);
         }
@@ -246,12 +290,13 @@ impl Cache {
             .shard(token)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let key = mark_key(token);
         if shard
             .marks
-            .get(token)
+            .get(&*key)
             .is_some_and(|m| matches!(m.kind, MarkKind::Cooldown))
         {
-            shard.marks.remove(token);
+            shard.marks.remove(&*key);
         }
     }
 
@@ -305,6 +350,17 @@ impl Cache {
             );
         }
         self.remove_user_sessions(user_id, keep);
+        // Old cookies whose successor belongs to the user no longer lead to
+        // it.
+        for shard in self.shards.iter() {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            shard.marks.retain(|_, mark| match &mark.kind {
+                MarkKind::Rotated(next) => {
+                    next.user.id != user_id || keep == Some(next.wire.as_bytes())
+                }
+                _ => true,
+            });
+        }
     }
 
     /// Whether a user-wide revocation forbids serving the session `token`
@@ -329,7 +385,10 @@ impl Cache {
             return false;
         }
         match issued_at {
-            Some(issued_at) => issued_at <= mark.wall,
+            // `iat` is whole seconds: a session issued in the second of the
+            // revocation is given the benefit (refusing it would sign out
+            // a user who signed in again at once).
+            Some(issued_at) => unix_secs(issued_at) < unix_secs(mark.wall),
             None => started <= mark.at,
         }
     }
@@ -389,14 +448,21 @@ impl Shard {
         }
         // Tombstones are kept longest: cooldowns and invalid answers can be
         // asked again, a forgotten tombstone only costs one upstream call.
-        let mut excess = self.marks.len() - target;
-        self.marks.retain(|_, mark| {
-            if excess > 0 && !mark.kind.is_revoked() {
-                excess -= 1;
-                return false;
+        // Then tombstones too, so the bound holds and each eviction frees a
+        // tenth of the budget (no full scan per insert).
+        for tombstones in [false, true] {
+            let mut excess = self.marks.len().saturating_sub(target);
+            if excess == 0 {
+                return;
             }
-            true
-        });
+            self.marks.retain(|_, mark| {
+                if excess > 0 && mark.kind.is_revoked() == tombstones {
+                    excess -= 1;
+                    return false;
+                }
+                true
+            });
+        }
     }
 }
 
@@ -445,6 +511,43 @@ mod tests {
             .map(|s| s.read().unwrap().marks.len())
             .sum();
         assert!(marks <= 1_000 + SHARDS, "{marks}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tombstones_are_bounded_too_and_long_keys_are_kept_as_digests() {
+        let cache = Cache::new(1 << 20, 1_000);
+        let later = Instant::now() + Duration::from_secs(3600);
+        for i in 0..50_000 {
+            cache.mark_token(format!("gone-{i}").as_bytes(), MarkKind::Revoked, later);
+        }
+        let marks = |cache: &Cache| -> Vec<usize> {
+            cache
+                .shards
+                .iter()
+                .flat_map(|s| {
+                    s.read()
+                        .unwrap()
+                        .marks
+                        .keys()
+                        .map(|k| k.len())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        assert!(
+            marks(&cache).len() <= 1_000 + SHARDS,
+            "{}",
+            marks(&cache).len()
+        );
+        let long = vec![b'x'; 7_000];
+        cache.mark_token(&long, MarkKind::Revoked, later);
+        assert!(matches!(
+            cache.mark(&long, Instant::now()),
+            Some(MarkKind::Revoked)
+        ));
+        assert!(marks(&cache).iter().all(|&len| len <= LONG_MARK_KEY));
+        // A user for that key is refused: the digest is what is checked.
+        assert!(!cache.insert_user(&long, user("u"), later, later));
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::AuthConfig;
 use crate::cookie::{
-    CookieAttributes, CookieFinder, CookieScan, Keys, Presence, SessionCodec, WireValue,
+    CookieAttributes, CookieFinder, CookieScan, Keys, MAX_VALUE_LEN, Presence, SessionCodec,
+    WireValue,
 };
 use crate::error::Error;
 use crate::events::{AuthEvent, FlowRejection};
@@ -94,7 +95,7 @@ impl Shared {
 
     /// The lines a resolution's cookie change writes.
     #[cold]
-    fn codec_lines(&self, change: &CookieChange, had: Presence) -> Vec<String> {
+    pub(crate) fn codec_lines(&self, change: &CookieChange, had: Presence) -> Vec<String> {
         match change {
             CookieChange::Keep => Vec::new(),
             CookieChange::Clear => self.codec.removal_lines(had),
@@ -173,52 +174,77 @@ impl Shared {
 
     /// Ends a session in `scope`: upstream first, then locally whatever the
     /// upstream said (tombstone, user-wide mark), and reports it. The
-    /// caller clears the cookie (except for [`SignOutScope::Others`]).
+    /// caller has resolved the session (`resolution`) and clears the cookie
+    /// (except for [`SignOutScope::Others`], where it sets the rotated
+    /// session if there is one).
+    ///
+    /// A session the resolution rotated is signed out as its successor (the
+    /// old one is spent), and both cookie values are tombstoned. A session
+    /// that resolved to nobody is not sent upstream and leaves no
+    /// tombstone: anyone can post any cookie here, and a definitive
+    /// "invalid" is remembered already.
     pub(crate) async fn end_session(
         &self,
         current: &CurrentSession,
+        resolution: &Resolution,
         scope: SignOutScope,
         after: &url::Url,
     ) -> Result<SignOutOutcome, Error> {
         let resolver = &self.resolver;
-        // Usually a cache hit; names the user in the event and for the
-        // user-wide marks below.
-        let user_id = resolver
-            .resolve(&current.key, &current.session)
-            .await
-            .state
-            .user()
-            .map(|u| u.id.clone());
-        let result = resolver
-            .upstream()
-            .sign_out(&current.session, scope, after)
-            .await;
+        if matches!(resolution.state, AuthState::Anonymous) {
+            return Ok(SignOutOutcome::Done);
+        }
+        let user_id = resolution.state.user().map(|u| u.id.clone());
+        let successor = match &resolution.cookie {
+            CookieChange::Set(next) => self
+                .codec
+                .decode(next.wire.as_bytes())
+                .map(|session| (next.wire.clone(), session)),
+            _ => None,
+        };
+        let (key, session) = match &successor {
+            Some((wire, session)) => (wire.as_bytes(), session),
+            None => (&*current.key, &current.session),
+        };
+        let result = resolver.upstream().sign_out(session, scope, after).await;
         if let Err(err) = &result {
             tracing::warn!(error = %err, "authgate: upstream sign-out failed; signed out locally");
         }
         match (scope, &user_id) {
-            (SignOutScope::Others, Some(id)) => resolver.revoke_user(id, Some(&current.key)),
+            (SignOutScope::Others, Some(id)) => resolver.revoke_user(id, Some(key)),
             (SignOutScope::All, Some(id)) => resolver.revoke_user(id, None),
             _ => {}
         }
         if scope != SignOutScope::Others {
             resolver.revoke(&current.key, current.session.expires_at);
+            if let Some((wire, session)) = &successor {
+                resolver.revoke(wire.as_bytes(), session.expires_at);
+            }
         }
         resolver.emit(AuthEvent::SignedOut {
             user_id,
             scope,
-            session: resolver.session_hash(&current.key),
+            session: resolver.session_hash(key),
         });
         result
     }
 }
 
-/// A request's session cookie, read and decoded.
-#[derive(Debug, Clone)]
+/// A request's session cookie, read and decoded. `Debug` is redacted.
+#[derive(Clone)]
 pub(crate) struct CurrentSession {
     /// The cookie's value: the cache key.
     pub(crate) key: Box<[u8]>,
     pub(crate) session: Session,
+}
+
+impl std::fmt::Debug for CurrentSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurrentSession")
+            .field("key", &"<redacted>")
+            .field("session", &self.session)
+            .finish()
+    }
 }
 
 /// What the layer puts in a request's extensions: the request's context.
@@ -357,6 +383,10 @@ impl RequestAuth {
     pub(crate) fn prepare(shared: &Arc<Shared>, headers: &HeaderMap) -> (Arc<Self>, CookieState) {
         let scan = shared.cookie_finder.scan(headers);
         let (cookie, prefetched, session, presence) = match scan {
+            // Longer than one cookie we could have set: never valid.
+            CookieScan::Present(value) if value.len() > MAX_VALUE_LEN => {
+                (CookieState::Malformed, None, None, Presence::single())
+            }
             CookieScan::Present(value) => {
                 let (cookie, prefetched, session) = probe(shared, value);
                 (cookie, prefetched, session, Presence::single())

@@ -80,8 +80,7 @@ pub(crate) enum CookieScan<'h> {
         count: usize,
         presence: Presence,
     },
-    /// Chunks with a gap, a lone chunk, an index out of range, or chunks
-    /// beside the unchunked form: never a session.
+    /// Chunks with a gap, or a lone chunk: never a session.
     Malformed(Presence),
     Ambiguous,
 }
@@ -227,30 +226,28 @@ impl CookieFinder {
     fn scan_chunks<'h>(&self, headers: &'h HeaderMap, single: Option<&'h [u8]>) -> CookieScan<'h> {
         let mut chunks: [Option<&[u8]>; MAX_CHUNKS] = [None; MAX_CHUNKS];
         let mut presence = 0u8;
-        let mut odd_chunk = false;
         for header in headers.get_all(COOKIE) {
             for pair in header.as_bytes().split(|&b| b == b';') {
                 let Some(after) = pair.trim_ascii_start().strip_prefix(&*self.name) else {
                     continue;
                 };
-                match parse_chunk(after) {
-                    Some((index, value)) if index < MAX_CHUNKS => {
-                        presence |= 1 << index;
-                        match chunks[index] {
-                            Some(previous) if previous != value => return CookieScan::Ambiguous,
-                            _ => chunks[index] = Some(value),
-                        }
+                // An index past the most we write is not ours (like a
+                // longer name): ignored, so a planted `name__9` can neither
+                // hide nor delete the session.
+                if let Some((index, value)) = parse_chunk(after).filter(|(i, _)| *i < MAX_CHUNKS) {
+                    presence |= 1 << index;
+                    match chunks[index] {
+                        Some(previous) if previous != value => return CookieScan::Ambiguous,
+                        _ => chunks[index] = Some(value),
                     }
-                    Some(_) => odd_chunk = true,
-                    None => {}
                 }
             }
         }
-        if presence == 0 && !odd_chunk {
-            // Only longer names (`name__x`): not ours.
+        if presence == 0 {
+            // Only longer names (`name__x`, `name__9`): not ours.
             return single.map_or(CookieScan::Absent, CookieScan::Present);
         }
-        assemble_chunks(single, &chunks, Presence(presence), odd_chunk)
+        assemble_chunks(single, &chunks, Presence(presence))
     }
 }
 
@@ -258,15 +255,17 @@ impl CookieFinder {
 fn assemble_chunks<'h>(
     single: Option<&'h [u8]>,
     chunks: &[Option<&'h [u8]>; MAX_CHUNKS],
-    mut presence: Presence,
-    odd_chunk: bool,
+    presence: Presence,
 ) -> CookieScan<'h> {
     if single.is_some() {
-        presence.0 |= Presence::SINGLE;
+        // Both forms: one of them was planted (or a removal was lost).
+        // Never choose, never delete (SECURITY.md T-C3); the next sign-in
+        // writes one form and removes the other.
+        return CookieScan::Ambiguous;
     }
     let count = chunks.iter().take_while(|c| c.is_some()).count();
     let gap = chunks[count..].iter().any(Option::is_some);
-    if single.is_some() || odd_chunk || gap || count < 2 {
+    if gap || count < 2 {
         return CookieScan::Malformed(presence);
     }
     let mut parts: [&[u8]; MAX_CHUNKS] = [&[]; MAX_CHUNKS];
@@ -303,6 +302,8 @@ impl<'h> WireValue<'h> {
     /// malformed cookie or chunks over the hard maximum.
     pub(crate) fn of(scan: &CookieScan<'h>) -> Option<Self> {
         match scan {
+            // Longer than one cookie we could have set: never valid.
+            CookieScan::Present(value) if value.len() > MAX_VALUE_LEN => None,
             CookieScan::Present(value) => Some(Self {
                 single: value,
                 joined: None,
@@ -703,6 +704,7 @@ mod tests {
         // SECURITY.md T-C3, T-C5 and Appendix B's cookie header set.
         let n = "__Host-sid";
         let big = format!("__Host-sid={}", "a".repeat(64 * 1024));
+        let over_one = format!("__Host-sid={}", "a".repeat(MAX_VALUE_LEN + 1));
         let many: String =
             (0..500).map(|i| format!("c{i}=v; ")).collect::<String>() + "__Host-sid=abc";
         let cases: Vec<(&str, Vec<&[u8]>, SessionCookie)> = vec![
@@ -763,6 +765,11 @@ mod tests {
                 vec![big.as_bytes()],
                 SessionCookie::Malformed,
             ),
+            (
+                "one cookie longer than any we set",
+                vec![over_one.as_bytes()],
+                SessionCookie::Malformed,
+            ),
             ("500 cookies", vec![many.as_bytes()], token("abc")),
             (
                 "chunks in order (T-C4)",
@@ -785,14 +792,19 @@ mod tests {
                 SessionCookie::Malformed,
             ),
             (
-                "both forms at once",
+                "both forms at once (T-C3: never chosen, never deleted)",
                 vec![b"__Host-sid=abc; __Host-sid__0=abc; __Host-sid__1=def"],
-                SessionCookie::Malformed,
+                SessionCookie::Ambiguous,
             ),
             (
-                "a chunk index out of range",
+                "a chunk index out of range is not ours",
                 vec![b"__Host-sid__0=abc; __Host-sid__1=def; __Host-sid__7=x"],
-                SessionCookie::Malformed,
+                token("abcdef"),
+            ),
+            (
+                "a planted out-of-range chunk beside the session",
+                vec![b"__Host-sid=abc; __Host-sid__9=x"],
+                token("abc"),
             ),
             (
                 "a duplicated chunk that differs (T-C3)",

@@ -130,7 +130,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for CurrentUser {
 /// }
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Auth {
     inner: Arc<RequestAuth>,
     /// The request's session cookie value, read when the handle was made;
@@ -138,6 +138,16 @@ pub struct Auth {
     wire: Option<Box<[u8]>>,
     current: Arc<OnceLock<Option<CurrentSession>>>,
     reset_key: Option<Secret>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The cookie value is a bearer credential: never printed.
+        f.debug_struct("Auth")
+            .field("session_cookie", &self.wire.as_ref().map(|_| "<redacted>"))
+            .field("reset_key", &self.reset_key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Auth {
@@ -284,7 +294,13 @@ impl Auth {
         };
         let after = url::Url::parse(&shared.config.absolute(&shared.config.after_sign_out))
             .unwrap_or_else(|_| shared.config.public_origin.clone());
-        let result = shared.end_session(current, scope, &after).await;
+        // Through the request's own resolution: a rotation it makes is the
+        // session signed out, and (for `Others`) the cookie set on the way
+        // out.
+        let resolution = self.inner.resolve().await;
+        let result = shared
+            .end_session(current, &resolution, scope, &after)
+            .await;
         if scope != SignOutScope::Others {
             self.clear_session_cookie();
         }

@@ -170,8 +170,10 @@ pub(crate) struct ResolverParts {
 
 /// The tokio instant of a wall-clock time (now, if it has passed).
 fn instant_at(at: SystemTime, now: Instant) -> Instant {
+    // At most a year ahead, so an absurd expiry cannot overflow.
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
     at.duration_since(SystemTime::now())
-        .map_or(now, |left| now + left)
+        .map_or(now, |left| now + left.min(YEAR))
 }
 
 impl Resolver {
@@ -232,6 +234,14 @@ impl Resolver {
         let fetched = match cache.mark(key, now) {
             Some(MarkKind::Invalid | MarkKind::Revoked) => return Resolution::invalid(),
             Some(MarkKind::Rotated(next)) => {
+                // Signed out (or revoked user-wide) since: so is this.
+                let gone = matches!(
+                    cache.mark(next.wire.as_bytes(), now),
+                    Some(MarkKind::Revoked | MarkKind::Invalid)
+                );
+                if gone {
+                    return Resolution::invalid();
+                }
                 return Resolution {
                     state: AuthState::SignedIn {
                         user: next.user.clone(),
@@ -273,6 +283,15 @@ impl Resolver {
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(flight) = in_flight.get(key) {
             return flight.clone();
+        }
+        // A rotation may have finished since `resolve` looked: its answer
+        // stands (a second refresh would use the spent session).
+        if let Some(MarkKind::Rotated(next)) = self.inner.cache.mark(key, Instant::now()) {
+            let fetched = Fetched::Valid {
+                user: next.user.clone(),
+                rotated: Some(next),
+            };
+            return futures_util::future::ready(fetched).boxed().shared();
         }
         let inner = self.inner.clone();
         let owned_key: Box<[u8]> = key.into();

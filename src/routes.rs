@@ -196,8 +196,23 @@ pub(crate) async fn handle(shared: Arc<Shared>, route: Route, parts: Parts) -> R
     page.finish()
 }
 
-/// How many [`Correlation::Single`] flows one browser keeps in flight.
-const MAX_SINGLE_FLOWS: usize = 4;
+/// How many flows one browser keeps in flight.
+const MAX_FLOWS: usize = 4;
+
+/// The names of the per-flow cookies a request carries, in header order.
+fn flow_cookie_names(shared: &Shared, parts: &Parts) -> Vec<String> {
+    let prefix = format!("{}.", shared.flow_name);
+    parts
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.split_once('=').map(|(name, _)| name.trim()))
+        .filter(|name| name.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -290,12 +305,13 @@ async fn sign_in(shared: &Shared, provider: &str, parts: &Parts) -> Page {
     };
     let redirect_url = redirect.url.clone();
     let record = FlowRecord::new(provider, &return_to, flow, redirect);
+    let record_correlation = record.correlation;
     let ttl = shared.config.flow_ttl;
     let cookie = match record.correlation {
         Correlation::Single => {
             let mut flows = single_flows(shared, parts);
             flows.push(record);
-            let excess = flows.len().saturating_sub(MAX_SINGLE_FLOWS);
+            let excess = flows.len().saturating_sub(MAX_FLOWS);
             flows.drain(..excess);
             single_flows_cookie(shared, flows)
         }
@@ -311,7 +327,33 @@ async fn sign_in(shared: &Shared, provider: &str, parts: &Parts) -> Page {
     let Some(cookie) = cookie else {
         return sign_in_unavailable(StatusCode::INTERNAL_SERVER_ERROR);
     };
-    Page::redirect(redirect_url.as_str()).cookie(cookie)
+    let mut page = Page::redirect(redirect_url.as_str()).cookie(cookie);
+    if record_correlation != Correlation::Single {
+        // At most a few flows in flight: the oldest cookies go (browsers
+        // send older cookies first, RFC 6265 §5.4), so abandoned starts
+        // cannot grow the `Cookie` header without bound.
+        let names = flow_cookie_names(shared, parts);
+        let excess = (names.len() + 1).saturating_sub(MAX_FLOWS);
+        for name in names.into_iter().take(excess) {
+            page.set_cookies.push(shared.attributes.removal(&name));
+        }
+    }
+    page
+}
+
+/// The refusal of a landing whose parameters cannot be read one way only
+/// (reported).
+fn malformed_landing(shared: &Shared) -> Page {
+    shared.resolver.emit(AuthEvent::FlowRejected {
+        reason: FlowRejection::MalformedLanding,
+        session: None,
+    });
+    Page::html(
+        StatusCode::BAD_REQUEST,
+        "Sign-in failed",
+        "This sign-in link is malformed.",
+        Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
+    )
 }
 
 /// The flow a landing belongs to, as the core found and checked it.
@@ -342,16 +384,7 @@ fn find_flow(
         .any(|(name, _)| params.single(name).is_err())
     {
         // A repeated flow id: never pick one (SECURITY.md T-B6.1).
-        shared.resolver.emit(AuthEvent::FlowRejected {
-            reason: FlowRejection::MalformedLanding,
-            session: None,
-        });
-        return Err(Box::new(Page::html(
-            StatusCode::BAD_REQUEST,
-            "Sign-in failed",
-            "This sign-in link is malformed.",
-            Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
-        )));
+        return Err(Box::new(malformed_landing(shared)));
     }
     let named = carriers
         .into_iter()
@@ -359,6 +392,11 @@ fn find_flow(
     let Some((id, how)) = named else {
         return Ok(FoundFlow::Single(single_flows(shared, parts)));
     };
+    if params.has_duplicates() {
+        // The core checks named flows itself: no parameter may be chosen
+        // between two values (SECURITY.md T-B1, T-B6.1).
+        return Err(Box::new(malformed_landing(shared)));
+    }
     let name = flow_cookie_name(shared, id);
     let finder = CookieFinder::new(&name);
     let (record, present) = open_sealed::<FlowRecord>(shared, parts, &finder, &name, "flow");
@@ -764,13 +802,23 @@ async fn sign_out(shared: &Shared, parts: &Parts) -> Page {
         return page;
     };
     let after = url::Url::parse(&location).unwrap_or_else(|_| shared.config.public_origin.clone());
-    let outcome = shared.end_session(&current, scope, &after).await;
+    let resolution = shared
+        .resolver
+        .resolve(&current.key, &current.session)
+        .await;
+    let outcome = shared
+        .end_session(&current, &resolution, scope, &after)
+        .await;
     let location = match outcome {
         Ok(SignOutOutcome::Redirect(url)) => url.to_string(),
         _ => location,
     };
     let mut page = Page::redirect(&location);
     if scope == SignOutScope::Others {
+        // This browser stays signed in: with its rotated session, if the
+        // resolution rotated it.
+        page.set_cookies
+            .extend(shared.codec_lines(&resolution.cookie, had));
         return page;
     }
     page.set_cookies.extend(removal);

@@ -44,6 +44,10 @@ fn app(kit: &TestKit) -> App {
             }),
         )
         .route(
+            "/debug",
+            get(|auth: Auth| async move { format!("{auth:?}") }),
+        )
+        .route(
             "/signout-local",
             post(|auth: Auth| async move {
                 auth.sign_out_locally();
@@ -415,6 +419,8 @@ async fn t_b1_state_flows_are_checked_by_the_core_before_the_upstream() {
         format!("state={state_a}&state={state_a}&code={code}"),
         format!("state={state_b}x&code={code}"),
         format!("state=&code={code}"),
+        format!("state={state_a}&code={code}&code={code}"),
+        format!("state={state_a}&code={code}&provider=other&provider=other"),
     ] {
         let response = land(refused.clone()).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{refused}");
@@ -429,4 +435,85 @@ async fn t_b1_state_flows_are_checked_by_the_core_before_the_upstream() {
     let response = land(format!("state={state_a}&code={code}")).await;
     assert_eq!(response.headers()["location"], "https://app.test/a");
     set_value(&kit, &response);
+}
+
+/// A session rotated just before it is signed out: the successor is what
+/// ends, upstream and here, whichever cookie the sign-out carries; neither
+/// cookie works afterwards (the successor mark does not outlive it).
+#[tokio::test(start_paused = true)]
+async fn signing_out_a_rotated_session_ends_its_successor_too() {
+    for sign_out_with_old in [true, false] {
+        let upstream = MemoryUpstream::default().with_rotation(Duration::from_secs(300));
+        let kit = TestKit::with_upstream(config(), upstream);
+        let app = app(&kit);
+        let user = kit.user("ada@example.test");
+        let old = kit.session_cookie(&user);
+        let response = send(&app, kit.with_session_cookie(&old).get("/account")).await;
+        let new = set_value(&kit, &response);
+        assert_eq!(kit.sessions_of(&user), 1);
+
+        let with = if sign_out_with_old { &old } else { &new };
+        let out = send(
+            &app,
+            kit.with_session_cookie(with).post_form("/auth/signout", ""),
+        )
+        .await;
+        assert_eq!(out.status(), StatusCode::SEE_OTHER);
+        assert_eq!(kit.session_change(&out), SessionChange::Cleared);
+        assert_eq!(kit.sessions_of(&user), 0, "ended upstream");
+        for cookie in [&old, &new] {
+            let response = send(&app, kit.with_session_cookie(cookie).get("/account")).await;
+            assert_ne!(
+                response.status(),
+                StatusCode::OK,
+                "old={sign_out_with_old}, cookie is new: {}",
+                cookie == &new
+            );
+        }
+    }
+}
+
+/// SEAM.md review: anyone can post any cookie to the sign-out route; a
+/// value that resolves to nobody is not sent upstream and leaves no
+/// tombstone (which would otherwise pile up), only the invalid answer's
+/// short negative entry.
+#[tokio::test(start_paused = true)]
+async fn signing_out_a_junk_cookie_leaves_no_tombstone() {
+    let kit = TestKit::with_config(config());
+    let app = app(&kit);
+    let junk = "f".repeat(48);
+    let out = send(
+        &app,
+        kit.with_session_cookie(&junk)
+            .post_form("/auth/signout", ""),
+    )
+    .await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(kit.session_change(&out), SessionChange::Cleared);
+    assert_eq!(kit.upstream_lookups(), 1);
+    tokio::time::advance(Duration::from_secs(11)).await;
+    send(&app, kit.with_session_cookie(&junk).get("/account")).await;
+    assert_eq!(
+        kit.upstream_lookups(),
+        2,
+        "asked again once the negative entry expired"
+    );
+}
+
+/// SECURITY.md T-G1: the `Auth` handle's `Debug` never shows the cookie.
+#[tokio::test]
+async fn t_g1_auth_debug_never_shows_the_session() {
+    for upstream in [
+        MemoryUpstream::default(),
+        MemoryUpstream::default().with_sealed_sessions(),
+    ] {
+        let kit = TestKit::with_upstream(config(), upstream);
+        let app = app(&kit);
+        let user = kit.user("ada@example.test");
+        let value = kit.session_cookie(&user);
+        let response = send(&app, kit.with_session_cookie(&value).get("/debug")).await;
+        let text = body(response).await;
+        assert!(text.contains("redacted"), "{text}");
+        assert!(!text.contains(&value[..16]), "{text}");
+    }
 }

@@ -464,7 +464,8 @@ pub struct Valid {
     /// The user.
     pub user: User,
     /// When the session ends: a hard cap on the cache's fresh and stale
-    /// deadlines and on the cookie's `Max-Age`. `None`: no known end.
+    /// deadlines (the cookie's `Max-Age` follows [`Session::expires_at`]).
+    /// `None`: no known end.
     pub expires_at: Option<SystemTime>,
     /// When to ask the upstream again (a JWT's refresh point, a remote
     /// check interval). `None`: the configured cache TTL.
@@ -826,8 +827,9 @@ impl FlowRecord {
     }
 }
 
-/// What a sign-out amounts to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a sign-out amounts to. `Debug` shows a redirect's origin and path
+/// only (its query may carry an `id_token_hint`).
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SignOutOutcome {
     /// Done; the browser goes to the validated `return_to`.
@@ -835,6 +837,22 @@ pub enum SignOutOutcome {
     /// The browser must visit the upstream to finish (an OpenID Connect
     /// `end_session_endpoint`); it comes back to the `after` URL.
     Redirect(Url),
+}
+
+impl fmt::Debug for SignOutOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Done => f.write_str("Done"),
+            Self::Redirect(url) => f
+                .debug_tuple("Redirect")
+                .field(&format_args!(
+                    "{}{}",
+                    url.origin().ascii_serialization(),
+                    url.path()
+                ))
+                .finish(),
+        }
+    }
 }
 
 /// Whom a back-channel logout ends (OpenID Connect Back-Channel Logout
