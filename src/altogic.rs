@@ -1019,8 +1019,8 @@ fn plausible_grant(key: &str) -> bool {
 enum Landing<'a> {
     /// Duplicated, unknown or missing parameters (SECURITY.md T-B6.1).
     Malformed,
-    /// The upstream reports a failure; its message is shown.
-    Failed(&'a str),
+    /// The upstream reports a failure (its text goes to the log only).
+    Failed(FlowRejection, &'a str),
     EmailChanged,
     /// A successful landing with a plausible grant key.
     Grant {
@@ -1045,7 +1045,13 @@ impl<'a> Landing<'a> {
             return Self::Malformed;
         };
         if !(200..300).contains(&status) || single("error").is_some() {
-            return Self::Failed(single("error").unwrap_or("The sign-in did not complete."));
+            // A declined consent comes back as 401/403 on an OAuth landing.
+            let reason = match (action, status) {
+                ("oauth-signin", 401 | 403) => FlowRejection::ConsentDenied,
+                _ => FlowRejection::UpstreamRefused,
+            };
+            let text = single("error").unwrap_or("The sign-in did not complete.");
+            return Self::Failed(reason, text);
         }
         if action == "change-email" {
             return Self::EmailChanged;
@@ -1072,7 +1078,7 @@ impl Client {
                     Some(FlowRejection::MalformedLanding),
                 ));
             }
-            Landing::Failed(message) => return Ok(failed(BAD, message, None)),
+            Landing::Failed(reason, text) => return Ok(failed(BAD, text, Some(reason))),
             Landing::EmailChanged => return Ok(CallbackOutcome::EmailChanged),
             Landing::Grant { action, key } => (action, key),
         };

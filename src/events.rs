@@ -111,6 +111,12 @@ pub enum FlowRejection {
     /// An OAuth landing signed in with a provider that no flow of this
     /// browser was started for; the new session was ended.
     ProviderMismatch,
+    /// The user declined at the identity provider (OAuth consent denied,
+    /// `access_denied`).
+    ConsentDenied,
+    /// The upstream refused the landing for a reason of its own (an
+    /// account conflict, a locked account, …).
+    UpstreamRefused,
 }
 
 impl fmt::Display for FlowRejection {
@@ -124,6 +130,8 @@ impl fmt::Display for FlowRejection {
             Self::CrossSite => "cross-site",
             Self::DuplicateCookies => "duplicate-cookies",
             Self::ProviderMismatch => "provider-mismatch",
+            Self::ConsentDenied => "consent-denied",
+            Self::UpstreamRefused => "upstream-refused",
         })
     }
 }

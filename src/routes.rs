@@ -28,7 +28,7 @@ use crate::upstream::{
     SignOutOutcome, SignOutScope,
 };
 
-/// The longest message from the upstream shown on an error page.
+/// The longest text of a refused landing written to the log.
 const MAX_MESSAGE_CHARS: usize = 300;
 
 /// The longest e-mail-link query kept in the link cookie (a real one is a
@@ -341,6 +341,29 @@ async fn sign_in(shared: &Shared, provider: &str, parts: &Parts) -> Page {
     page
 }
 
+/// The fixed text of a refused landing's page, by reason: never the
+/// upstream's words (SECURITY.md T-B1).
+fn refusal_message(reason: FlowRejection) -> &'static str {
+    match reason {
+        FlowRejection::MissingFlow | FlowRejection::TamperedFlow => {
+            "No sign-in was started in this browser. Please start again."
+        }
+        FlowRejection::ReplayedGrant => {
+            "This link has expired or was already used. Please sign in again."
+        }
+        FlowRejection::MalformedLanding => "This sign-in link is malformed.",
+        FlowRejection::ConsentDenied => {
+            "The sign-in was cancelled at the sign-in provider. You can try again or use another way to sign in."
+        }
+        FlowRejection::ProviderMismatch => {
+            "No sign-in with this provider was started in this browser. Please start again."
+        }
+        _ => {
+            "The sign-in service refused this sign-in. Please try again, or use another way to sign in."
+        }
+    }
+}
+
 /// The refusal of a landing whose parameters cannot be read one way only
 /// (reported).
 fn malformed_landing(shared: &Shared) -> Page {
@@ -351,7 +374,7 @@ fn malformed_landing(shared: &Shared) -> Page {
     Page::html(
         StatusCode::BAD_REQUEST,
         "Sign-in failed",
-        "This sign-in link is malformed.",
+        refusal_message(FlowRejection::MalformedLanding),
         Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
     )
 }
@@ -422,7 +445,7 @@ fn find_flow(
             let page = Page::html(
                 StatusCode::BAD_REQUEST,
                 "Sign-in failed",
-                "No sign-in was started in this browser. Please start again.",
+                refusal_message(FlowRejection::MissingFlow),
                 Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
             );
             Err(Box::new(if present { page.cookie(removal) } else { page }))
@@ -691,14 +714,20 @@ async fn complete(
             message,
             rejection,
         } => {
-            match rejection {
-                Some(reason) => shared.resolver.emit(AuthEvent::FlowRejected {
-                    reason,
-                    session: None,
-                }),
-                None => tracing::info!(%status, "authgate: the upstream reported a failed sign-in"),
-            }
-            let message: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+            let reason = rejection.unwrap_or(FlowRejection::UpstreamRefused);
+            // The upstream's text may be anything an attacker put in the
+            // landing's URL: the log gets it (capped, one line), the page a
+            // fixed message (SECURITY.md T-B1).
+            let detail: String = message
+                .chars()
+                .take(MAX_MESSAGE_CHARS)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            tracing::info!(%status, %reason, detail, "authgate: a landing was refused");
+            shared.resolver.emit(AuthEvent::FlowRejected {
+                reason,
+                session: None,
+            });
             let status = if status.is_client_error() || status.is_server_error() {
                 status
             } else {
@@ -707,7 +736,7 @@ async fn complete(
             let mut page = Page::html(
                 status,
                 "Sign-in failed",
-                &message,
+                refusal_message(reason),
                 Some((sign_in_page, "Back to sign in")),
             );
             // The flow the upstream was given is spent.
@@ -736,7 +765,7 @@ async fn refuse_provider(shared: &Shared, session: Session) -> Page {
     Page::html(
         StatusCode::BAD_REQUEST,
         "Sign-in failed",
-        "No sign-in with this provider was started in this browser. Please start again.",
+        refusal_message(FlowRejection::ProviderMismatch),
         Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
     )
 }

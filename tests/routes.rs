@@ -834,3 +834,62 @@ async fn a_landing_for_a_provider_never_started_here_is_refused_and_its_session_
     // The grant exchange, then the sign-out of the session it created.
     assert_eq!(site.dev.upstream_calls(), calls + 2);
 }
+
+/// SECURITY.md T-B1, issue 10 points 1 and 3: a failure landing's text is
+/// whatever an attacker put in the URL, so the page shows a fixed message
+/// chosen by the landing's kind and the text goes to the log only; every
+/// refused landing is a `FlowRejected` event with its reason.
+#[tokio::test]
+async fn t_b1_failure_pages_never_reflect_the_landings_text_and_emit_their_reason() {
+    use authgate::events::{AuthEvent, AuthEvents, FlowRejection};
+    let (events, mut received) = AuthEvents::channel(64);
+    let site = site_with(|config| config.with_events(events)).await;
+    let started = site.get("/auth/signin/google?return_to=%2Fa", None).await;
+    let jar = format!(
+        "{FLOW}={}",
+        set_cookie(started.headers(), FLOW).unwrap().value()
+    );
+    let lure = "Your+account+is+locked.+Call+%2B1+555+0100+or+visit+evil.example";
+    for (query, reason, shown) in [
+        (
+            format!("action=oauth-signin&status=400&error={lure}"),
+            FlowRejection::UpstreamRefused,
+            "The sign-in service refused this sign-in",
+        ),
+        (
+            format!("action=oauth-signin&status=401&error={lure}"),
+            FlowRejection::ConsentDenied,
+            "cancelled at the sign-in provider",
+        ),
+        (
+            format!("action=magic-link&status=500&error={lure}"),
+            FlowRejection::UpstreamRefused,
+            "The sign-in service refused this sign-in",
+        ),
+        (
+            format!("action=magic-link&status=200&access_token=not-a-grant&error={lure}"),
+            FlowRejection::UpstreamRefused,
+            "The sign-in service refused this sign-in",
+        ),
+    ] {
+        let response = site
+            .get(&format!("/auth/callback?{query}"), Some(&jar))
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        let page = body_string(response).await;
+        assert!(page.contains(shown), "{query}: {page}");
+        for reflected in ["locked", "evil.example", "555"] {
+            assert!(
+                !page.contains(reflected),
+                "{query} reflects {reflected}: {page}"
+            );
+        }
+        let mut reasons = Vec::new();
+        while let Ok(event) = received.try_recv() {
+            if let AuthEvent::FlowRejected { reason, .. } = event {
+                reasons.push(reason);
+            }
+        }
+        assert_eq!(reasons, [reason], "{query}");
+    }
+}

@@ -801,7 +801,13 @@ async fn oauth_sign_in_goes_through_the_provider_simulator() {
         .unwrap();
     let page = other.landing(denied).await;
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
-    assert!(page.body.contains("Access was denied"), "{}", page.body);
+    // Issue 10 point 1: a fixed message, never the upstream's own words.
+    assert!(
+        page.body.contains("cancelled at the sign-in provider"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("Access was denied"), "{}", page.body);
     assert_eq!(other.session(), None);
 }
 

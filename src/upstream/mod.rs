@@ -877,13 +877,20 @@ pub enum CallbackOutcome {
     PasswordReset(Secret),
     /// An e-mail change was confirmed.
     EmailChanged,
-    /// The flow failed; the message is shown (escaped) to the user.
+    /// The flow failed.
+    /// The page shows a fixed message chosen by authgate from `rejection`
+    /// (SECURITY.md T-B1: a landing's text is whatever an attacker put in
+    /// the URL); `message` goes to the log only.
     Failed {
         /// The HTTP status of the error page.
         status: http::StatusCode,
-        /// A human-readable message.
+        /// The upstream's own text or the upstream implementation's
+        /// explanation, for the log (capped, never shown).
         message: String,
-        /// Set when authgate (not the upstream) refused the landing.
+        /// Why: picks the page's message and the
+        /// [`FlowRejected`](crate::events::AuthEvent::FlowRejected) event's
+        /// reason; `None` counts as
+        /// [`UpstreamRefused`](FlowRejection::UpstreamRefused).
         rejection: Option<FlowRejection>,
     },
 }
