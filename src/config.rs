@@ -46,8 +46,38 @@ pub struct AuthConfig {
     pub(crate) session_cookie_ceiling: usize,
     pub(crate) flow_ttl: Duration,
     pub(crate) confirm_email_links: bool,
+    pub(crate) clear_site_data: Vec<ClearSiteData>,
     pub(crate) cache: CacheSettings,
     pub(crate) events: AuthEvents,
+}
+
+/// What a sign-out response asks the browser to clear for this origin
+/// (`Clear-Site-Data`, W3C Clear Site Data §3.1); see
+/// [`AuthConfig::with_clear_site_data`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClearSiteData {
+    /// The HTTP cache (pages of the signed-out user).
+    Cache,
+    /// DOM storage: `localStorage`, `sessionStorage`, IndexedDB, service
+    /// workers.
+    Storage,
+    /// Every cookie of the registrable domain, not only authgate's: ask for
+    /// it only when the whole site signs out with the user.
+    Cookies,
+    /// Reloads every open document of the origin.
+    ExecutionContexts,
+}
+
+impl ClearSiteData {
+    fn directive(self) -> &'static str {
+        match self {
+            Self::Cache => "\"cache\"",
+            Self::Storage => "\"storage\"",
+            Self::Cookies => "\"cookies\"",
+            Self::ExecutionContexts => "\"executionContexts\"",
+        }
+    }
 }
 
 /// Resolver cache settings (see [`AuthConfig::with_cache_ttl`] and friends).
@@ -180,6 +210,7 @@ impl AuthConfig {
             session_cookie_ceiling: crate::cookie::DEFAULT_CEILING,
             flow_ttl: Duration::from_secs(600),
             confirm_email_links: true,
+            clear_site_data: vec![ClearSiteData::Cache, ClearSiteData::Storage],
             cache: CacheSettings::default(),
             events: AuthEvents::default(),
         })
@@ -287,6 +318,16 @@ impl AuthConfig {
     /// silently (SECURITY.md T-B6.4). Default: `true`.
     pub fn with_email_link_confirmation(mut self, confirm: bool) -> Self {
         self.confirm_email_links = confirm;
+        self
+    }
+
+    /// What sign-out responses ask the browser to clear (`Clear-Site-Data`),
+    /// both from `{prefix}/signout` and from
+    /// [`Auth::sign_out`](crate::Auth::sign_out). Default: the cache and
+    /// DOM storage; `&[]` sends no header. [`ClearSiteData::Cookies`] clears
+    /// every cookie of the registrable domain, so it is not a default.
+    pub fn with_clear_site_data(mut self, directives: &[ClearSiteData]) -> Self {
+        self.clear_site_data = directives.to_vec();
         self
     }
 
@@ -412,6 +453,15 @@ impl AuthConfig {
         self.public_origin
             .join(path)
             .map_or_else(|_| self.public_origin.to_string(), String::from)
+    }
+
+    /// The `Clear-Site-Data` value of sign-out responses, if any.
+    pub(crate) fn clear_site_data_header(&self) -> Option<http::HeaderValue> {
+        if self.clear_site_data.is_empty() {
+            return None;
+        }
+        let value: Vec<&str> = self.clear_site_data.iter().map(|d| d.directive()).collect();
+        http::HeaderValue::from_str(&value.join(", ")).ok()
     }
 
     pub(crate) fn attributes(&self) -> CookieAttributes {

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use http::header::Entry;
-use http::header::{CACHE_CONTROL, EXPIRES, PRAGMA, SET_COOKIE, VARY};
+use http::header::{CACHE_CONTROL, EXPIRES, HeaderName, PRAGMA, SET_COOKIE, VARY};
 use http::{Extensions, HeaderMap, HeaderValue};
 
 use std::time::{Duration, SystemTime};
@@ -25,6 +25,10 @@ use crate::upstream::{Capabilities, Grant, Session, SignOutOutcome, SignOutScope
 /// The `Cache-Control` of any response that sets or clears a cookie
 /// (SECURITY.md §4, the CVE-2025-48947 fix).
 pub(crate) const NO_STORE_STRICT: &str = "private, no-cache, no-store, must-revalidate, max-age=0";
+/// `Clear-Site-Data` (W3C Clear Site Data §3.1); the `http` crate has no
+/// constant for it.
+pub(crate) const CLEAR_SITE_DATA: HeaderName = HeaderName::from_static("clear-site-data");
+
 /// The `Cache-Control` of a response whose request resolved a user.
 pub(crate) const NO_STORE_PRIVATE: &str = "private, no-store";
 
@@ -57,6 +61,8 @@ pub(crate) struct Shared {
     /// Cloned into requests that arrive with no extensions (see
     /// [`AuthSlot::insert`]).
     pub(crate) extensions: Extensions,
+    /// The `Clear-Site-Data` of sign-out responses, if any.
+    pub(crate) clear_site_data: Option<HeaderValue>,
 }
 
 impl Shared {
@@ -80,6 +86,7 @@ impl Shared {
             link_finder: CookieFinder::new(&link_name),
             link_name,
             extensions: extensions_template(),
+            clear_site_data: config.clear_site_data_header(),
             flow_name,
             reset_name,
             return_to: config.return_to(),
@@ -301,6 +308,8 @@ pub(crate) struct Changes {
     /// The session cookie is being replaced or removed: the resolution's own
     /// removal must not be added.
     pub(crate) session_written: bool,
+    /// A sign-out: send the configured `Clear-Site-Data`.
+    pub(crate) clear_site_data: bool,
 }
 
 /// What the request's `Cookie` headers said about the session cookie.
@@ -488,8 +497,13 @@ impl RequestAuth {
         {
             let mut state = auth.lock();
             let resolution = state.resolution.take();
-            // A page rendered for a cookie-bearing request may be user-specific.
-            let resolved = resolution.is_some() && state.cookie != CookieState::Absent;
+            // A page rendered for a cookie-bearing request may be
+            // user-specific; one rendered without still depends on cookies.
+            let asked = match (resolution.is_some(), state.cookie) {
+                (false, _) => Asked::No,
+                (true, CookieState::Absent) => Asked::WithoutCookie,
+                (true, _) => Asked::WithCookie,
+            };
             if let Some(Resolution { state: _, cookie }) = resolution
                 && !matches!(cookie, CookieChange::Keep)
                 && !state.changes.session_written
@@ -497,7 +511,14 @@ impl RequestAuth {
                 let lines = auth.shared.codec_lines(&cookie, state.presence);
                 state.changes.set_cookies.extend(lines);
             }
-            apply_hygiene(headers, &state.changes.set_cookies, resolved);
+            apply_hygiene(headers, &state.changes.set_cookies, asked);
+            if state.changes.clear_site_data {
+                // Reset here, not with the rest: the warm path never sets it.
+                state.changes.clear_site_data = false;
+                if let Some(value) = &auth.shared.clear_site_data {
+                    headers.insert(CLEAR_SITE_DATA, value.clone());
+                }
+            }
             if !reusable {
                 return;
             }
@@ -520,11 +541,24 @@ impl RequestAuth {
     }
 }
 
+/// Whether the handler asked who is signed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asked {
+    No,
+    /// It asked, and the request had no session cookie: the page is the
+    /// anonymous variant, and a shared cache must not serve it to a
+    /// browser that has one.
+    WithoutCookie,
+    /// It asked, with a session cookie: the page may be the user's own.
+    WithCookie,
+}
+
 /// Adds `Set-Cookie` lines and the cache headers of SECURITY.md §4:
 /// cookie writes get the strict `no-store` set, user-resolved responses
-/// `private, no-store`; both get `Vary: Cookie` appended, overriding
-/// whatever the handler set (`public`, `s-maxage`).
-pub(crate) fn apply_hygiene(headers: &mut HeaderMap, set_cookies: &[String], resolved: bool) {
+/// `private, no-store`, overriding whatever the handler set (`public`,
+/// `s-maxage`); those and every response whose handler asked for the user
+/// get `Vary: Cookie` appended.
+pub(crate) fn apply_hygiene(headers: &mut HeaderMap, set_cookies: &[String], asked: Asked) {
     for line in set_cookies {
         match HeaderValue::from_str(line) {
             Ok(mut value) => {
@@ -538,10 +572,14 @@ pub(crate) fn apply_hygiene(headers: &mut HeaderMap, set_cookies: &[String], res
         headers.insert(CACHE_CONTROL, HeaderValue::from_static(NO_STORE_STRICT));
         headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
         headers.insert(EXPIRES, HeaderValue::from_static("0"));
-    } else if resolved {
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static(NO_STORE_PRIVATE));
     } else {
-        return;
+        match asked {
+            Asked::WithCookie => {
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static(NO_STORE_PRIVATE));
+            }
+            Asked::WithoutCookie => {}
+            Asked::No => return,
+        }
     }
     match headers.entry(VARY) {
         Entry::Vacant(vary) => {
@@ -575,7 +613,7 @@ mod tests {
             HeaderValue::from_static("public, max-age=600"),
         );
         headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
-        apply_hygiene(&mut headers, &["a=b".to_owned()], false);
+        apply_hygiene(&mut headers, &["a=b".to_owned()], Asked::No);
         assert_eq!(headers[CACHE_CONTROL], NO_STORE_STRICT);
         let vary: Vec<_> = headers.get_all(VARY).iter().collect();
         assert_eq!(vary, ["Accept-Encoding", "Cookie"]);
@@ -586,13 +624,13 @@ mod tests {
             CACHE_CONTROL,
             HeaderValue::from_static("public, s-maxage=60"),
         );
-        apply_hygiene(&mut headers, &[], true);
+        apply_hygiene(&mut headers, &[], Asked::WithCookie);
         assert_eq!(headers[CACHE_CONTROL], NO_STORE_PRIVATE);
         assert_eq!(headers[VARY], "Cookie");
 
         let mut headers = HeaderMap::new();
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("public"));
-        apply_hygiene(&mut headers, &[], false);
+        apply_hygiene(&mut headers, &[], Asked::No);
         assert_eq!(headers[CACHE_CONTROL], "public");
         assert!(headers.get(VARY).is_none());
     }

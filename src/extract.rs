@@ -313,6 +313,7 @@ impl Auth {
         self.inner.with_changes(|changes| {
             changes.set_cookies.extend(lines);
             changes.session_written = true;
+            changes.clear_site_data = true;
         });
     }
 

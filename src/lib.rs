@@ -40,7 +40,7 @@ pub mod dev;
 #[path = "test_kit.rs"]
 pub mod test;
 
-pub use config::AuthConfig;
+pub use config::{AuthConfig, ClearSiteData};
 pub use error::{ConfigError, Error, ErrorKind, UpstreamErrorItem};
 pub use extract::{Auth, CurrentUser, SameOrigin, is_same_origin};
 pub use layer::{AuthLayer, AuthService, ResponseFuture};

@@ -19,7 +19,7 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
 use sha2::{Digest as _, Sha256};
 
-use crate::context::{Shared, apply_hygiene};
+use crate::context::{Asked, CLEAR_SITE_DATA, Shared, apply_hygiene};
 use crate::cookie::{CookieFinder, MAX_VALUE_LEN};
 use crate::events::{AuthEvent, FlowRejection, SignInMethod};
 use crate::extract::is_same_origin;
@@ -146,7 +146,7 @@ impl Page {
         let headers = self.response.headers_mut();
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-        apply_hygiene(headers, &self.set_cookies, false);
+        apply_hygiene(headers, &self.set_cookies, Asked::No);
         self.response
     }
 }
@@ -851,8 +851,10 @@ async fn sign_out(shared: &Shared, parts: &Parts) -> Page {
         return page;
     }
     page.set_cookies.extend(removal);
-    page.response
-        .headers_mut()
-        .insert("clear-site-data", HeaderValue::from_static("\"cache\""));
+    if let Some(value) = &shared.clear_site_data {
+        page.response
+            .headers_mut()
+            .insert(CLEAR_SITE_DATA, value.clone());
+    }
     page
 }

@@ -121,6 +121,23 @@ async fn t_f2_user_pages_are_private_even_when_the_handler_says_public() {
     );
 }
 
+/// Issue 10 point 6: a page whose handler asked who is signed in varies
+/// on `Cookie` even when the answer was "nobody", so a shared cache never
+/// serves the anonymous variant to a signed-in browser; it stays cacheable
+/// (nothing user-specific in it). A handler that never asked is untouched.
+#[tokio::test]
+async fn anonymous_pages_whose_handler_asked_for_the_user_vary_on_cookie() {
+    let site = site().await;
+    let response = site.get("/", None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let vary: Vec<_> = response.headers().get_all(VARY).iter().collect();
+    assert_eq!(vary, ["Cookie"]);
+    assert!(response.headers().get(CACHE_CONTROL).is_none());
+    let response = site.get("/public", None).await;
+    assert!(response.headers().get(VARY).is_none());
+    assert_eq!(response.headers()[CACHE_CONTROL], "public, max-age=600");
+}
+
 #[tokio::test]
 async fn t_c1_sign_in_sets_a_host_prefixed_cookie_with_strict_cache_headers() {
     let site = site().await;

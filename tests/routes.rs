@@ -459,7 +459,12 @@ async fn t_d1_sign_out_revokes_upstream_clears_with_mirrored_attributes_and_tomb
         .await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&response), "https://app.example/bye");
-    assert_eq!(response.headers()["clear-site-data"], "\"cache\"");
+    // Issue 10 point 6: the cache and DOM storage, never every cookie of
+    // the domain unless asked.
+    assert_eq!(
+        response.headers()["clear-site-data"],
+        "\"cache\", \"storage\""
+    );
     let removal = set_cookie(response.headers(), "__Host-authgate").unwrap();
     assert!(is_removal(&removal));
     assert_eq!(removal.secure(), Some(true));
@@ -891,5 +896,33 @@ async fn t_b1_failure_pages_never_reflect_the_landings_text_and_emit_their_reaso
             }
         }
         assert_eq!(reasons, [reason], "{query}");
+    }
+}
+
+/// Issue 10 point 6: `Clear-Site-Data` on sign-out is configurable;
+/// `"cookies"` only on request (it clears the whole registrable domain).
+#[tokio::test]
+async fn sign_out_clear_site_data_is_configurable() {
+    use authgate::ClearSiteData;
+    for (directives, expected) in [
+        (
+            vec![ClearSiteData::Cache, ClearSiteData::Cookies],
+            Some("\"cache\", \"cookies\""),
+        ),
+        (vec![], None),
+    ] {
+        let site = site_with(|config| config.with_clear_site_data(&directives)).await;
+        let (_, token) = site.user("csd@example.test").await;
+        let response = site
+            .send(form("/auth/signout", Some(&site.cookie(&token)), ""))
+            .await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            response
+                .headers()
+                .get("clear-site-data")
+                .map(|v| v.to_str().unwrap()),
+            expected
+        );
     }
 }

@@ -272,6 +272,8 @@ async fn tombstones_last_as_long_as_the_upstream_revocation_horizon_says() {
         );
         let out = send(&app, request.post_form("/signout-local", "")).await;
         assert_eq!(kit.session_change(&out), SessionChange::Cleared);
+        // A sign-out in a handler clears site data too (issue 10 point 6).
+        assert_eq!(out.headers()["clear-site-data"], "\"cache\", \"storage\"");
         // The browser keeps sending the old cookie (a copy, a replay).
         tokio::time::advance(Duration::from_secs(600)).await;
         let lookups = kit.upstream_lookups();
