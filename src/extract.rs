@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
-use http::header::{ACCEPT, ORIGIN};
+use http::header::{ACCEPT, CONTENT_TYPE, ORIGIN, REFERER};
 use http::request::Parts;
 use http::{HeaderMap, Method};
 use url::Url;
@@ -18,7 +18,8 @@ use crate::cookie::{WireValue, encode_token};
 use crate::error::Error;
 use crate::events::{AuthEvent, FlowRejection};
 use crate::rejection::{
-    CrossSiteRequest, CurrentUserRejection, MissingAuthLayer, NotSignedIn, UpstreamUnavailable,
+    Answer, CrossSiteRequest, CurrentUserRejection, MissingAuthLayer, NotSignedIn,
+    UpstreamUnavailable,
 };
 use crate::resolve::{AuthState, CookieChange};
 use crate::upstream::{Grant, Secret, Session, SessionToken, SignOutOutcome, SignOutScope, User};
@@ -56,32 +57,93 @@ impl Deref for CurrentUser {
 
 /// A GET/HEAD that a browser makes to show a page.
 fn is_navigation(parts: &Parts) -> bool {
-    if !matches!(parts.method, Method::GET | Method::HEAD) {
-        return false;
-    }
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    };
-    header("sec-fetch-mode") == "navigate" || header(ACCEPT.as_str()).contains("text/html")
+    matches!(parts.method, Method::GET | Method::HEAD) && wants_html(parts)
 }
 
-fn not_signed_in(parts: &Parts, config: &AuthConfig) -> NotSignedIn {
-    let sign_in = is_navigation(parts).then(|| {
-        let return_to = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut location = config.sign_in_page.clone();
+fn header<'p>(parts: &'p Parts, name: &str) -> &'p str {
+    parts
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// A browser showing the answer as a page (not `fetch`).
+fn wants_html(parts: &Parts) -> bool {
+    header(parts, "sec-fetch-mode") == "navigate"
+        || header(parts, ACCEPT.as_str()).contains("text/html")
+}
+
+/// A form the browser submitted as a page (`<form method="post">`).
+fn is_form_submission(parts: &Parts) -> bool {
+    let content_type = header(parts, CONTENT_TYPE.as_str());
+    !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && wants_html(parts)
+        && (content_type.starts_with("application/x-www-form-urlencoded")
+            || content_type.starts_with("multipart/form-data"))
+}
+
+/// The path of a same-origin URL (an htmx `HX-Current-URL`, a `Referer`),
+/// to come back to after signing in.
+fn same_origin_path(url: &str, config: &AuthConfig) -> Option<String> {
+    let url = Url::parse(url).ok()?;
+    (url.origin() == config.public_origin.origin()).then(|| {
+        let mut path = url.path().to_owned();
+        if let Some(query) = url.query() {
+            path.push('?');
+            path.push_str(query);
+        }
+        path
+    })
+}
+
+/// The sign-in page with `return_to` (and a notice).
+fn sign_in_location(config: &AuthConfig, return_to: Option<&str>, notice: Option<&str>) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(return_to) = return_to {
+        query.append_pair("return_to", return_to);
+    }
+    if let Some(notice) = notice {
+        query.append_pair("notice", notice);
+    }
+    let query = query.finish();
+    let mut location = config.sign_in_page.clone();
+    if !query.is_empty() {
         location.push(if location.contains('?') { '&' } else { '?' });
-        location.push_str(
-            &url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("return_to", return_to)
-                .finish(),
-        );
-        location
-    });
-    NotSignedIn { sign_in }
+        location.push_str(&query);
+    }
+    location
+}
+
+/// How to tell this request that nobody is signed in (issue 10 point 7):
+/// an htmx request gets `HX-Redirect` (a 303 would be followed by htmx and
+/// swapped into a fragment); a page navigation a 303 to the sign-in page;
+/// a form post whose session ended a 303 with a notice (its URL cannot be
+/// reopened with a GET, so the form's page is the way back); anything else
+/// (`fetch`, an API client) a 401 problem (RFC 9457).
+fn not_signed_in(parts: &Parts, config: &AuthConfig) -> NotSignedIn {
+    let request_path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let safe = matches!(parts.method, Method::GET | Method::HEAD);
+    let answer = if header(parts, "hx-request") == "true" {
+        let back = if safe {
+            Some(request_path.to_owned())
+        } else {
+            same_origin_path(header(parts, "hx-current-url"), config)
+        };
+        Answer::HxRedirect(sign_in_location(config, back.as_deref(), None))
+    } else if is_navigation(parts) {
+        Answer::Redirect(sign_in_location(config, Some(request_path), None))
+    } else if is_form_submission(parts) {
+        let back = same_origin_path(header(parts, REFERER.as_str()), config);
+        Answer::Redirect(sign_in_location(
+            config,
+            back.as_deref(),
+            Some("session-ended"),
+        ))
+    } else {
+        Answer::Problem
+    };
+    NotSignedIn { answer }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {

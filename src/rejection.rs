@@ -39,32 +39,47 @@ impl IntoResponse for MissingAuthLayer {
     }
 }
 
-/// Nobody is signed in. A page navigation gets a 303 to the sign-in page
-/// with a validated `return_to`; anything else gets a 401 with a small JSON
-/// body.
+/// Nobody is signed in. The answer fits how the request was made:
+///
+/// | request | answer |
+/// |---|---|
+/// | page navigation (`GET`/`HEAD`, `Sec-Fetch-Mode: navigate` or `Accept: text/html`) | 303 to the sign-in page with `return_to` |
+/// | htmx (`HX-Request: true`) | 401 with `HX-Redirect` to the sign-in page (htmx would follow a 303 and swap the sign-in page into a fragment) |
+/// | a form post (`application/x-www-form-urlencoded` or `multipart/form-data`, as a page) | 303 to the sign-in page with `notice=session-ended` and the form's page (same-origin `Referer`) as `return_to` |
+/// | anything else (`fetch`, an API client) | 401 `application/problem+json` (RFC 9457) |
 #[derive(Debug, Clone)]
 pub struct NotSignedIn {
-    pub(crate) sign_in: Option<String>,
+    pub(crate) answer: Answer,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Answer {
+    Redirect(String),
+    HxRedirect(String),
+    Problem,
 }
 
 impl NotSignedIn {
-    /// 303 for a page navigation, else 401.
+    /// 303 for a navigation or a form post, else 401.
     pub fn status(&self) -> StatusCode {
-        if self.sign_in.is_some() {
-            StatusCode::SEE_OTHER
-        } else {
-            StatusCode::UNAUTHORIZED
+        match self.answer {
+            Answer::Redirect(_) => StatusCode::SEE_OTHER,
+            Answer::HxRedirect(_) | Answer::Problem => StatusCode::UNAUTHORIZED,
         }
     }
 
-    /// Where a navigation is sent, if it is one.
+    /// The sign-in page the browser is sent to (by `Location` or
+    /// `HX-Redirect`), if it is sent anywhere.
     pub fn location(&self) -> Option<&str> {
-        self.sign_in.as_deref()
+        match &self.answer {
+            Answer::Redirect(location) | Answer::HxRedirect(location) => Some(location),
+            Answer::Problem => None,
+        }
     }
 
-    /// The body text.
+    /// The problem body (RFC 9457) of a 401.
     pub fn body_text(&self) -> &'static str {
-        r#"{"error":"not_signed_in","message":"sign in to continue"}"#
+        r#"{"type":"about:blank","title":"Unauthorized","status":401,"detail":"Sign in to continue.","error":"not_signed_in"}"#
     }
 }
 
@@ -78,17 +93,24 @@ impl std::error::Error for NotSignedIn {}
 
 impl IntoResponse for NotSignedIn {
     fn into_response(self) -> Response {
-        let mut response = match self.sign_in.as_deref().map(HeaderValue::from_str) {
-            Some(Ok(location)) => {
+        let location = self.location().map(HeaderValue::from_str);
+        let mut response = match (&self.answer, location) {
+            (Answer::Redirect(_), Some(Ok(location))) => {
                 let mut response = StatusCode::SEE_OTHER.into_response();
                 response.headers_mut().insert(LOCATION, location);
                 response
             }
+            (Answer::HxRedirect(_), Some(Ok(location))) => {
+                let mut response = StatusCode::UNAUTHORIZED.into_response();
+                response.headers_mut().insert("hx-redirect", location);
+                response
+            }
             _ => {
                 let mut response = (StatusCode::UNAUTHORIZED, self.body_text()).into_response();
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/problem+json"),
+                );
                 response
             }
         };

@@ -46,7 +46,11 @@ async fn navigation_without_a_user_goes_to_sign_in_and_api_calls_get_401() {
         .unwrap();
     let response = site.send(api).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(response.headers()["content-type"], "application/json");
+    // An RFC 9457 problem (issue 10 point 7).
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
     assert!(body_string(response).await.contains("not_signed_in"));
 
     let post = Request::post("/account")
@@ -57,6 +61,142 @@ async fn navigation_without_a_user_goes_to_sign_in_and_api_calls_get_401() {
         site.send(post).await.status(),
         StatusCode::METHOD_NOT_ALLOWED
     );
+}
+
+/// Issue 10 point 7: a missing user is answered the way the request was
+/// made: a navigation is redirected, htmx gets `HX-Redirect` (never a
+/// redirect it would swap into a fragment), a form post whose session ended
+/// goes to sign-in with a notice and back to the form's page, and `fetch`
+/// or an API client gets a 401 problem.
+#[tokio::test]
+async fn rejections_fit_how_the_request_was_made() {
+    let site = site().await;
+    struct Case {
+        name: &'static str,
+        method: &'static str,
+        path: &'static str,
+        headers: &'static [(&'static str, &'static str)],
+        status: StatusCode,
+        location: Option<&'static str>,
+        hx_redirect: Option<&'static str>,
+        problem: bool,
+    }
+    const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml");
+    const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+    let cases = [
+        Case {
+            name: "page navigation",
+            method: "GET",
+            path: "/account?tab=2",
+            headers: &[HTML],
+            status: StatusCode::SEE_OTHER,
+            location: Some("/signin?return_to=%2Faccount%3Ftab%3D2"),
+            hx_redirect: None,
+            problem: false,
+        },
+        Case {
+            name: "htmx GET",
+            method: "GET",
+            path: "/account",
+            headers: &[("hx-request", "true"), HTML],
+            status: StatusCode::UNAUTHORIZED,
+            location: None,
+            hx_redirect: Some("/signin?return_to=%2Faccount"),
+            problem: false,
+        },
+        Case {
+            name: "htmx POST from a page of the app",
+            method: "POST",
+            path: "/update",
+            headers: &[
+                ("hx-request", "true"),
+                ("hx-current-url", "https://app.example/settings?tab=1"),
+                FORM,
+            ],
+            status: StatusCode::UNAUTHORIZED,
+            location: None,
+            hx_redirect: Some("/signin?return_to=%2Fsettings%3Ftab%3D1"),
+            problem: false,
+        },
+        Case {
+            name: "htmx POST claiming a foreign page",
+            method: "POST",
+            path: "/update",
+            headers: &[
+                ("hx-request", "true"),
+                ("hx-current-url", "https://evil.example/phish"),
+            ],
+            status: StatusCode::UNAUTHORIZED,
+            location: None,
+            hx_redirect: Some("/signin"),
+            problem: false,
+        },
+        Case {
+            name: "form post whose session ended",
+            method: "POST",
+            path: "/update",
+            headers: &[HTML, FORM, ("referer", "https://app.example/settings")],
+            status: StatusCode::SEE_OTHER,
+            location: Some("/signin?return_to=%2Fsettings&notice=session-ended"),
+            hx_redirect: None,
+            problem: false,
+        },
+        Case {
+            name: "multipart form post from a foreign referer",
+            method: "POST",
+            path: "/update",
+            headers: &[
+                HTML,
+                ("content-type", "multipart/form-data; boundary=x"),
+                ("referer", "https://evil.example/"),
+            ],
+            status: StatusCode::SEE_OTHER,
+            location: Some("/signin?notice=session-ended"),
+            hx_redirect: None,
+            problem: false,
+        },
+        Case {
+            name: "fetch with JSON",
+            method: "POST",
+            path: "/update",
+            headers: &[("content-type", "application/json"), ("accept", "*/*")],
+            status: StatusCode::UNAUTHORIZED,
+            location: None,
+            hx_redirect: None,
+            problem: true,
+        },
+        Case {
+            name: "API client GET",
+            method: "GET",
+            path: "/account",
+            headers: &[("accept", "application/json")],
+            status: StatusCode::UNAUTHORIZED,
+            location: None,
+            hx_redirect: None,
+            problem: true,
+        },
+    ];
+    for case in cases {
+        let mut request = Request::builder().method(case.method).uri(case.path);
+        for (name, value) in case.headers {
+            request = request.header(*name, *value);
+        }
+        let response = site.send(request.body(Body::empty()).unwrap()).await;
+        let name = case.name;
+        assert_eq!(response.status(), case.status, "{name}");
+        let header = |h: &str| response.headers().get(h).map(|v| v.to_str().unwrap());
+        assert_eq!(header("location"), case.location, "{name}");
+        assert_eq!(header("hx-redirect"), case.hx_redirect, "{name}");
+        assert_eq!(header("cache-control"), Some("no-store"), "{name}");
+        let is_problem = header("content-type") == Some("application/problem+json");
+        assert_eq!(is_problem, case.problem, "{name}");
+        if case.problem {
+            let body: serde_json::Value =
+                serde_json::from_str(&body_string(response).await).unwrap();
+            assert_eq!(body["status"], 401, "{name}");
+            assert_eq!(body["title"], "Unauthorized", "{name}");
+        }
+    }
 }
 
 #[tokio::test]

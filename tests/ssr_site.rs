@@ -491,7 +491,8 @@ async fn account_sends_pages_to_sign_in_and_api_calls_get_401() {
     let api = Request::get("/account").header("accept", "application/json");
     let page = browser.send(api, Body::empty()).await;
     assert_eq!(page.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(page.headers[CONTENT_TYPE], "application/json");
+    // An RFC 9457 problem (issue 10 point 7).
+    assert_eq!(page.headers[CONTENT_TYPE], "application/problem+json");
 
     let form = browser.get("/signin?return_to=%2Faccount").await;
     form.assert_shows(r#"<input type="hidden" name="return_to" value="/account">"#);

@@ -313,6 +313,10 @@ pub fn router(client: altogic::Client) -> Router {
         .route("/", get(home))
         .route("/public", get(public_page))
         .route("/account", get(account))
+        .route(
+            "/update",
+            post(|user: CurrentUser| async move { user.id.clone() }),
+        )
         .route("/both", get(both))
         .route("/cached", get(cached_account))
         .route("/signin", post(sign_in))
