@@ -163,7 +163,11 @@ impl Shared {
         let resolver = &self.resolver;
         let wire = self.codec.encode(&grant.session)?;
         if let Some(previous) = previous.filter(|p| *p.key != *wire.as_bytes()) {
+            // The replaced session is ended here at once and upstream in
+            // the background: it must not keep working elsewhere, and the
+            // new sign-in must not wait for it (issue 10 point 4).
             resolver.revoke(&previous.key, previous.session.expires_at);
+            self.end_in_background(previous.session.clone());
         }
         resolver.emit(AuthEvent::SignedIn {
             user_id: grant.user.as_ref().map(|u| u.id.clone()),
@@ -177,6 +181,21 @@ impl Shared {
             resolver.prime(wire.as_bytes(), user, grant.session.expires_at);
         }
         Ok(lines)
+    }
+
+    /// Ends a session upstream without waiting (best effort: a failure is
+    /// logged; the session is tombstoned here already).
+    pub(crate) fn end_in_background(&self, session: Session) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let upstream = self.resolver.upstream().clone();
+        let after = self.callback_url.clone();
+        runtime.spawn(async move {
+            if let Err(err) = upstream.sign_out(&session, SignOutScope::This, &after).await {
+                tracing::info!(error = %err, "authgate: a replaced session could not be ended upstream");
+            }
+        });
     }
 
     /// Ends a session in `scope`: upstream first, then locally whatever the

@@ -319,15 +319,7 @@ impl Auth {
             }
             Err(err) => {
                 tracing::error!(error = %err, "authgate: the new session does not fit the session cookie; ending it upstream");
-                let upstream = shared.resolver.upstream().clone();
-                let after = shared.callback_url.clone();
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move {
-                        let _ = upstream
-                            .sign_out(&session, SignOutScope::This, &after)
-                            .await;
-                    });
-                }
+                shared.end_in_background(session);
                 Err(err)
             }
         }

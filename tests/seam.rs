@@ -519,3 +519,43 @@ async fn t_g1_auth_debug_never_shows_the_session() {
         assert!(!text.contains(&value[..16]), "{text}");
     }
 }
+
+/// Issue 10 point 4: signing in over another session ends the replaced
+/// session here at once and upstream in the background (never blocking
+/// the new sign-in), so it does not keep working on other instances.
+#[tokio::test]
+async fn signing_in_over_a_session_ends_the_replaced_one() {
+    let kit = TestKit::with_config(config());
+    let app = app(&kit);
+    let ada = kit.user("ada@example.test");
+    let bob = kit.user("bob@example.test");
+    let old = kit.session_cookie(&ada);
+    let response = send(&app, kit.with_session_cookie(&old).get("/account")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let landed = send(
+        &app,
+        kit.with_session_cookie(&old).get(&kit.magic_link(&bob)),
+    )
+    .await;
+    assert_eq!(landed.status(), StatusCode::SEE_OTHER);
+    let new = set_value(&kit, &landed);
+    assert_ne!(new, old);
+    // Refused here at once, whatever the upstream says.
+    let response = send(&app, kit.with_session_cookie(&old).get("/account")).await;
+    assert_ne!(response.status(), StatusCode::OK);
+    // Ended upstream in the background.
+    for _ in 0..100 {
+        if kit.sessions_of(&ada) == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        kit.sessions_of(&ada),
+        0,
+        "the replaced session is ended upstream"
+    );
+    let response = send(&app, kit.with_session_cookie(&new).get("/account")).await;
+    assert_eq!(body(response).await, bob.id());
+}
