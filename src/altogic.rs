@@ -38,8 +38,8 @@ use crate::error::{ConfigError, Error, ErrorKind, UpstreamErrorItem};
 use crate::events::{AuthEvent, AuthEvents, FlowRejection, SignInMethod};
 use crate::upstream::{
     BoxFuture, CallbackOutcome, CallbackParams, Capabilities, Correlation, FlowRecord, Grant,
-    Lookup, Secret, Session as UpstreamSession, SessionToken, SignInRedirect, SignInStart,
-    SignOutOutcome, SignOutScope, Upstream, User, Valid,
+    LandingKind, Lookup, Secret, Session as UpstreamSession, SessionToken, SignInRedirect,
+    SignInStart, SignOutOutcome, SignOutScope, Upstream, User, Valid,
 };
 
 /// The OAuth providers Altogic supports (`/_auth/{provider}`).
@@ -1000,11 +1000,24 @@ fn auth_response(value: Value, method: SignInMethod) -> Result<AuthResponse, Err
     })
 }
 
-fn failed(status: StatusCode, message: &str, rejection: Option<FlowRejection>) -> CallbackOutcome {
+fn failed(landing: LandingKind, message: &str, rejection: FlowRejection) -> CallbackOutcome {
     CallbackOutcome::Failed {
-        status,
+        status: StatusCode::BAD_REQUEST,
         message: message.to_owned(),
-        rejection,
+        rejection: Some(rejection),
+        landing,
+    }
+}
+
+/// The kind of an Altogic landing, by its `action`.
+fn landing_kind(action: &str) -> LandingKind {
+    match action {
+        "oauth-signin" => LandingKind::OAuth,
+        "magic-link" => LandingKind::MagicLink,
+        "email-confirm" => LandingKind::EmailConfirmation,
+        "change-email" => LandingKind::EmailChange,
+        "reset-pwd" => LandingKind::PasswordReset,
+        _ => LandingKind::Unknown,
     }
 }
 
@@ -1020,7 +1033,7 @@ enum Landing<'a> {
     /// Duplicated, unknown or missing parameters (SECURITY.md T-B6.1).
     Malformed,
     /// The upstream reports a failure (its text goes to the log only).
-    Failed(FlowRejection, &'a str),
+    Failed(LandingKind, FlowRejection, &'a str),
     EmailChanged,
     /// A successful landing with a plausible grant key.
     Grant {
@@ -1051,7 +1064,7 @@ impl<'a> Landing<'a> {
                 _ => FlowRejection::UpstreamRefused,
             };
             let text = single("error").unwrap_or("The sign-in did not complete.");
-            return Self::Failed(reason, text);
+            return Self::Failed(landing_kind(action), reason, text);
         }
         if action == "change-email" {
             return Self::EmailChanged;
@@ -1069,16 +1082,20 @@ impl Client {
         params: &CallbackParams,
         flow: Option<&FlowRecord>,
     ) -> Result<CallbackOutcome, Error> {
-        const BAD: StatusCode = StatusCode::BAD_REQUEST;
         let (action, key) = match Landing::parse(params) {
             Landing::Malformed => {
+                let kind = params
+                    .single("action")
+                    .ok()
+                    .flatten()
+                    .map_or(LandingKind::Unknown, landing_kind);
                 return Ok(failed(
-                    BAD,
+                    kind,
                     "This sign-in link is malformed.",
-                    Some(FlowRejection::MalformedLanding),
+                    FlowRejection::MalformedLanding,
                 ));
             }
-            Landing::Failed(reason, text) => return Ok(failed(BAD, text, Some(reason))),
+            Landing::Failed(kind, reason, text) => return Ok(failed(kind, text, reason)),
             Landing::EmailChanged => return Ok(CallbackOutcome::EmailChanged),
             Landing::Grant { action, key } => (action, key),
         };
@@ -1090,9 +1107,9 @@ impl Client {
             ("oauth-signin", None) => {
                 // A landing this browser never started: login CSRF.
                 return Ok(failed(
-                    BAD,
+                    LandingKind::OAuth,
                     "No sign-in was started in this browser. Please start again.",
-                    Some(FlowRejection::MissingFlow),
+                    FlowRejection::MissingFlow,
                 ));
             }
             ("magic-link", _) => SignInMethod::MagicLink,
@@ -1123,9 +1140,9 @@ impl Client {
                 None => Err(Error::new(ErrorKind::Decode).with_source("grant without session")),
             },
             Err(err) if err.status().is_some_and(|s| s.is_client_error()) => Ok(failed(
-                BAD,
+                landing_kind(action),
                 "This link has expired or was already used. Please sign in again.",
-                Some(FlowRejection::ReplayedGrant),
+                FlowRejection::ReplayedGrant,
             )),
             Err(err) => Err(err),
         }

@@ -41,6 +41,7 @@ pub struct AuthConfig {
     pub(crate) after_sign_in: String,
     pub(crate) after_sign_out: String,
     pub(crate) reset_password_page: String,
+    pub(crate) reset_failure_page: Option<String>,
     pub(crate) notice_page: String,
     pub(crate) session_max_age: Duration,
     pub(crate) session_cookie_ceiling: usize,
@@ -205,6 +206,7 @@ impl AuthConfig {
             after_sign_in: "/".to_owned(),
             after_sign_out: "/".to_owned(),
             reset_password_page: "/reset-password".to_owned(),
+            reset_failure_page: None,
             notice_page: "/".to_owned(),
             session_max_age: Duration::from_secs(30 * 24 * 3600),
             session_cookie_ceiling: crate::cookie::DEFAULT_CEILING,
@@ -299,6 +301,15 @@ impl AuthConfig {
     /// Default: `/reset-password`.
     pub fn with_reset_password_page(mut self, path: &str) -> Result<Self, ConfigError> {
         self.reset_password_page = check_path("reset-password page", path)?;
+        Ok(self)
+    }
+
+    /// The app's page for a password-reset link that failed (expired,
+    /// already used): the browser is sent there with `?notice=` and the
+    /// reason (`replayed-grant`, `upstream-refused`, …), so the app can
+    /// offer to send a new link. Default: none, the layer's own page.
+    pub fn with_reset_failure_page(mut self, path: &str) -> Result<Self, ConfigError> {
+        self.reset_failure_page = Some(check_path("reset failure page", path)?);
         Ok(self)
     }
 

@@ -24,8 +24,8 @@ use crate::cookie::{CookieFinder, MAX_VALUE_LEN};
 use crate::events::{AuthEvent, FlowRejection, SignInMethod};
 use crate::extract::is_same_origin;
 use crate::upstream::{
-    CallbackOutcome, CallbackParams, Correlation, FlowId, FlowRecord, Prompt, Session, SignInStart,
-    SignOutOutcome, SignOutScope,
+    CallbackOutcome, CallbackParams, Correlation, FlowId, FlowRecord, LandingKind, Prompt, Session,
+    SignInStart, SignOutOutcome, SignOutScope,
 };
 
 /// The longest text of a refused landing written to the log.
@@ -704,15 +704,14 @@ async fn complete(
                 }
             }
             shared.resolver.emit(AuthEvent::EmailChanged { user_id });
-            let mut location = shared.config.absolute(&shared.config.notice_page);
-            location.push(if location.contains('?') { '&' } else { '?' });
-            location.push_str("notice=email-changed");
-            Page::redirect(&location)
+            let location = shared.config.absolute(&shared.config.notice_page);
+            Page::redirect(&with_notice(location, "email-changed"))
         }
         CallbackOutcome::Failed {
             status,
             message,
             rejection,
+            landing,
         } => {
             let reason = rejection.unwrap_or(FlowRejection::UpstreamRefused);
             // The upstream's text may be anything an attacker put in the
@@ -723,22 +722,12 @@ async fn complete(
                 .take(MAX_MESSAGE_CHARS)
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .collect();
-            tracing::info!(%status, %reason, detail, "authgate: a landing was refused");
+            tracing::info!(%status, %reason, ?landing, detail, "authgate: a landing was refused");
             shared.resolver.emit(AuthEvent::FlowRejected {
                 reason,
                 session: None,
             });
-            let status = if status.is_client_error() || status.is_server_error() {
-                status
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            let mut page = Page::html(
-                status,
-                "Sign-in failed",
-                refusal_message(reason),
-                Some((sign_in_page, "Back to sign in")),
-            );
+            let mut page = refused_landing(shared, parts, flow, landing, reason, status).await;
             // The flow the upstream was given is spent.
             if let FoundFlow::Single(flows) = &found
                 && !flows.is_empty()
@@ -751,6 +740,67 @@ async fn complete(
     let mut page = page;
     page.set_cookies.extend(cleanup);
     page
+}
+
+/// Where a refused landing leads (issue 10 point 2): a password-reset link
+/// to the app's own reset-failure page when it has one; a browser that is
+/// signed in anyway (a confirmation link opened twice, a used magic link)
+/// back to its page with a notice, not to an error; anyone else to a page
+/// whose title and way out fit the landing. Notices carry the reason
+/// (`?notice=replayed-grant`).
+async fn refused_landing(
+    shared: &Shared,
+    parts: &Parts,
+    flow: Option<&FlowRecord>,
+    landing: LandingKind,
+    reason: FlowRejection,
+    status: StatusCode,
+) -> Page {
+    let config = &shared.config;
+    let notice = reason.to_string();
+    if landing == LandingKind::PasswordReset
+        && let Some(page) = &config.reset_failure_page
+    {
+        return Page::redirect(&with_notice(config.absolute(page), &notice));
+    }
+    if let (Some(current), _) = shared.current_session(&parts.headers) {
+        let resolution = shared
+            .resolver
+            .resolve(&current.key, &current.session)
+            .await;
+        if resolution.state.is_signed_in() {
+            let back = shared
+                .return_to
+                .validate_or(flow.map(|f| f.return_to.as_str()), &config.after_sign_in);
+            return Page::redirect(&with_notice(back, &notice));
+        }
+    }
+    let (title, way_out) = match landing {
+        LandingKind::OAuth | LandingKind::Unknown => ("Sign-in failed", "Back to sign in"),
+        LandingKind::MagicLink => ("Sign-in link not accepted", "Back to sign in"),
+        LandingKind::EmailConfirmation => ("Address not confirmed", "Back to sign in"),
+        LandingKind::EmailChange => ("E-mail change not confirmed", "Back to sign in"),
+        LandingKind::PasswordReset => ("Password reset link not accepted", "Ask for a new link"),
+    };
+    let status = if status.is_client_error() || status.is_server_error() {
+        status
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Page::html(
+        status,
+        title,
+        refusal_message(reason),
+        Some((config.sign_in_page.as_str(), way_out)),
+    )
+}
+
+/// `location` with `notice=` appended.
+fn with_notice(mut location: String, notice: &str) -> String {
+    location.push(if location.contains('?') { '&' } else { '?' });
+    location.push_str("notice=");
+    location.extend(url::form_urlencoded::byte_serialize(notice.as_bytes()));
+    location
 }
 
 /// An OAuth landing whose provider no flow of this browser was started

@@ -70,8 +70,8 @@ use crate::events::{FlowRejection, SignInMethod};
 use crate::layer::AuthLayer;
 use crate::upstream::{
     BoxFuture, CallbackOutcome, CallbackParams, Capabilities, Correlation, FlowRecord, Grant,
-    Lookup, Revocation, Session, SessionStorage, SessionToken, SignInRedirect, SignInStart,
-    SignOutOutcome, SignOutScope, Upstream, User, Valid,
+    LandingKind, Lookup, Revocation, Session, SessionStorage, SessionToken, SignInRedirect,
+    SignInStart, SignOutOutcome, SignOutScope, Upstream, User, Valid,
 };
 
 /// The public origin the kit's default configuration uses.
@@ -357,6 +357,7 @@ impl Upstream for MemoryUpstream {
                         status: http::StatusCode::BAD_REQUEST,
                         message: "No sign-in was started in this browser.".to_owned(),
                         rejection: Some(FlowRejection::MissingFlow),
+                        landing: LandingKind::OAuth,
                     });
                 }
                 (None, _) => (
@@ -370,6 +371,10 @@ impl Upstream for MemoryUpstream {
                     status: http::StatusCode::BAD_REQUEST,
                     message: "This link has expired or was already used.".to_owned(),
                     rejection: Some(FlowRejection::ReplayedGrant),
+                    landing: match method {
+                        SignInMethod::OAuth(_) => LandingKind::OAuth,
+                        _ => LandingKind::MagicLink,
+                    },
                 });
             };
             let session = self.mint(&mut state, &user_id);

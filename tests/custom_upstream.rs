@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use authgate::events::{AuthEvent, AuthEvents, FlowRejection, SignInMethod};
 use authgate::upstream::{
     BoxFuture, CallbackOutcome, CallbackParams, Capabilities, Correlation, FlowData, FlowId,
-    FlowRecord, Grant, Lookup, Prompt, Revocation, Secret, Session, SessionToken, SignInRedirect,
-    SignInStart, SignOutOutcome, SignOutScope, Upstream, User, Valid,
+    FlowRecord, Grant, LandingKind, Lookup, Prompt, Revocation, Secret, Session, SessionToken,
+    SignInRedirect, SignInStart, SignOutOutcome, SignOutScope, Upstream, User, Valid,
 };
 use authgate::{
     AuthConfig, AuthLayer, AuthService, CurrentUser, Error, ErrorKind, UpstreamErrorItem,
@@ -549,6 +549,7 @@ fn failed(message: &str, rejection: Option<FlowRejection>) -> CallbackOutcome {
         status: StatusCode::BAD_REQUEST,
         message: message.to_owned(),
         rejection,
+        landing: LandingKind::OAuth,
     }
 }
 
@@ -1108,11 +1109,17 @@ async fn t_b1_replayed_landing_is_refused_by_the_server_and_keeps_the_new_sessio
         .value()
         .to_owned();
 
-    // The same URL with the old flow cookie: the code is single-use.
+    // The same URL with the old flow cookie: the code is single-use. The
+    // browser is signed in, so it goes back to its page with a notice
+    // rather than to an error (issue 10 point 2).
     let replay = h
         .get(&callback, Some(&format!("{flow}; {}", session(&token))))
         .await;
-    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(replay.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        replay.headers()["location"],
+        "https://app.example/account?notice=replayed-grant"
+    );
     assert!(
         set_cookie(replay.headers(), SESSION).is_none(),
         "session untouched"

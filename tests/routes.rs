@@ -130,12 +130,22 @@ async fn t_b3_replayed_grant_signs_nobody_in_and_keeps_the_first_session() {
     let session = set_cookie(first.headers(), "__Host-authgate").unwrap();
     let cookie = format!("{flow}; {}", site.cookie(session.value()));
 
+    // Signed in: back to the page with a notice, not an error (issue 10
+    // point 2); the session is untouched.
     let replay = site.get(&callback, Some(&cookie)).await;
-    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(replay.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        location(&replay),
+        "https://app.example/account?notice=replayed-grant"
+    );
     assert!(
         set_cookie(replay.headers(), "__Host-authgate").is_none(),
         "session untouched"
     );
+    // Another browser, signed out: the page says what happened.
+    let replay = site.get(&callback, Some(&flow)).await;
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    assert!(set_cookie(replay.headers(), "__Host-authgate").is_none());
     let page = body_string(replay).await;
     assert!(page.contains("expired or was already used"), "{page}");
 
@@ -925,4 +935,30 @@ async fn sign_out_clear_site_data_is_configurable() {
             expected
         );
     }
+}
+
+/// Issue 10 point 2: a failed password-reset link gets its own page and
+/// way out, and an app can send it to its own "ask for a new link" page.
+#[tokio::test]
+async fn reset_link_failures_have_their_own_page_or_the_apps() {
+    let landing = "/auth/callback?action=reset-pwd&status=400&error=Link+expired";
+    let site = site().await;
+    let response = site.get(landing, None).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let page = body_string(response).await;
+    assert!(
+        page.contains("<title>Password reset link not accepted</title>"),
+        "{page}"
+    );
+    assert!(page.contains("Ask for a new link"), "{page}");
+    assert!(!page.contains("Link expired"), "{page}");
+
+    let site =
+        site_with(|config| config.with_reset_failure_page("/forgot-password").unwrap()).await;
+    let response = site.get(landing, None).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        location(&response),
+        "https://app.example/forgot-password?notice=upstream-refused"
+    );
 }

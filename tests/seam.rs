@@ -559,3 +559,32 @@ async fn signing_in_over_a_session_ends_the_replaced_one() {
     let response = send(&app, kit.with_session_cookie(&new).get("/account")).await;
     assert_eq!(body(response).await, bob.id());
 }
+
+/// Issue 10 point 2: a used magic link opened again by the browser it
+/// signed in goes home with a notice; opened by a signed-out browser, the
+/// page is titled for a link, not a generic sign-in failure.
+#[tokio::test]
+async fn a_used_link_opened_again_while_signed_in_goes_home_with_a_notice() {
+    let kit = TestKit::with_config(config());
+    let app = app(&kit);
+    let user = kit.user("ada@example.test");
+    let link = kit.magic_link(&user);
+    let landed = send(&app, kit.anonymous().get(&link)).await;
+    let session = set_value(&kit, &landed);
+
+    let again = send(&app, kit.with_session_cookie(&session).get(&link)).await;
+    assert_eq!(again.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        again.headers()["location"],
+        "https://app.test/?notice=replayed-grant"
+    );
+    assert_eq!(kit.session_change(&again), SessionChange::Unchanged);
+
+    let elsewhere = send(&app, kit.anonymous().get(&link)).await;
+    assert_eq!(elsewhere.status(), StatusCode::BAD_REQUEST);
+    let page = body(elsewhere).await;
+    assert!(
+        page.contains("<title>Sign-in link not accepted</title>"),
+        "{page}"
+    );
+}

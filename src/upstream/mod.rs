@@ -878,7 +878,8 @@ pub enum CallbackOutcome {
     /// An e-mail change was confirmed.
     EmailChanged,
     /// The flow failed.
-    /// The page shows a fixed message chosen by authgate from `rejection`
+    /// The page's title and way out follow `landing`, its message is
+    /// fixed, chosen by authgate from `rejection`
     /// (SECURITY.md T-B1: a landing's text is whatever an attacker put in
     /// the URL); `message` goes to the log only.
     Failed {
@@ -892,7 +893,30 @@ pub enum CallbackOutcome {
         /// reason; `None` counts as
         /// [`UpstreamRefused`](FlowRejection::UpstreamRefused).
         rejection: Option<FlowRejection>,
+        /// What kind of landing failed (its page's title and way out).
+        landing: LandingKind,
     },
+}
+
+/// What a callback landing was, for the outcome of a failure: each kind
+/// gets its own title and way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LandingKind {
+    /// Not known (a landing too malformed to tell).
+    #[default]
+    Unknown,
+    /// An OAuth or OpenID Connect sign-in.
+    OAuth,
+    /// A magic link from an e-mail.
+    MagicLink,
+    /// An address-confirmation link from an e-mail.
+    EmailConfirmation,
+    /// The confirmation of a new e-mail address.
+    EmailChange,
+    /// A password-reset link (see
+    /// [`AuthConfig::with_reset_failure_page`](crate::AuthConfig::with_reset_failure_page)).
+    PasswordReset,
 }
 
 /// The seam between authgate's core and a hosted auth service: the few
