@@ -48,6 +48,7 @@ pub struct AuthConfig {
     pub(crate) flow_ttl: Duration,
     pub(crate) confirm_email_links: bool,
     pub(crate) clear_site_data: Vec<ClearSiteData>,
+    pub(crate) page_renderer: crate::pages::PageRenderer,
     pub(crate) cache: CacheSettings,
     pub(crate) events: AuthEvents,
 }
@@ -213,6 +214,7 @@ impl AuthConfig {
             flow_ttl: Duration::from_secs(600),
             confirm_email_links: true,
             clear_site_data: vec![ClearSiteData::Cache, ClearSiteData::Storage],
+            page_renderer: crate::pages::PageRenderer::default(),
             cache: CacheSettings::default(),
             events: AuthEvents::default(),
         })
@@ -339,6 +341,18 @@ impl AuthConfig {
     /// every cookie of the registrable domain, so it is not a default.
     pub fn with_clear_site_data(mut self, directives: &[ClearSiteData]) -> Self {
         self.clear_site_data = directives.to_vec();
+        self
+    }
+
+    /// Draws the pages the layer answers itself (a refused landing, the
+    /// e-mail link's "Continue" page, a cross-site refusal, an outage) with
+    /// the app's own look; see [`crate::pages`]. Default:
+    /// [`default_page`](crate::pages::default_page).
+    pub fn with_page_renderer<F>(mut self, render: F) -> Self
+    where
+        F: Fn(&crate::pages::PageContext<'_>) -> String + Send + Sync + 'static,
+    {
+        self.page_renderer = crate::pages::PageRenderer::new(render);
         self
     }
 

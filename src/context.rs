@@ -100,6 +100,11 @@ impl Shared {
         }
     }
 
+    /// A page of the layer, drawn by the app's renderer (or authgate's).
+    pub(crate) fn render_page(&self, page: &crate::pages::PageContext<'_>) -> String {
+        self.config.page_renderer.render(page)
+    }
+
     /// The lines a resolution's cookie change writes.
     #[cold]
     pub(crate) fn codec_lines(&self, change: &CookieChange, had: Presence) -> Vec<String> {

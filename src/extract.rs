@@ -9,7 +9,7 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::header::{ACCEPT, CONTENT_TYPE, ORIGIN, REFERER};
 use http::request::Parts;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, StatusCode};
 use url::Url;
 
 use crate::config::AuthConfig;
@@ -17,6 +17,7 @@ use crate::context::{AuthSlot, CurrentSession, RequestAuth};
 use crate::cookie::{WireValue, encode_token};
 use crate::error::Error;
 use crate::events::{AuthEvent, FlowRejection};
+use crate::pages::{PageContext, PageKind, PageLink};
 use crate::rejection::{
     Answer, CrossSiteRequest, CurrentUserRejection, MissingAuthLayer, NotSignedIn,
     UpstreamUnavailable,
@@ -53,6 +54,29 @@ impl Deref for CurrentUser {
     fn deref(&self) -> &User {
         &self.0
     }
+}
+
+/// A page of the layer for an extractor's rejection, in the app's look.
+fn layer_page(
+    auth: &RequestAuth,
+    kind: PageKind,
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    retry_after: Option<u32>,
+) -> String {
+    auth.shared.render_page(&PageContext {
+        kind,
+        status,
+        title,
+        message,
+        link: Some(PageLink {
+            href: "/",
+            text: "Back to the site",
+        }),
+        retry_after,
+        form_action: None,
+    })
 }
 
 /// A GET/HEAD that a browser makes to show a page.
@@ -153,7 +177,19 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
         let auth = request_auth(parts)?;
         match auth.resolve().await.state {
             AuthState::SignedIn { user, .. } => Ok(CurrentUser(user)),
-            AuthState::Unavailable => Err(UpstreamUnavailable.into()),
+            AuthState::Unavailable => {
+                let page = wants_html(parts).then(|| {
+                    layer_page(
+                        auth,
+                        PageKind::Unavailable,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Sign-in service unavailable",
+                        "The sign-in service is unavailable right now. You are still signed in; please try again in a moment.",
+                        Some(5),
+                    )
+                });
+                Err(UpstreamUnavailable::with_page(page).into())
+            }
             AuthState::Anonymous => Err(not_signed_in(parts, &auth.shared.config).into()),
         }
     }
@@ -528,7 +564,17 @@ impl<S: Send + Sync> FromRequestParts<S> for SameOrigin {
                 reason: FlowRejection::CrossSite,
                 session: None,
             });
-            Err(CrossSiteRequest.into_response())
+            let page = wants_html(parts).then(|| {
+                layer_page(
+                    auth,
+                    PageKind::CrossSiteRefused,
+                    StatusCode::FORBIDDEN,
+                    "Request refused",
+                    "This form was sent from another site and was refused.",
+                    None,
+                )
+            });
+            Err(CrossSiteRequest::with_page(page).into_response())
         }
     }
 }

@@ -25,6 +25,7 @@ mod error;
 pub mod events;
 mod extract;
 mod layer;
+pub mod pages;
 pub mod redirect;
 pub mod rejection;
 mod resolve;

@@ -124,9 +124,12 @@ impl IntoResponse for NotSignedIn {
 /// The upstream could not be asked and no cached user is usable: a 503
 /// with `Retry-After`, never a redirect (no loops, nobody signed out by an
 /// outage).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
-pub struct UpstreamUnavailable;
+pub struct UpstreamUnavailable {
+    /// The page for a browser navigation, drawn by the app's renderer.
+    html: Option<String>,
+}
 
 impl UpstreamUnavailable {
     /// The status: 503.
@@ -153,11 +156,23 @@ impl fmt::Display for UpstreamUnavailable {
 
 impl std::error::Error for UpstreamUnavailable {}
 
+impl UpstreamUnavailable {
+    /// With the page a browser navigation gets.
+    pub(crate) fn with_page(html: Option<String>) -> Self {
+        Self { html }
+    }
+}
+
 impl IntoResponse for UpstreamUnavailable {
     fn into_response(self) -> Response {
-        let mut response = (self.status(), self.body_text()).into_response();
+        let status = self.status();
+        let retry_after = self.retry_after();
+        let mut response = match self.html {
+            Some(html) => (status, axum::response::Html(html)).into_response(),
+            None => (status, self.body_text()).into_response(),
+        };
         let headers = response.headers_mut();
-        headers.insert(RETRY_AFTER, HeaderValue::from(self.retry_after()));
+        headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
@@ -237,9 +252,12 @@ impl IntoResponse for CurrentUserRejection {
 
 /// A state-changing request that did not come from the app's own pages
 /// (SECURITY.md T-D1): 403.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
-pub struct CrossSiteRequest;
+pub struct CrossSiteRequest {
+    /// The page for a browser navigation, drawn by the app's renderer.
+    html: Option<String>,
+}
 
 impl CrossSiteRequest {
     /// The body text.
@@ -256,8 +274,22 @@ impl fmt::Display for CrossSiteRequest {
 
 impl std::error::Error for CrossSiteRequest {}
 
+impl CrossSiteRequest {
+    /// With the page a browser navigation gets.
+    pub(crate) fn with_page(html: Option<String>) -> Self {
+        Self { html }
+    }
+}
+
 impl IntoResponse for CrossSiteRequest {
     fn into_response(self) -> Response {
-        (StatusCode::FORBIDDEN, self.body_text()).into_response()
+        let mut response = match self.html {
+            Some(html) => (StatusCode::FORBIDDEN, axum::response::Html(html)).into_response(),
+            None => (StatusCode::FORBIDDEN, self.body_text()).into_response(),
+        };
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
     }
 }

@@ -23,6 +23,7 @@ use crate::context::{Asked, CLEAR_SITE_DATA, Shared, apply_hygiene};
 use crate::cookie::{CookieFinder, MAX_VALUE_LEN};
 use crate::events::{AuthEvent, FlowRejection, SignInMethod};
 use crate::extract::is_same_origin;
+use crate::pages::{PageContext, PageKind, PageLink};
 use crate::upstream::{
     CallbackOutcome, CallbackParams, Correlation, FlowId, FlowRecord, LandingKind, Prompt, Session,
     SignInStart, SignOutOutcome, SignOutScope,
@@ -59,10 +60,21 @@ pub(crate) fn match_route(shared: &Shared, path: &str) -> Option<Route> {
     }
 }
 
-/// A response the layer builds: status, headers, body, cookies.
+/// A response the layer builds: status, headers, body, cookies. A page's
+/// body is drawn by the app's renderer when the response is finished.
 struct Page {
     response: Response<Bytes>,
     set_cookies: Vec<String>,
+    content: Option<Content>,
+}
+
+/// What a page of the layer says, until it is rendered.
+struct Content {
+    kind: PageKind,
+    title: &'static str,
+    message: &'static str,
+    link: Option<(String, &'static str)>,
+    form_action: Option<String>,
 }
 
 impl Page {
@@ -72,6 +84,7 @@ impl Page {
         Self {
             response,
             set_cookies: Vec::new(),
+            content: None,
         }
     }
 
@@ -93,18 +106,21 @@ impl Page {
         page
     }
 
-    fn html(status: StatusCode, title: &str, message: &str, link: Option<(&str, &str)>) -> Self {
+    /// A page with fixed texts (never the request's) and a way out.
+    fn html(
+        status: StatusCode,
+        title: &'static str,
+        message: &'static str,
+        link: Option<(&str, &'static str)>,
+    ) -> Self {
         let mut page = Self::new(status);
-        let link = link.map_or(String::new(), |(href, text)| {
-            format!(r#"<p><a href="{}">{}</a></p>"#, escape(href), escape(text))
+        page.content = Some(Content {
+            kind: PageKind::BadRequest,
+            title,
+            message,
+            link: link.map(|(href, text)| (href.to_owned(), text)),
+            form_action: None,
         });
-        let body = format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
-             <body><h1>{title}</h1><p>{message}</p>{link}</body></html>",
-            title = escape(title),
-            message = escape(message),
-        );
-        *page.response.body_mut() = Bytes::from(body);
         let headers = page.response.headers_mut();
         headers.insert(
             CONTENT_TYPE,
@@ -117,23 +133,26 @@ impl Page {
         page
     }
 
+    /// What the page is about, for the app's renderer.
+    fn kind(mut self, kind: PageKind) -> Self {
+        if let Some(content) = &mut self.content {
+            content.kind = kind;
+        }
+        self
+    }
+
     /// The page of a held e-mail link: one button that posts to `action`.
     fn email_link_confirmation(action: &str) -> Self {
-        let mut page = Self::html(StatusCode::OK, "", "", None);
-        let body = format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <title>Finish signing in</title><style>\
-             body{{font-family:system-ui,sans-serif;max-width:30rem;margin:4rem auto;padding:0 1rem;line-height:1.5}}\
-             button{{font:inherit;padding:.6rem 1.6rem;border:0;border-radius:.4rem;background:#2453d4;color:#fff;cursor:pointer}}\
-             small{{color:#555}}</style></head><body><h1>Finish signing in</h1>\
-             <p>You opened a sign-in link from an e-mail. Continue to sign in on this device.</p>\
-             <form method=\"post\" action=\"{action}\"><button type=\"submit\" id=\"authgate-continue\">Continue</button></form>\
-             <p><small>Did not ask to sign in? Close this page: nothing happens without the button.</small></p>\
-             </body></html>",
-            action = escape(action),
-        );
-        *page.response.body_mut() = Bytes::from(body);
+        let mut page = Self::html(
+            StatusCode::OK,
+            "Finish signing in",
+            "You opened a sign-in link from an e-mail. Continue to sign in on this device.",
+            None,
+        )
+        .kind(PageKind::EmailLinkConfirmation);
+        if let Some(content) = &mut page.content {
+            content.form_action = Some(action.to_owned());
+        }
         page
     }
 
@@ -142,7 +161,28 @@ impl Page {
         self
     }
 
-    fn finish(mut self) -> Response<Bytes> {
+    fn finish(mut self, shared: &Shared) -> Response<Bytes> {
+        if let Some(content) = self.content.take() {
+            let retry_after = self
+                .response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let context = PageContext {
+                kind: content.kind,
+                status: self.response.status(),
+                title: content.title,
+                message: content.message,
+                link: content
+                    .link
+                    .as_ref()
+                    .map(|(href, text)| PageLink { href, text }),
+                retry_after,
+                form_action: content.form_action.as_deref(),
+            };
+            *self.response.body_mut() = Bytes::from(shared.render_page(&context));
+        }
         let headers = self.response.headers_mut();
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
@@ -151,30 +191,14 @@ impl Page {
     }
 }
 
-/// Escapes text for HTML element content and attribute values.
-pub(crate) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c if c.is_control() => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn method_not_allowed(allow: &'static str) -> Page {
     let mut page = Page::html(
         StatusCode::METHOD_NOT_ALLOWED,
         "Method not allowed",
         "This address does not accept that method.",
-        None,
-    );
+        Some(("/", "Back to the site")),
+    )
+    .kind(PageKind::MethodNotAllowed);
     page.response
         .headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
@@ -193,7 +217,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, route: Route, parts: Parts) -> R
         Route::Continue => continue_email_link(&shared, &parts).await,
         Route::SignOut => sign_out(&shared, &parts).await,
     };
-    page.finish()
+    page.finish(&shared)
 }
 
 /// How many flows one browser keeps in flight.
@@ -264,8 +288,9 @@ fn sign_in_unavailable(status: StatusCode) -> Page {
         status,
         "Sign-in unavailable",
         "The sign-in could not be started. Please try again in a moment.",
-        None,
-    );
+        Some(("/", "Back to the site")),
+    )
+    .kind(PageKind::Unavailable);
     if status == StatusCode::SERVICE_UNAVAILABLE {
         page.response
             .headers_mut()
@@ -283,8 +308,9 @@ async fn sign_in(shared: &Shared, provider: &str, parts: &Parts) -> Page {
             StatusCode::NOT_FOUND,
             "Unknown provider",
             "This sign-in provider is not available.",
-            None,
-        );
+            Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
+        )
+        .kind(PageKind::UnknownProvider);
     }
     let params = CallbackParams::parse(parts.uri.query().unwrap_or(""));
     let return_to = shared.return_to_or(
@@ -377,6 +403,7 @@ fn malformed_landing(shared: &Shared) -> Page {
         refusal_message(FlowRejection::MalformedLanding),
         Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
     )
+    .kind(PageKind::LandingRefused(LandingKind::Unknown))
 }
 
 /// The flow a landing belongs to, as the core found and checked it.
@@ -447,7 +474,8 @@ fn find_flow(
                 "Sign-in failed",
                 refusal_message(FlowRejection::MissingFlow),
                 Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
-            );
+            )
+            .kind(PageKind::LandingRefused(LandingKind::OAuth));
             Err(Box::new(if present { page.cookie(removal) } else { page }))
         }
     }
@@ -496,9 +524,9 @@ fn open_sealed<T: serde::de::DeserializeOwned>(
 fn refuse_cross_site(
     shared: &Shared,
     parts: &Parts,
-    title: &str,
-    message: &str,
-    link: Option<(&str, &str)>,
+    title: &'static str,
+    message: &'static str,
+    link: Option<(&str, &'static str)>,
 ) -> Option<Page> {
     if is_same_origin(&parts.headers, &shared.config.public_origin) {
         return None;
@@ -507,7 +535,7 @@ fn refuse_cross_site(
         reason: FlowRejection::CrossSite,
         session: None,
     });
-    Some(Page::html(StatusCode::FORBIDDEN, title, message, link))
+    Some(Page::html(StatusCode::FORBIDDEN, title, message, link).kind(PageKind::CrossSiteRefused))
 }
 
 /// Where a held e-mail link waits for its click.
@@ -564,6 +592,7 @@ async fn continue_email_link(shared: &Shared, parts: &Parts) -> Page {
             "This sign-in link has expired or was already used. Please sign in again.",
             Some((sign_in_page, "Back to sign in")),
         )
+        .kind(PageKind::LandingRefused(LandingKind::MagicLink))
     };
     match parts.method {
         Method::HEAD => Page::new(StatusCode::OK),
@@ -625,7 +654,8 @@ async fn complete(
                 "Sign-in unavailable",
                 "The sign-in service did not answer. Please try again in a moment.",
                 Some((sign_in_page, "Back to sign in")),
-            );
+            )
+            .kind(PageKind::Unavailable);
             page.response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("5"));
@@ -793,6 +823,7 @@ async fn refused_landing(
         refusal_message(reason),
         Some((config.sign_in_page.as_str(), way_out)),
     )
+    .kind(PageKind::LandingRefused(landing))
 }
 
 /// `location` with `notice=` appended.
@@ -818,6 +849,7 @@ async fn refuse_provider(shared: &Shared, session: Session) -> Page {
         refusal_message(FlowRejection::ProviderMismatch),
         Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
     )
+    .kind(PageKind::LandingRefused(LandingKind::OAuth))
 }
 
 /// A session over the cookie ceiling (SECURITY.md T-C4): the session just
@@ -832,6 +864,7 @@ async fn session_too_large(shared: &Shared, session: Session, err: &crate::Error
         "Your account's session is too large for this site's cookies, so you could not be signed in. Trying again will not help; please tell the site's administrators.",
         Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
     )
+    .kind(PageKind::SessionTooLarge)
 }
 
 async fn end_new_session(shared: &Shared, session: &Session) {
@@ -853,7 +886,7 @@ async fn sign_out(shared: &Shared, parts: &Parts) -> Page {
         parts,
         "Sign-out refused",
         "This sign-out request came from another site and was refused.",
-        None,
+        Some(("/", "Back to the site")),
     ) {
         return refused;
     }

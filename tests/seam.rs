@@ -44,6 +44,10 @@ fn app(kit: &TestKit) -> App {
             }),
         )
         .route(
+            "/form",
+            post(|_: authgate::SameOrigin| async move { "posted" }),
+        )
+        .route(
             "/debug",
             get(|auth: Auth| async move { format!("{auth:?}") }),
         )
@@ -585,6 +589,81 @@ async fn a_used_link_opened_again_while_signed_in_goes_home_with_a_notice() {
     let page = body(elsewhere).await;
     assert!(
         page.contains("<title>Sign-in link not accepted</title>"),
+        "{page}"
+    );
+}
+
+/// Issue 10 point 5: every page the layer draws itself goes through the
+/// app's renderer with a typed context; texts are authgate's own.
+#[tokio::test]
+async fn every_layer_page_goes_through_the_apps_renderer() {
+    use authgate::pages::PageContext;
+    let config = config().with_page_renderer(|page: &PageContext<'_>| {
+        format!(
+            "<main data-kind=\"{:?}\" data-status=\"{}\" data-retry=\"{:?}\">{}</main>",
+            page.kind,
+            page.status.as_u16(),
+            page.retry_after,
+            page.title
+        )
+    });
+    let kit = TestKit::with_config(config);
+    let app = app(&kit);
+    let user = kit.user("ada@example.test");
+    let link = kit.magic_link(&user);
+    send(&app, kit.anonymous().get(&link)).await;
+    let html = |request: http::Request<Body>| {
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            (status, body(response).await)
+        }
+    };
+    let cross_site = http::Request::post("/auth/signout")
+        .header("accept", "text/html")
+        .header("origin", "https://evil.example")
+        .body(Body::empty())
+        .unwrap();
+    let cross_site_form = http::Request::post("/form")
+        .header("accept", "text/html")
+        .header("sec-fetch-site", "cross-site")
+        .body(Body::empty())
+        .unwrap();
+    let cases = [
+        (kit.anonymous().get(&link), "LandingRefused(MagicLink)", 400),
+        (
+            kit.anonymous().get("/auth/signin/nope"),
+            "UnknownProvider",
+            404,
+        ),
+        (
+            kit.anonymous().get("/auth/signout"),
+            "MethodNotAllowed",
+            405,
+        ),
+        (cross_site, "CrossSiteRefused", 403),
+        (cross_site_form, "CrossSiteRefused", 403),
+    ];
+    for (request, kind, status) in cases {
+        let (got, page) = html(request).await;
+        assert_eq!(got.as_u16(), status, "{kind}: {page}");
+        assert!(
+            page.starts_with(&format!(
+                "<main data-kind=\"{kind}\" data-status=\"{status}\""
+            )),
+            "{kind}: {page}"
+        );
+    }
+    // An outage with no usable cached user: the 503 page, with its retry.
+    let request = kit.signed_in(&user);
+    kit.fail(&user, Fault::Unavailable);
+    let (status, page) = html(request.get("/account")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        page.starts_with(
+            "<main data-kind=\"Unavailable\" data-status=\"503\" data-retry=\"Some(5)\">"
+        ),
         "{page}"
     );
 }
