@@ -1834,3 +1834,22 @@ async fn kit_an_invalid_session_clears_the_cookie_and_goes_to_sign_in() {
     let (home, _) = site.send(browser.get("/")).await;
     home.assert_shows("You are not signed in.");
 }
+
+/// Issue 10 point 5: the pages the layer draws itself (a refused link, an
+/// unknown provider, the e-mail link's "Continue") wear the site's own
+/// template, and still never repeat the link's text.
+#[tokio::test]
+async fn the_layers_own_pages_wear_the_sites_look() {
+    let site = test_site().await;
+    let mut browser = site.browser();
+    let page = browser
+        .get("/auth/callback?action=magic-link&status=400&error=Call+evil.example+now")
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    page.assert_shows("Sign-in link not accepted · authgate example</title>");
+    page.assert_shows(r#"<header class="top">"#);
+    page.assert_lacks("evil.example");
+    let page = browser.get("/auth/signin/nope").await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    page.assert_shows("Unknown provider · authgate example</title>");
+}

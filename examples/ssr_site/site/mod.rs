@@ -64,7 +64,11 @@ impl SiteOptions {
 
 /// The layer's configuration for a site served at `public_url`.
 pub(crate) fn auth_config(public_url: &str, key: Option<&[u8]>) -> Result<AuthConfig, ConfigError> {
+    // The layer's own pages (a refused link, "Continue", an outage) in the
+    // site's look.
+    let templates = Arc::new(render::Templates::new());
     let config = AuthConfig::new(public_url)?
+        .with_page_renderer(move |page| templates.layer_page(page))
         .with_sign_in_page("/signin")?
         .with_after_sign_in(AFTER_SIGN_IN)?
         .with_reset_password_page("/reset-password")?

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use authgate::pages::{PageContext, default_page};
 use authgate::{Auth, ErrorKind, User};
 use axum::extract::FromRequestParts;
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
@@ -62,6 +63,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "not_found.html",
         include_str!("../templates/not_found.html"),
     ),
+    (
+        "layer_page.html",
+        include_str!("../templates/layer_page.html"),
+    ),
 ];
 
 /// The notices a redirect may ask for with `?notice=`: a fixed list, so
@@ -83,6 +88,18 @@ const NOTICES: &[(&str, &str)] = &[
         "Your phone number is verified. You can sign in now.",
     ),
     ("session-ended", "That session was signed out."),
+    (
+        "replayed-grant",
+        "That link was already used or has expired. You are still signed in.",
+    ),
+    (
+        "consent-denied",
+        "The sign-in was cancelled at the provider. You are still signed in.",
+    ),
+    (
+        "upstream-refused",
+        "The sign-in service refused that link. You are still signed in.",
+    ),
     ("signed-out-others", "Every other session was signed out."),
 ];
 
@@ -111,6 +128,25 @@ impl Templates {
 
     fn render(&self, name: &str, ctx: Value) -> Result<String, minijinja::Error> {
         self.env.get_template(name)?.render(ctx)
+    }
+
+    /// A page authgate's layer draws itself (a refused link, the e-mail
+    /// link's "Continue", an outage), in the site's look: given to
+    /// `AuthConfig::with_page_renderer`.
+    pub(crate) fn layer_page(&self, page: &PageContext<'_>) -> String {
+        let ctx = context! {
+            title => page.title,
+            message => page.message,
+            status => page.status.as_u16(),
+            retry_after => page.retry_after,
+            form_action => page.form_action,
+            link_href => page.link.map(|link| link.href),
+            link_text => page.link.map(|link| link.text),
+        };
+        self.render("layer_page.html", ctx).unwrap_or_else(|err| {
+            tracing::error!(error = %err, "ssr_site: the layer page could not be rendered");
+            default_page(page)
+        })
     }
 }
 
