@@ -52,6 +52,10 @@ pub(crate) struct Shared {
     /// The encrypted cookie holding an e-mail link's landing until the user
     /// confirms it.
     pub(crate) link_name: String,
+    /// The encrypted cookie holding a session an e-mail link opened while
+    /// another account was signed in, until the user says which to keep.
+    pub(crate) pending_name: String,
+    pub(crate) pending_finder: CookieFinder,
     pub(crate) return_to: ReturnTo,
     pub(crate) attributes: CookieAttributes,
     pub(crate) cookie_finder: CookieFinder,
@@ -79,11 +83,14 @@ impl Shared {
         let flow_name = format!("{session_name}-flow");
         let reset_name = format!("{session_name}-reset");
         let link_name = format!("{session_name}-link");
+        let pending_name = format!("{session_name}-pending");
         Self {
             cookie_finder: CookieFinder::new(&session_name),
             flow_finder: CookieFinder::new(&flow_name),
             reset_finder: CookieFinder::new(&reset_name),
             link_finder: CookieFinder::new(&link_name),
+            pending_finder: CookieFinder::new(&pending_name),
+            pending_name,
             link_name,
             extensions: extensions_template(),
             clear_site_data: config.clear_site_data_header(),

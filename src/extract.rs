@@ -76,6 +76,7 @@ fn layer_page(
         }),
         retry_after,
         form_action: None,
+        accounts: None,
     })
 }
 

@@ -40,6 +40,11 @@ pub enum PageKind {
     /// An e-mail link waits for a click on "Continue"
     /// ([`PageContext::form_action`] is where the button posts).
     EmailLinkConfirmation,
+    /// An e-mail link would switch a signed-in browser to another account:
+    /// the page names both ([`PageContext::accounts`]) and offers two
+    /// buttons, posting to [`PageContext::form_action`] with
+    /// `?account=switch` and `?account=stay` (SECURITY.md T-B6.4).
+    AccountSwitch,
     /// A state-changing request from another site was refused.
     CrossSiteRefused,
     /// The sign-in service could not be reached ([`PageContext::retry_after`]).
@@ -81,8 +86,12 @@ pub struct PageContext<'a> {
     pub link: Option<PageLink<'a>>,
     /// Seconds before a retry can help, when the page is an outage.
     pub retry_after: Option<u32>,
-    /// Where the page's one button posts (the e-mail link's "Continue").
+    /// Where the page's button posts (the e-mail link's "Continue", the
+    /// account switch's two buttons).
     pub form_action: Option<&'a str>,
+    /// The account signed in now and the one the link signs in to (their
+    /// e-mail, phone or name, as the upstream has them).
+    pub accounts: Option<(&'a str, &'a str)>,
 }
 
 /// An app's page renderer: the HTML document of a page.
@@ -136,13 +145,18 @@ pub fn escape(text: &str) -> String {
 /// authgate's own page: a complete, small HTML document with no
 /// third-party resources.
 pub fn default_page(page: &PageContext<'_>) -> String {
-    let form = page.form_action.map_or(String::new(), |action| {
-        format!(
-            "<form method=\"post\" action=\"{}\"><button type=\"submit\" id=\"authgate-continue\">Continue</button></form>\
-             <p><small>Did not ask to sign in? Close this page: nothing happens without the button.</small></p>",
-            escape(action)
-        )
-    });
+    let form = match (page.form_action, page.accounts) {
+        (Some(action), Some((now, next))) => format!(
+            "<p>Signed in now: <strong>{now}</strong><br>The link signs in to: <strong>{next}</strong></p>\
+             <form method=\"post\" action=\"{switch}\"><button type=\"submit\" id=\"authgate-switch\">Continue as {next}</button></form>\
+             <form method=\"post\" action=\"{stay}\"><button type=\"submit\" id=\"authgate-stay\">Stay signed in as {now}</button></form>",
+            now = escape(now),
+            next = escape(next),
+            switch = escape(&format!("{action}?account=switch")),
+            stay = escape(&format!("{action}?account=stay")),
+        ),
+        _ => continue_form(page.form_action),
+    };
     let link = page.link.map_or(String::new(), |link| {
         format!(
             "<p><a href=\"{}\">{}</a></p>",
@@ -150,6 +164,21 @@ pub fn default_page(page: &PageContext<'_>) -> String {
             escape(link.text)
         )
     });
+    document(page, &form, &link)
+}
+
+/// The e-mail link's "Continue" button.
+fn continue_form(action: Option<&str>) -> String {
+    action.map_or(String::new(), |action| {
+        format!(
+            "<form method=\"post\" action=\"{}\"><button type=\"submit\" id=\"authgate-continue\">Continue</button></form>\
+             <p><small>Did not ask to sign in? Close this page: nothing happens without the button.</small></p>",
+            escape(action)
+        )
+    })
+}
+
+fn document(page: &PageContext<'_>, form: &str, link: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -179,6 +208,7 @@ mod tests {
             }),
             retry_after: None,
             form_action: None,
+            accounts: None,
         };
         let html = default_page(&page);
         for part in [

@@ -19,14 +19,14 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
 use sha2::{Digest as _, Sha256};
 
-use crate::context::{Asked, CLEAR_SITE_DATA, Shared, apply_hygiene};
+use crate::context::{Asked, CLEAR_SITE_DATA, CurrentSession, Shared, apply_hygiene};
 use crate::cookie::{CookieFinder, MAX_VALUE_LEN};
 use crate::events::{AuthEvent, FlowRejection, SignInMethod};
 use crate::extract::is_same_origin;
 use crate::pages::{PageContext, PageKind, PageLink};
 use crate::upstream::{
-    CallbackOutcome, CallbackParams, Correlation, FlowId, FlowRecord, LandingKind, Prompt, Session,
-    SignInStart, SignOutOutcome, SignOutScope,
+    CallbackOutcome, CallbackParams, Correlation, FlowId, FlowRecord, Grant, LandingKind, Prompt,
+    Session, SignInStart, SignOutOutcome, SignOutScope, User,
 };
 
 /// The longest text of a refused landing written to the log.
@@ -75,6 +75,7 @@ struct Content {
     message: &'static str,
     link: Option<(String, &'static str)>,
     form_action: Option<String>,
+    accounts: Option<(String, String)>,
 }
 
 impl Page {
@@ -120,6 +121,7 @@ impl Page {
             message,
             link: link.map(|(href, text)| (href.to_owned(), text)),
             form_action: None,
+            accounts: None,
         });
         let headers = page.response.headers_mut();
         headers.insert(
@@ -156,6 +158,23 @@ impl Page {
         page
     }
 
+    /// The question before an e-mail link switches a signed-in browser to
+    /// another account (SECURITY.md T-B6.4).
+    fn account_switch(action: &str, now: &str, next: &str) -> Self {
+        let mut page = Self::html(
+            StatusCode::OK,
+            "Switch account?",
+            "The link you opened signs in to another account than the one signed in here.",
+            None,
+        )
+        .kind(PageKind::AccountSwitch);
+        if let Some(content) = &mut page.content {
+            content.form_action = Some(action.to_owned());
+            content.accounts = Some((now.to_owned(), next.to_owned()));
+        }
+        page
+    }
+
     fn cookie(mut self, line: String) -> Self {
         self.set_cookies.push(line);
         self
@@ -180,6 +199,10 @@ impl Page {
                     .map(|(href, text)| PageLink { href, text }),
                 retry_after,
                 form_action: content.form_action.as_deref(),
+                accounts: content
+                    .accounts
+                    .as_ref()
+                    .map(|(now, next)| (now.as_str(), next.as_str())),
             };
             *self.response.body_mut() = Bytes::from(shared.render_page(&context));
         }
@@ -612,6 +635,12 @@ async fn continue_email_link(shared: &Shared, parts: &Parts) -> Page {
             ) {
                 return refused;
             }
+            let answer = CallbackParams::parse(parts.uri.query().unwrap_or(""));
+            match single_param(&answer, "account") {
+                Some("switch") => return answer_switch(shared, parts, true).await,
+                Some("stay") => return answer_switch(shared, parts, false).await,
+                _ => {}
+            }
             let Some(query) = query else {
                 return expired().cookie(remove_link);
             };
@@ -690,6 +719,16 @@ async fn complete(
                 .validate_or(return_to.as_deref(), &shared.config.after_sign_in);
             let session = grant.session.clone();
             let (previous, had) = shared.current_session(&parts.headers);
+            if matches!(
+                grant.method,
+                SignInMethod::MagicLink | SignInMethod::EmailConfirmation
+            ) && let Some(previous) = &previous
+                && let Some(page) = ask_before_switching(shared, previous, &grant, &return_to).await
+            {
+                let mut page = page;
+                page.set_cookies.extend(cleanup);
+                return page;
+            }
             match shared.sign_in(previous.as_ref(), had, grant) {
                 Ok(lines) => {
                     let mut page = Page::redirect(&return_to);
@@ -832,6 +871,111 @@ fn with_notice(mut location: String, notice: &str) -> String {
     location.push_str("notice=");
     location.extend(url::form_urlencoded::byte_serialize(notice.as_bytes()));
     location
+}
+
+/// A session an e-mail link opened while another account is signed in,
+/// kept sealed until the user chooses.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PendingSwitch {
+    /// The new session's cookie value.
+    wire: String,
+    magic_link: bool,
+    return_to: String,
+}
+
+/// SECURITY.md T-B6.4, issue 10 point 4: an e-mail link that would switch
+/// a signed-in browser to a *different* account says so first. The new
+/// session waits sealed in the pending cookie; the page names both
+/// accounts. `None` when the link signs in the account already signed in
+/// (or nobody is signed in): then it signs in at once.
+async fn ask_before_switching(
+    shared: &Shared,
+    previous: &CurrentSession,
+    grant: &Grant,
+    return_to: &str,
+) -> Option<Page> {
+    let resolution = shared
+        .resolver
+        .resolve(&previous.key, &previous.session)
+        .await;
+    let now = resolution.state.user()?;
+    let next = grant.user.as_ref();
+    if next.is_some_and(|next| next.id == now.id) {
+        return None;
+    }
+    let pending = PendingSwitch {
+        wire: shared.codec.encode(&grant.session).ok()?,
+        magic_link: grant.method == SignInMethod::MagicLink,
+        return_to: return_to.to_owned(),
+    };
+    let ttl = shared.config.flow_ttl;
+    let sealed = shared
+        .keys
+        .seal(&shared.pending_name, "pending", &pending, ttl)
+        .filter(|sealed| sealed.len() <= MAX_VALUE_LEN)?;
+    let cookie = shared.attributes.build(&shared.pending_name, sealed, ttl);
+    // Accounts are told apart by their address, not a name anyone can
+    // choose.
+    let label = |user: &User| -> String {
+        user.email
+            .clone()
+            .or_else(|| user.phone.clone())
+            .unwrap_or_else(|| user.display_name().to_owned())
+    };
+    let next_name = next.map_or_else(|| "another account".to_owned(), label);
+    Some(Page::account_switch(&continue_path(shared), &label(now), &next_name).cookie(cookie))
+}
+
+/// `POST {prefix}/continue?account=switch|stay`: the answer to
+/// [`ask_before_switching`]. Switching signs the pending session in (and
+/// ends the one it replaces); staying ends the pending session upstream.
+async fn answer_switch(shared: &Shared, parts: &Parts, switch: bool) -> Page {
+    let (pending, _) = open_sealed::<PendingSwitch>(
+        shared,
+        parts,
+        &shared.pending_finder,
+        &shared.pending_name,
+        "pending",
+    );
+    let remove = shared.attributes.removal(&shared.pending_name);
+    let session = pending
+        .as_ref()
+        .and_then(|p| shared.codec.decode(p.wire.as_bytes()));
+    let (Some(pending), Some(session)) = (pending, session) else {
+        return Page::html(
+            StatusCode::BAD_REQUEST,
+            "Sign-in link expired",
+            "This choice has expired. Please open the link again.",
+            Some((shared.config.sign_in_page.as_str(), "Back to sign in")),
+        )
+        .kind(PageKind::LandingRefused(LandingKind::MagicLink))
+        .cookie(remove);
+    };
+    if !switch {
+        end_new_session(shared, &session).await;
+        let back = with_notice(pending.return_to, "account-switch-cancelled");
+        return Page::redirect(&back).cookie(remove);
+    }
+    let method = if pending.magic_link {
+        SignInMethod::MagicLink
+    } else {
+        SignInMethod::EmailConfirmation
+    };
+    let (previous, had) = shared.current_session(&parts.headers);
+    match shared.sign_in(
+        previous.as_ref(),
+        had,
+        Grant::from_session(session.clone(), method),
+    ) {
+        Ok(lines) => {
+            let mut page = Page::redirect(&pending.return_to).cookie(remove);
+            page.set_cookies.extend(lines);
+            page
+        }
+        Err(err) => session_too_large(shared, session, &err)
+            .await
+            .cookie(remove),
+    }
 }
 
 /// An OAuth landing whose provider no flow of this browser was started

@@ -13,6 +13,7 @@ use authgate::test::{Fault, MemoryUpstream, SessionChange, TestKit};
 use authgate::{Auth, AuthConfig, CurrentUser, ErrorKind, Grant, SessionToken};
 use axum::Router;
 use axum::body::Body;
+use axum::extract::Query;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use http::header::{COOKIE, SET_COOKIE};
@@ -42,6 +43,17 @@ fn app(kit: &TestKit) -> App {
                 let now = auth.session().await.map(|s| s.token.expose().to_owned());
                 format!("{} {}", before.unwrap_or_default(), now.unwrap_or_default())
             }),
+        )
+        .route(
+            "/adopt",
+            post(
+                |auth: Auth, Query(query): Query<Vec<(String, String)>>| async move {
+                    let token = SessionToken::new(query[0].1.clone()).unwrap();
+                    auth.sign_in(Grant::new(token, SignInMethod::Password))
+                        .unwrap();
+                    "adopted"
+                },
+            ),
         )
         .route(
             "/form",
@@ -537,12 +549,11 @@ async fn signing_in_over_a_session_ends_the_replaced_one() {
     let response = send(&app, kit.with_session_cookie(&old).get("/account")).await;
     assert_eq!(response.status(), StatusCode::OK);
 
-    let landed = send(
-        &app,
-        kit.with_session_cookie(&old).get(&kit.magic_link(&bob)),
-    )
-    .await;
-    assert_eq!(landed.status(), StatusCode::SEE_OTHER);
+    // A password sign-in in a handler (`Auth::sign_in`) over Ada's session.
+    let bobs = kit.session(&bob);
+    let adopt = format!("/adopt?token={}", bobs.expose());
+    let landed = send(&app, kit.with_session_cookie(&old).post_form(&adopt, "")).await;
+    assert_eq!(landed.status(), StatusCode::OK);
     let new = set_value(&kit, &landed);
     assert_ne!(new, old);
     // Refused here at once, whatever the upstream says.
@@ -666,4 +677,79 @@ async fn every_layer_page_goes_through_the_apps_renderer() {
         ),
         "{page}"
     );
+}
+
+/// SECURITY.md T-B6.4, issue 10 point 4: an e-mail link that would switch
+/// a signed-in browser to another account asks first, naming both; the new
+/// session waits sealed; "stay" ends it upstream, "switch" signs it in and
+/// ends the replaced one. A link for the account already signed in just
+/// signs in.
+#[tokio::test]
+async fn an_email_link_for_another_account_asks_before_switching() {
+    let kit = TestKit::with_config(config());
+    let app = app(&kit);
+    let ada = kit.user("ada@example.test");
+    let mallory = kit.user("mallory@example.test");
+    let mine = kit.session_cookie(&ada);
+    let pending_cookie = |response: &Response<Body>| {
+        response
+            .headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| cookie::Cookie::parse(v.to_str().unwrap().to_owned()).unwrap())
+            .find(|c| c.name() == "__Host-authgate-pending")
+            .map(|c| format!("{}={}", c.name(), c.value()))
+    };
+    let answer = |choice: &str, pending: &str| {
+        let mut request = kit
+            .with_session_cookie(&mine)
+            .post_form(&format!("/auth/continue?account={choice}"), "");
+        let cookies = format!("{}; {pending}", request.headers()[COOKIE].to_str().unwrap());
+        request
+            .headers_mut()
+            .insert(COOKIE, cookies.parse().unwrap());
+        request
+    };
+
+    for (choice, switched) in [("stay", false), ("switch", true)] {
+        let link = kit.magic_link(&mallory);
+        let asked = send(&app, kit.with_session_cookie(&mine).get(&link)).await;
+        assert_eq!(asked.status(), StatusCode::OK, "{choice}");
+        assert_eq!(kit.session_change(&asked), SessionChange::Unchanged);
+        let pending = pending_cookie(&asked).expect("the new session waits sealed");
+        assert!(!pending.contains("mallory"));
+        let page = body(asked).await;
+        assert!(page.contains("ada@example.test"), "{page}");
+        assert!(page.contains("mallory@example.test"), "{page}");
+        assert_eq!(kit.sessions_of(&mallory), 1, "the pending session");
+
+        let answered = send(&app, answer(choice, &pending)).await;
+        assert_eq!(answered.status(), StatusCode::SEE_OTHER, "{choice}");
+        if switched {
+            let new = set_value(&kit, &answered);
+            let who = send(&app, kit.with_session_cookie(&new).get("/account")).await;
+            assert_eq!(body(who).await, mallory.id());
+        } else {
+            assert_eq!(kit.session_change(&answered), SessionChange::Unchanged);
+            assert!(
+                answered.headers()["location"]
+                    .to_str()
+                    .unwrap()
+                    .ends_with("notice=account-switch-cancelled")
+            );
+            assert_eq!(
+                kit.sessions_of(&mallory),
+                0,
+                "the pending session was ended"
+            );
+            let who = send(&app, kit.with_session_cookie(&mine).get("/account")).await;
+            assert_eq!(body(who).await, ada.id(), "still Ada");
+        }
+    }
+
+    // The account already signed in: no question.
+    let again = kit.magic_link(&ada);
+    let landed = send(&app, kit.with_session_cookie(&mine).get(&again)).await;
+    assert_eq!(landed.status(), StatusCode::SEE_OTHER);
+    assert!(pending_cookie(&landed).is_none());
 }

@@ -142,6 +142,8 @@ impl Templates {
             form_action => page.form_action,
             link_href => page.link.map(|link| link.href),
             link_text => page.link.map(|link| link.text),
+            account_now => page.accounts.map(|(now, _)| now),
+            account_next => page.accounts.map(|(_, next)| next),
         };
         self.render("layer_page.html", ctx).unwrap_or_else(|err| {
             tracing::error!(error = %err, "ssr_site: the layer page could not be rendered");
