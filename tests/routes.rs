@@ -208,7 +208,27 @@ async fn email_confirmation_landing_signs_in() {
     let callback = site.follow_upstream(&link).await;
     let response = site.land(&callback, None).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
-    assert!(set_cookie(response.headers(), "__Host-authgate").is_some());
+    let session = set_cookie(response.headers(), "__Host-authgate").unwrap();
+    let signed_in = site.cookie(session.value());
+
+    // Issue 10 point 2: the same confirmation link opened again in the
+    // browser it signed in: back to the app with a notice, not an error
+    // page saying "Sign-in failed … Back to sign in".
+    let held = site.get(&callback, Some(&signed_in)).await;
+    let link = set_cookie(held.headers(), LINK).expect("the link waits for its click");
+    let again = site
+        .send(form(
+            "/auth/continue",
+            Some(&format!("{signed_in}; {LINK}={}", link.value())),
+            "",
+        ))
+        .await;
+    assert_eq!(again.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        location(&again),
+        "https://app.example/account?notice=replayed-grant"
+    );
+    assert!(set_cookie(again.headers(), "__Host-authgate").is_none());
 }
 
 #[tokio::test]
