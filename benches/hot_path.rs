@@ -14,7 +14,6 @@ use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Request;
 use tower::{Service, ServiceExt as _};
-use tower_layer::Layer as _;
 
 async fn page(user: CurrentUser) -> String {
     format!("<p>Hello, {}</p>", user.display_name())

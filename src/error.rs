@@ -10,7 +10,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///
 /// Every variant names the offending input, so a bad deployment fails at
 /// start-up instead of on the first request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// Its `Debug` is its message, so `fn main() -> Result<(), Box<dyn Error>>`
+/// prints what to fix (`cookie key must be at least 64 bytes, got 5: …`)
+/// rather than `KeyTooShort(5)`.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// A URL could not be parsed, or is not an absolute `http(s)` URL.
@@ -27,7 +31,9 @@ pub enum ConfigError {
     )]
     InsecureOrigin(String),
     /// A key shorter than 64 bytes was given.
-    #[error("cookie key must be at least 64 bytes, got {0}")]
+    #[error(
+        "cookie key must be at least 64 bytes, got {0}: generate one with `openssl rand -base64 64`"
+    )]
     KeyTooShort(usize),
     /// A cookie name with characters outside the RFC 6265 token alphabet.
     #[error("invalid cookie name {0:?}")]
@@ -46,6 +52,12 @@ pub enum ConfigError {
     /// The HTTP client could not be built.
     #[error("the upstream HTTP client could not be built")]
     HttpClient,
+}
+
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 /// What went wrong with an upstream call. See [`Error::kind`].

@@ -96,6 +96,15 @@ impl AuthLayer {
         }
     }
 
+    /// Wraps a service (the app) in the layer. The same as
+    /// [`Layer::layer`], without importing the trait.
+    pub fn layer<S>(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+
     /// The resolver (cache and upstream lookups) behind this layer.
     pub fn resolver(&self) -> &Resolver {
         &self.shared.resolver
@@ -117,10 +126,7 @@ impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            shared: self.shared.clone(),
-        }
+        AuthLayer::layer(self, inner)
     }
 }
 

@@ -47,3 +47,9 @@ pub use extract::{Auth, CurrentUser, SameOrigin, is_same_origin};
 pub use layer::{AuthLayer, AuthService, ResponseFuture};
 pub use resolve::{AuthState, Resolver};
 pub use upstream::{Grant, SessionToken, SignOutScope, Upstream, User};
+
+/// The README's code blocks, compiled as doc tests (the quick start and the
+/// test-kit snippet must build as written).
+#[cfg(all(doctest, feature = "altogic", feature = "test-util"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

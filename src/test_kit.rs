@@ -11,7 +11,6 @@
 //! use authgate::{CurrentUser, test::TestKit};
 //! use axum::{Router, routing::get};
 //! use tower::ServiceExt as _;
-//! use tower_layer::Layer as _;
 //!
 //! async fn account(user: CurrentUser) -> String {
 //!     format!("Hello, {}", user.display_name())
@@ -34,7 +33,6 @@
 //! # use axum::{Router, routing::get};
 //! # use std::time::Duration;
 //! # use tower::ServiceExt as _;
-//! # use tower_layer::Layer as _;
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
 //! let kit = TestKit::new();

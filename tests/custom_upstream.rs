@@ -43,7 +43,6 @@ use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc::Receiver;
 use tower::ServiceExt as _;
-use tower_layer::Layer as _;
 use url::Url;
 
 const ORIGIN: &str = "https://app.example";

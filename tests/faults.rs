@@ -39,7 +39,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::ServiceExt as _;
-use tower_layer::Layer as _;
 
 const USER_PATH: &str = "/_api/rest/v1/auth/user";
 const CLIENT_KEY: &str = "k";

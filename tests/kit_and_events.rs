@@ -13,7 +13,6 @@ use axum::routing::get;
 use http::StatusCode;
 use tokio::sync::mpsc::Receiver;
 use tower::ServiceExt as _;
-use tower_layer::Layer as _;
 
 fn app(kit: &TestKit) -> authgate::AuthService<Router> {
     kit.layer().layer(

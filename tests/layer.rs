@@ -13,7 +13,6 @@ use common::*;
 use http::header::{CACHE_CONTROL, VARY};
 use http::{Request, StatusCode};
 use tower::ServiceExt as _;
-use tower_layer::Layer as _;
 
 #[tokio::test]
 async fn missing_layer_is_a_500_that_names_the_layer() {

@@ -13,7 +13,6 @@ use base64::Engine as _;
 use common::*;
 use http::StatusCode;
 use tower::ServiceExt as _;
-use tower_layer::Layer as _;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);

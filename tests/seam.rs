@@ -19,7 +19,6 @@ use axum::routing::{get, post};
 use http::header::{COOKIE, SET_COOKIE};
 use http::{Response, StatusCode};
 use tower::ServiceExt as _;
-use tower_layer::Layer as _;
 
 type App = authgate::AuthService<Router>;
 

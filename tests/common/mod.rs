@@ -14,7 +14,6 @@ use http::header::{COOKIE, LOCATION, SET_COOKIE};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
-use tower_layer::Layer as _;
 
 pub const ORIGIN: &str = "https://app.example";
 pub const KEY: [u8; 64] = [42; 64];

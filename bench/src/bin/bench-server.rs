@@ -51,7 +51,6 @@ use axum_login::{AuthManagerLayerBuilder, AuthUser, AuthnBackend, UserId};
 use futures_util::StreamExt as _;
 use tokio::sync::Notify;
 use tower::ServiceExt as _;
-use tower_layer::Layer as _;
 use tower_sessions::{MemoryStore, SessionManagerLayer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -29,7 +29,6 @@ use axum::http::{StatusCode, header};
 use axum::routing::get;
 use futures_util::StreamExt as _;
 use tower::ServiceExt as _;
-use tower_layer::Layer as _;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -34,7 +34,6 @@ use axum::http::header::{CACHE_CONTROL, COOKIE, VARY};
 use axum::http::{HeaderValue, Request};
 use axum::routing::get;
 use tower::{Service, ServiceExt as _};
-use tower_layer::Layer as _;
 
 /// What a browser sends besides the session on a plain site: a consent
 /// and an analytics cookie.

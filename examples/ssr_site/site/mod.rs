@@ -21,7 +21,6 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tower_layer::Layer as _;
 
 pub(crate) use events::EventLog;
 pub(crate) use render::{Problem, View};
