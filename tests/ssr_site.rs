@@ -1853,3 +1853,37 @@ async fn the_layers_own_pages_wear_the_sites_look() {
     assert_eq!(page.status, StatusCode::NOT_FOUND);
     page.assert_shows("Unknown provider · authgate example</title>");
 }
+
+/// Issue 11 point 5: a signed-in user on the sign-in or sign-up page is
+/// told so, with "Continue" (to the page they came for) and "Sign in as
+/// someone else" (signs out, then back to the form).
+#[tokio::test]
+async fn signed_in_users_on_sign_in_pages_are_told_so() {
+    let site = test_site().await;
+    let email = "here@example.test";
+    site.email_user(email, "Here").await;
+    let mut browser = site.browser();
+    browser.sign_in(email, PASSWORD).await;
+    let page = browser.get("/signin?return_to=%2Faccount").await;
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_shows(&format!("You are signed in as <strong>{email}</strong>"));
+    page.assert_shows(&format!(
+        r#"href="{ORIGIN}/account" id="signed-in-continue""#
+    ));
+    page.assert_shows(r#"action="/auth/signout?scope=this&return_to=%2Fsignin""#);
+    page.assert_lacks(r#"id="signin-email""#);
+    let page = browser.get("/signup").await;
+    page.assert_shows(&format!("You are signed in as <strong>{email}</strong>"));
+    page.assert_lacks(r#"id="signup-email""#);
+
+    // "Sign in as someone else": signed out, back on the sign-in form.
+    let out = browser
+        .post("/auth/signout?scope=this&return_to=%2Fsignin", &[])
+        .await;
+    assert_eq!(out.location(), format!("{ORIGIN}/signin"));
+    assert_eq!(browser.session(), None);
+    browser
+        .get("/signin")
+        .await
+        .assert_shows(r#"id="signin-email""#);
+}

@@ -67,6 +67,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "layer_page.html",
         include_str!("../templates/layer_page.html"),
     ),
+    (
+        "signed_in.html",
+        include_str!("../templates/signed_in.html"),
+    ),
 ];
 
 /// The notices a redirect may ask for with `?notice=`: a fixed list, so
@@ -196,6 +200,29 @@ impl FromRequestParts<Arc<Site>> for View {
 }
 
 impl View {
+    /// For a signed-in user on a sign-in or sign-up page: "You are signed
+    /// in as …" with "Continue" (to `return_to`) and "Sign in as someone
+    /// else" (signs out, then back to `again`). `None` when nobody is
+    /// signed in.
+    pub(crate) fn signed_in_already(
+        &self,
+        return_to: Option<&str>,
+        again: &str,
+    ) -> Option<Response> {
+        let user = self.user.as_deref()?;
+        let account = user
+            .email
+            .as_deref()
+            .or(user.phone.as_deref())
+            .unwrap_or_else(|| user.display_name());
+        let continue_to = self.auth.return_to(return_to.filter(|r| !r.is_empty()));
+        Some(self.page(
+            StatusCode::OK,
+            "signed_in.html",
+            context! { account, continue_to, again },
+        ))
+    }
+
     /// Shows `notice` at the top of the page (instead of any `?notice=`).
     pub(crate) fn with_notice(mut self, notice: impl Into<String>) -> Self {
         self.notice = Some(notice.into());

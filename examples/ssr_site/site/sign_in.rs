@@ -41,6 +41,9 @@ pub(crate) struct EmailForm {
 
 /// `GET /signin?return_to=`
 pub(crate) async fn page(view: View, Query(query): Query<ReturnTo>) -> Response {
+    if let Some(signed_in) = view.signed_in_already(query.return_to.as_deref(), "/signin") {
+        return signed_in;
+    }
     view.page(
         StatusCode::OK,
         "signin.html",

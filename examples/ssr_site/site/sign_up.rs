@@ -42,6 +42,9 @@ pub(crate) struct VerifyForm {
 
 /// `GET /signup`
 pub(crate) async fn page(view: View) -> Response {
+    if let Some(signed_in) = view.signed_in_already(None, "/signup") {
+        return signed_in;
+    }
     view.page(StatusCode::OK, "signup.html", context! {})
 }
 
