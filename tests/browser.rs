@@ -353,21 +353,24 @@ impl Run {
                     .map_err(|e| format!("a second session: {e}"))?;
                 others.push(signed_in.session.ok_or("no session")?.token);
             }
+            // The sign-in is among the recent auth events on the account
+            // page, which links to the sessions page.
             self.open("/account").await?;
-            self.wait_text("Active sessions").await?;
+            self.wait_text("Recent auth events").await?;
+            self.wait_text("by password (session ").await?;
+            self.click("#sessions-link").await?;
+            self.wait_page("/account/sessions", "Active sessions")
+                .await?;
             self.expect_rows(3).await?;
             // The site sent Chromium's own User-Agent upstream when it
             // signed in, so its row names the browser, not the server.
             self.wait_text("Chrome on Linux this browser").await?;
-            // And the sign-in is among the recent auth events.
-            self.wait_text("Recent auth events").await?;
-            self.wait_text("by password (session ").await?;
             self.click(".end-session").await?;
-            self.wait_page("/account", "That session was signed out.")
+            self.wait_page("/account/sessions", "That session was signed out.")
                 .await?;
             self.expect_rows(2).await?;
             self.click("#signout-others").await?;
-            self.wait_page("/account", "Every other session was signed out.")
+            self.wait_page("/account/sessions", "Every other session was signed out.")
                 .await?;
             self.expect_rows(1).await?;
             self.wait_text(EMAIL).await?;
@@ -381,7 +384,7 @@ impl Run {
         .await?;
 
         self.step("sign out everywhere", async {
-            self.open("/account").await?;
+            self.open("/account/sessions").await?;
             self.click("#signout-all").await?;
             self.wait_page("/", "You are not signed in.").await
         })

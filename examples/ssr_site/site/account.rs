@@ -1,12 +1,13 @@
-//! The account page: the user fresh from the upstream, password, e-mail
-//! and phone changes, the list of sessions with their sign-out buttons
-//! (the "all others" and "everywhere" buttons post to the layer's
-//! `/auth/signout`), and the user's recent auth events.
+//! The account page: the layer's user (no upstream call: the cache is the
+//! point), password, e-mail and phone changes and the user's recent auth
+//! events; and the sessions page, with the upstream's list of sessions and
+//! their sign-out buttons (the "all others" and "everywhere" buttons post
+//! to the layer's `/auth/signout`).
 
 use std::sync::Arc;
 
 use authgate::rejection::CurrentUserRejection;
-use authgate::{CurrentUser, SameOrigin, SessionToken, User};
+use authgate::{CurrentUser, SameOrigin, SessionToken};
 use axum::extract::Form;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -55,7 +56,6 @@ enum Section {
     Password,
     Email,
     Phone,
-    Sessions,
 }
 
 /// `GET /account`. Without a user the `CurrentUser` rejection answers
@@ -86,56 +86,18 @@ fn require(
     }
 }
 
-/// Renders the account page, with `problem` shown on the form it belongs to.
+/// Renders the account page, with `problem` shown on the form it belongs
+/// to. No upstream call: the layer's `CurrentUser` is the account (fresh
+/// within the cache TTL; a change made here refreshes it at once through
+/// `Auth::refresh`).
 async fn render(
     mut view: View,
     current: CurrentUser,
     problem: Option<(Section, Problem)>,
     values: Value,
 ) -> Response {
-    let Some(token) = view.auth.token().cloned() else {
-        return Redirect::to(SIGN_IN_AGAIN).into_response();
-    };
-    let altogic = view.altogic().clone();
-    let (fresh, sessions) =
-        tokio::join!(altogic.get_user(&token), altogic.get_all_sessions(&token));
-    // The layer's cached user may predate a change made elsewhere (in
-    // another browser, say): this page shows the database's copy, and the
-    // cache forgets the old one so the other pages catch up too.
-    let account: Arc<User> = match fresh {
-        Ok(fresh) => {
-            if !same_profile(&fresh, &current) {
-                view.auth.refresh();
-            }
-            Arc::new(fresh)
-        }
-        Err(err) if err.is_invalid_session() => {
-            // Ended elsewhere while still cached here: sign this browser out
-            // (no upstream call: the session is already gone there).
-            view.auth.sign_out_locally();
-            return Redirect::to(SIGN_IN_AGAIN).into_response();
-        }
-        Err(_) => Arc::clone(&current.0),
-    };
+    let account = Arc::clone(&current.0);
     let mut errors = ErrorSlots::default();
-    let rows = match sessions {
-        Ok(sessions) => sessions
-            .iter()
-            .map(|session| SessionRow {
-                id: session.id(),
-                device: session.device(),
-                created: session
-                    .creation_dtm
-                    .as_deref()
-                    .map_or_else(|| "—".to_owned(), readable_time),
-                current: session.token == token,
-            })
-            .collect(),
-        Err(err) => {
-            errors.sessions = Some(Problem::from_error(&err));
-            Vec::new()
-        }
-    };
     let status = match problem {
         Some((section, problem)) => {
             let status = problem.status;
@@ -152,7 +114,6 @@ async fn render(
         "account.html",
         context! {
             account => Value::from_serialize(&*account),
-            sessions => rows,
             events,
             has_password,
             errors,
@@ -161,12 +122,59 @@ async fn render(
     )
 }
 
-/// Whether the cached user still shows what the database holds.
-fn same_profile(fresh: &User, cached: &User) -> bool {
-    fresh.email == cached.email
-        && fresh.phone == cached.phone
-        && fresh.name == cached.name
-        && fresh.email_verified == cached.email_verified
+/// `GET /account/sessions`: the sessions list, the one page that asks the
+/// upstream (it is the upstream's list).
+pub(crate) async fn sessions_page(
+    view: View,
+    user: Result<CurrentUser, CurrentUserRejection>,
+) -> Response {
+    match require(&view, user) {
+        Ok((_, token)) => render_sessions(view, &token, None).await,
+        Err(response) => *response,
+    }
+}
+
+/// Renders the sessions page, with `problem` above the list.
+async fn render_sessions(view: View, token: &SessionToken, problem: Option<Problem>) -> Response {
+    let sessions = view.altogic().get_all_sessions(token).await;
+    let mut errors = ErrorSlots::default();
+    let rows: Vec<SessionRow> = match sessions {
+        Ok(sessions) => sessions
+            .iter()
+            .map(|session| SessionRow {
+                id: session.id(),
+                device: session.device(),
+                created: session
+                    .creation_dtm
+                    .as_deref()
+                    .map_or_else(|| "—".to_owned(), readable_time),
+                current: session.token == *token,
+            })
+            .collect(),
+        Err(err) if err.is_invalid_session() => {
+            // Ended elsewhere while still cached here: sign this browser out
+            // (no upstream call: the session is already gone there).
+            view.auth.sign_out_locally();
+            return Redirect::to(SIGN_IN_AGAIN).into_response();
+        }
+        Err(err) => {
+            errors.sessions = Some(Problem::from_error(&err));
+            Vec::new()
+        }
+    };
+    let status = match problem {
+        Some(problem) => {
+            let status = problem.status;
+            errors.sessions = Some(problem);
+            status
+        }
+        None => StatusCode::OK,
+    };
+    view.page(
+        status,
+        "sessions.html",
+        context! { sessions => rows, errors },
+    )
 }
 
 #[derive(Default, Serialize)]
@@ -183,7 +191,6 @@ impl ErrorSlots {
             Section::Password => &mut self.password,
             Section::Email => &mut self.email,
             Section::Phone => &mut self.phone,
-            Section::Sessions => &mut self.sessions,
         };
         *slot = Some(problem);
     }
@@ -311,7 +318,7 @@ pub(crate) async fn end_session(
     user: Result<CurrentUser, CurrentUserRejection>,
     Form(form): Form<EndSessionForm>,
 ) -> Response {
-    let (user, token) = match require(&view, user) {
+    let (_, token) = match require(&view, user) {
         Ok(found) => found,
         Err(response) => return *response,
     };
@@ -329,7 +336,7 @@ pub(crate) async fn end_session(
         }
         Ok(Some(ended)) => {
             view.auth.revoke(&ended);
-            return Redirect::to("/account?notice=session-ended").into_response();
+            return Redirect::to("/account/sessions?notice=session-ended").into_response();
         }
         Ok(None) => Problem {
             status: StatusCode::NOT_FOUND,
@@ -338,5 +345,5 @@ pub(crate) async fn end_session(
         },
         Err(err) => Problem::from_error(&err),
     };
-    render(view, user, Some((Section::Sessions, problem)), context! {}).await
+    render_sessions(view, &token, Some(problem)).await
 }

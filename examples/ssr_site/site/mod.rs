@@ -159,6 +159,7 @@ pub(crate) fn app_with_layer(
         .route("/account/password", post(account::change_password))
         .route("/account/email", post(account::change_email))
         .route("/account/phone", post(account::change_phone))
+        .route("/account/sessions", get(account::sessions_page))
         .route("/account/sessions/end", post(account::end_session))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))

@@ -71,6 +71,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         "signed_in.html",
         include_str!("../templates/signed_in.html"),
     ),
+    ("sessions.html", include_str!("../templates/sessions.html")),
 ];
 
 /// The notices a redirect may ask for with `?notice=`: a fixed list, so
