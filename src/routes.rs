@@ -792,10 +792,15 @@ async fn complete(
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .collect();
             tracing::info!(%status, %reason, ?landing, detail, "authgate: a landing was refused");
-            shared.resolver.emit(AuthEvent::FlowRejected {
-                reason,
-                session: None,
-            });
+            // The browser's own session, if it has one: the app can tell its
+            // user ("a link was used twice").
+            let session = shared
+                .current_session(&parts.headers)
+                .0
+                .map(|current| shared.resolver.session_hash(&current.key));
+            shared
+                .resolver
+                .emit(AuthEvent::FlowRejected { reason, session });
             let mut page = refused_landing(shared, parts, flow, landing, reason, status).await;
             // The flow the upstream was given is spent.
             if let FoundFlow::Single(flows) = &found

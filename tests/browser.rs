@@ -357,7 +357,8 @@ impl Run {
             // page, which links to the sessions page.
             self.open("/account").await?;
             self.wait_text("Recent auth events").await?;
-            self.wait_text("by password (session ").await?;
+            self.wait_text("Signed in with e-mail (or phone) and password")
+                .await?;
             self.click("#sessions-link").await?;
             self.wait_page("/account/sessions", "Active sessions")
                 .await?;

@@ -1462,35 +1462,35 @@ async fn the_account_page_shows_this_users_recent_auth_events() {
         .await;
     assert_eq!(changed.location(), "/account?notice=email-changed");
 
-    let signed_in = format!("signed in: user {id} by password (session ");
-    let signed_out = format!("signed out: user {id} scope This (session ");
-    let email_changed = format!("e-mail changed: user {id}");
-    for needle in [
-        signed_in.as_str(),
-        signed_out.as_str(),
-        "flow rejected: cross-site",
-        email_changed.as_str(),
-    ] {
+    // Issue 11 point 3: plain words, this user's events only.
+    let signed_in = "Signed in with e-mail (or phone) and password";
+    let signed_out = "Signed out";
+    let email_changed = "Changed the e-mail address";
+    for needle in [signed_in, signed_out, email_changed] {
         wait_for_event(&site.events, &id, needle).await;
     }
-    wait_for_event(&site.events, &other_id, "signed in: user").await;
+    wait_for_event(&site.events, &other_id, "Signed in").await;
 
     let page = browser.get("/account").await;
     assert_eq!(page.status, StatusCode::OK);
     page.assert_shows("<h2>Recent auth events</h2>");
-    page.assert_shows(&signed_in);
-    page.assert_shows(&signed_out);
-    page.assert_shows("flow rejected: cross-site");
-    page.assert_shows(&email_changed);
+    page.assert_shows(signed_in);
+    page.assert_shows(&format!("{signed_out}</li>"));
+    page.assert_shows(email_changed);
     page.assert_shows(" UTC</span> ");
-    page.assert_lacks(&other_id);
-    page.assert_lacks(&token);
+    // Another visitor's refused cross-site post is not this user's.
+    page.assert_lacks("another site");
+    let text = page.text();
+    let list_start = text.find(r#"id="auth-events""#).unwrap();
+    let list = &text[list_start..list_start + text[list_start..].find("</ol>").unwrap()];
+    for raw in ["scope", "This", "user ", "(session", &id, &other_id, &token] {
+        assert!(!list.contains(raw), "{raw} in the events list: {list}");
+    }
     // Newest first.
     let text = page.text();
     let at = |needle: &str| text.find(needle).unwrap();
-    assert!(at(&email_changed) < at("flow rejected: cross-site"));
-    assert!(at("flow rejected: cross-site") < at(&signed_out));
-    assert!(at(&signed_out) < at(&signed_in));
+    assert!(at(email_changed) < at(&format!("{signed_out}</li>")));
+    assert!(at(&format!("{signed_out}</li>")) < at(signed_in));
 }
 
 #[tokio::test]
@@ -1764,17 +1764,27 @@ async fn kit_a_magic_link_sign_in_shows_in_recent_events() {
     assert_eq!(landing.location(), format!("{ORIGIN}/account"));
     let token = browser.session().expect("signed in").to_owned();
 
-    // The same link again: refused, a rejected flow.
+    // The same link again, elsewhere: refused; nobody's account says so
+    // (the refusal names no user).
     let replay = site.browser().get(&link).await;
     assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+    // And in this browser: back to the account with a notice, and the
+    // account's events say it in plain words.
+    let again = browser.get(&link).await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER);
 
-    let signed_in = format!("signed in: user {} by magic-link (session ", user.id());
-    wait_for_event(&site.events, user.id(), &signed_in).await;
-    wait_for_event(&site.events, user.id(), "flow rejected: replayed-grant").await;
+    let signed_in = "Signed in with a sign-in link";
+    let refused = "A sign-in link was used twice and refused";
+    wait_for_event(&site.events, user.id(), signed_in).await;
+    wait_for_event(&site.events, user.id(), refused).await;
     let account = browser.get("/account").await;
     assert_eq!(account.status, StatusCode::OK, "{}", account.body);
-    account.assert_shows(&signed_in);
-    account.assert_shows("flow rejected: replayed-grant");
+    account.assert_shows(signed_in);
+    assert_eq!(
+        account.text().matches(refused).count(),
+        1,
+        "only this browser's"
+    );
     account.assert_lacks(&token);
 }
 
@@ -1912,4 +1922,21 @@ async fn signed_in_users_on_sign_in_pages_are_told_so() {
         .get("/signin")
         .await
         .assert_shows(r#"id="signin-email""#);
+}
+
+/// Issue 11 point 3: the account card says how the user signs in, in
+/// their words, not the vendor's name; the sessions table's last column
+/// has a label.
+#[tokio::test]
+async fn the_account_says_how_the_user_signs_in() {
+    let site = test_site().await;
+    let email = "words@example.test";
+    site.email_user(email, "Words").await;
+    let mut browser = site.browser();
+    browser.sign_in(email, PASSWORD).await;
+    let account = browser.get("/account").await;
+    account.assert_shows(r#"<dd id="account-signs-in-with">e-mail and password</dd>"#);
+    account.assert_lacks("Altogic");
+    let sessions = browser.get("/account/sessions").await;
+    sessions.assert_shows("<th>Sign out</th>");
 }

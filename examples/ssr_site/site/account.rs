@@ -107,6 +107,12 @@ async fn render(
         None => StatusCode::OK,
     };
     let has_password = account.provider.as_deref().is_none_or(|p| p == "Altogic");
+    // How the user signs in, in their words (not the vendor's name).
+    let signs_in_with = match account.provider.as_deref() {
+        None | Some("Altogic") if account.email.is_some() => "e-mail and password".to_owned(),
+        None | Some("Altogic") => "phone number and password".to_owned(),
+        Some(provider) => provider.to_owned(),
+    };
     let events = view.site.events.recent_for(&account.id);
     view.user = Some(Arc::clone(&account));
     view.page(
@@ -116,6 +122,7 @@ async fn render(
             account => Value::from_serialize(&*account),
             events,
             has_password,
+            signs_in_with,
             errors,
             values,
         },

@@ -9,7 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use authgate::events::{AuthEvent, AuthEvents, SessionHash};
+use authgate::SignOutScope;
+use authgate::events::{AuthEvent, AuthEvents, FlowRejection, SessionHash, SignInMethod};
 use serde::Serialize;
 
 /// How many events the site keeps (all users together).
@@ -46,15 +47,12 @@ impl Default for EventLog {
 pub(crate) struct Entry {
     /// When the site heard it, e.g. `2024-05-01 09:30:12 UTC`.
     pub(crate) at: String,
-    /// The event's own text (`AuthEvent`'s `Display`).
+    /// What happened, in plain words.
     pub(crate) text: String,
     /// The user it concerns: named by the event, or the owner of the
     /// session it names.
     #[serde(skip)]
     pub(crate) user_id: Option<String>,
-    /// A rejected flow (cross-site post, replayed link …).
-    #[serde(skip)]
-    pub(crate) rejected: bool,
 }
 
 #[derive(Default)]
@@ -90,17 +88,14 @@ impl EventLog {
         self.events.clone()
     }
 
-    /// What the account page of `user_id` shows, newest first: the events
-    /// of that user, and rejected flows that concern no known user.
+    /// What the account page of `user_id` shows, newest first: that user's
+    /// events only (named by the event, or by the session it names).
     pub(crate) fn recent_for(&self, user_id: &str) -> Vec<Entry> {
         lock(&self.recent)
             .entries
             .iter()
             .rev()
-            .filter(|entry| match &entry.user_id {
-                Some(id) => id == user_id,
-                None => entry.rejected,
-            })
+            .filter(|entry| entry.user_id.as_deref() == Some(user_id))
             .cloned()
             .collect()
     }
@@ -108,7 +103,7 @@ impl EventLog {
 
 impl Recent {
     fn record(&mut self, event: &AuthEvent) {
-        let (named, session, rejected) = match event {
+        let (named, session) = match event {
             AuthEvent::SignedIn {
                 user_id, session, ..
             } => {
@@ -119,28 +114,82 @@ impl Recent {
                     }
                     self.owners.insert(session.clone(), user_id.clone());
                 }
-                (user_id.clone(), Some(session), false)
+                (user_id.clone(), Some(session))
             }
             AuthEvent::SignedOut {
                 user_id, session, ..
-            } => (user_id.clone(), Some(session), false),
-            AuthEvent::SessionInvalidated { session } => (None, Some(session), false),
+            } => (user_id.clone(), Some(session)),
+            AuthEvent::SessionInvalidated { session } => (None, Some(session)),
             AuthEvent::PasswordChanged { user_id }
             | AuthEvent::EmailChanged { user_id }
-            | AuthEvent::PhoneChanged { user_id } => (user_id.clone(), None, false),
-            AuthEvent::FlowRejected { session, .. } => (None, session.as_ref(), true),
+            | AuthEvent::PhoneChanged { user_id } => (user_id.clone(), None),
+            AuthEvent::FlowRejected { session, .. } => (None, session.as_ref()),
             // A kind this site does not know yet: kept, shown to nobody.
-            _ => (None, None, false),
+            _ => (None, None),
         };
         let user_id = named.or_else(|| session.and_then(|s| self.owners.get(s).cloned()));
         self.entries.push_back(Entry {
             at: now_utc(),
-            text: event.to_string(),
+            text: describe(event),
             user_id,
-            rejected,
         });
         while self.entries.len() > KEPT {
             self.entries.pop_front();
+        }
+    }
+}
+
+/// An event in plain words, for the user it concerns: never a variant
+/// name or an id.
+fn describe(event: &AuthEvent) -> String {
+    match event {
+        AuthEvent::SignedIn { method, .. } => match method {
+            SignInMethod::Password => "Signed in with e-mail (or phone) and password".to_owned(),
+            SignInMethod::Code => "Signed in with a code sent by SMS".to_owned(),
+            SignInMethod::MagicLink => "Signed in with a sign-in link".to_owned(),
+            SignInMethod::EmailConfirmation => {
+                "Confirmed the e-mail address and signed in".to_owned()
+            }
+            SignInMethod::PhoneVerification => "Verified the phone number and signed in".to_owned(),
+            SignInMethod::SignUp => "Created the account and signed in".to_owned(),
+            SignInMethod::OAuth(provider) => format!("Signed in with {}", provider_name(provider)),
+            _ => "Signed in".to_owned(),
+        },
+        AuthEvent::SignedOut { scope, .. } => match scope {
+            SignOutScope::All => "Signed out everywhere",
+            SignOutScope::Others => "Signed out of every other device",
+            _ => "Signed out",
+        }
+        .to_owned(),
+        AuthEvent::SessionInvalidated { .. } => {
+            "A session was ended by the sign-in service".to_owned()
+        }
+        AuthEvent::PasswordChanged { .. } => "Changed the password".to_owned(),
+        AuthEvent::EmailChanged { .. } => "Changed the e-mail address".to_owned(),
+        AuthEvent::PhoneChanged { .. } => "Changed the phone number".to_owned(),
+        AuthEvent::FlowRejected { reason, .. } => match reason {
+            FlowRejection::ReplayedGrant => "A sign-in link was used twice and refused",
+            FlowRejection::CrossSite => "A form sent from another site was refused",
+            FlowRejection::ConsentDenied => "A sign-in was cancelled at the provider",
+            FlowRejection::MissingFlow | FlowRejection::ProviderMismatch => {
+                "A sign-in that was not started here was refused"
+            }
+            _ => "A sign-in attempt was refused",
+        }
+        .to_owned(),
+        _ => "Something happened to the account".to_owned(),
+    }
+}
+
+/// `github` → `GitHub`, as the providers spell themselves.
+fn provider_name(provider: &str) -> String {
+    match provider {
+        "github" => "GitHub".to_owned(),
+        other => {
+            let mut chars = other.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_uppercase().chain(chars).collect()
+            })
         }
     }
 }
