@@ -410,15 +410,25 @@ impl Custom {
         self.reached.complete.load(Ordering::SeqCst)
     }
 
-    async fn me(&self, session: &Session) -> Result<Lookup, Error> {
+    /// A call to the server on the session's behalf: its status and body.
+    async fn bearer(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        session: &Session,
+    ) -> Result<(StatusCode, bytes::Bytes), Error> {
         let response = self
             .http
-            .get(self.endpoint("/me"))
+            .request(method, self.endpoint(path))
             .bearer_auth(session.token.expose())
             .send()
             .await
             .map_err(wire_error)?;
-        let (status, body) = read(response).await?;
+        read(response).await
+    }
+
+    async fn me(&self, session: &Session) -> Result<Lookup, Error> {
+        let (status, body) = self.bearer(reqwest::Method::GET, "/me", session).await?;
         match status {
             StatusCode::OK => {
                 let raw: serde_json::Value =
@@ -527,14 +537,9 @@ impl Custom {
     }
 
     async fn revoke(&self, session: &Session) -> Result<SignOutOutcome, Error> {
-        let response = self
-            .http
-            .post(self.endpoint("/revoke"))
-            .bearer_auth(session.token.expose())
-            .send()
-            .await
-            .map_err(wire_error)?;
-        let (status, body) = read(response).await?;
+        let (status, body) = self
+            .bearer(reqwest::Method::POST, "/revoke", session)
+            .await?;
         if status.is_success() {
             Ok(SignOutOutcome::Done)
         } else {

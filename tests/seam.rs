@@ -105,6 +105,27 @@ fn set_value(kit: &TestKit, response: &Response<Body>) -> String {
     }
 }
 
+/// A kit on `upstream`, its app, a user, and requests carrying a session of
+/// that user that has been served once (so the cache holds it).
+async fn signed_in_and_warm(
+    upstream: MemoryUpstream,
+) -> (
+    TestKit,
+    App,
+    authgate::test::TestUser,
+    authgate::test::TestRequest,
+) {
+    let kit = TestKit::with_upstream(config(), upstream);
+    let app = app(&kit);
+    let user = kit.user("ada@example.test");
+    let request = kit.signed_in(&user);
+    assert_eq!(
+        send(&app, request.get("/account")).await.status(),
+        StatusCode::OK
+    );
+    (kit, app, user, request)
+}
+
 /// R10: 100 concurrent requests carrying a session that is due for a
 /// refresh make one rotation, and every one of them sets the same new
 /// cookie; a request still carrying the old cookie inside the successor
@@ -227,14 +248,7 @@ async fn t_h2_an_expired_session_is_never_served_stale() {
         if let Some(secs) = lifetime {
             upstream = upstream.with_session_lifetime(Duration::from_secs(secs));
         }
-        let kit = TestKit::with_upstream(config(), upstream);
-        let app = app(&kit);
-        let user = kit.user("ada@example.test");
-        let request = kit.signed_in(&user);
-        assert_eq!(
-            send(&app, request.get("/account")).await.status(),
-            StatusCode::OK
-        );
+        let (kit, app, user, request) = signed_in_and_warm(upstream).await;
         kit.fail(&user, Fault::Unavailable);
         tokio::time::advance(Duration::from_secs(31)).await;
         let response = send(&app, request.get("/account")).await;
@@ -277,14 +291,7 @@ async fn tombstones_last_as_long_as_the_upstream_revocation_horizon_says() {
         if until_expiry {
             upstream = upstream.with_revocation_until_expiry();
         }
-        let kit = TestKit::with_upstream(config(), upstream);
-        let app = app(&kit);
-        let user = kit.user("ada@example.test");
-        let request = kit.signed_in(&user);
-        assert_eq!(
-            send(&app, request.get("/account")).await.status(),
-            StatusCode::OK
-        );
+        let (kit, app, _, request) = signed_in_and_warm(upstream).await;
         let out = send(&app, request.post_form("/signout-local", "")).await;
         assert_eq!(kit.session_change(&out), SessionChange::Cleared);
         // A sign-out in a handler clears site data too (issue 10 point 6).
