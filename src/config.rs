@@ -43,6 +43,7 @@ pub struct AuthConfig {
     pub(crate) reset_password_page: String,
     pub(crate) reset_failure_page: Option<String>,
     pub(crate) notice_page: String,
+    pub(crate) sign_in_notices: bool,
     pub(crate) session_max_age: Duration,
     pub(crate) session_cookie_ceiling: usize,
     pub(crate) flow_ttl: Duration,
@@ -209,6 +210,7 @@ impl AuthConfig {
             reset_password_page: "/reset-password".to_owned(),
             reset_failure_page: None,
             notice_page: "/".to_owned(),
+            sign_in_notices: false,
             session_max_age: Duration::from_secs(30 * 24 * 3600),
             session_cookie_ceiling: crate::cookie::DEFAULT_CEILING,
             flow_ttl: Duration::from_secs(600),
@@ -320,6 +322,18 @@ impl AuthConfig {
     pub fn with_notice_page(mut self, path: &str) -> Result<Self, ConfigError> {
         self.notice_page = check_path("notice page", path)?;
         Ok(self)
+    }
+
+    /// Whether a sign-in that lands on the callback (a provider, a magic
+    /// link, an address-confirmation link) adds a notice to the page it
+    /// returns to, so the app can say what happened: `?notice=signed-in`
+    /// (a provider), `signed-in-with-link` (a magic link) or
+    /// `email-confirmed` (a sign-up confirmation link). The codes are this
+    /// fixed list; show your own sentence for each (never text from the
+    /// URL). Default: off (the `return_to` page is reached as it was).
+    pub fn with_sign_in_notices(mut self, on: bool) -> Self {
+        self.sign_in_notices = on;
+        self
     }
 
     /// Whether a magic link or an address-confirmation link from an

@@ -515,6 +515,14 @@ impl RequestAuth {
         resolution
     }
 
+    /// True when the request's cookie named a session that has ended (the
+    /// upstream said it is invalid, or it was revoked here): the cookie is
+    /// being removed. A malformed cookie is not an ended session.
+    pub(crate) async fn session_ended(&self) -> bool {
+        let resolution = self.resolve().await;
+        matches!(resolution.cookie, CookieChange::Clear) && self.lock().session.is_some()
+    }
+
     pub(crate) fn with_changes<R>(&self, f: impl FnOnce(&mut Changes) -> R) -> R {
         f(&mut self.lock().changes)
     }

@@ -600,6 +600,27 @@ impl Keys {
         self.current.signing()
     }
 
+    /// A 64-byte key for another use, derived from the current key with
+    /// HMAC-SHA256 under `label` (one half for signing, one for
+    /// encryption): a value sealed under one use never opens under another.
+    #[cfg_attr(not(feature = "axum-extra"), allow(dead_code))]
+    pub(crate) fn derive(&self, label: &str) -> Key {
+        use hmac::{Hmac, Mac, digest::KeyInit};
+        let mut master = [0u8; 64];
+        for (half, part) in master.chunks_mut(32).zip(["signing", "encryption"]) {
+            // HMAC takes a key of any length; the 64-byte block form keeps
+            // this infallible.
+            let mut block = [0u8; 64];
+            block.copy_from_slice(self.current.master());
+            let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new(&block.into());
+            mac.update(label.as_bytes());
+            mac.update(b"\0");
+            mac.update(part.as_bytes());
+            half.copy_from_slice(&mac.finalize().into_bytes());
+        }
+        Key::from(&master)
+    }
+
     /// Encrypts `payload` for the cookie `name` (the name is the AEAD's
     /// associated data, so a value cannot move to another cookie). The
     /// payload carries its purpose and its own expiry.
@@ -1060,6 +1081,27 @@ mod tests {
                 "{raw}"
             );
         }
+    }
+
+    #[test]
+    fn derived_keys_are_stable_and_separate_from_the_app_key() {
+        // Issue 11 point 2: the app's cookie-jar key follows the app key
+        // (same key, same derived key: one secret, one rotation), and
+        // nothing sealed under one opens under the other.
+        let master = Key::from(&[7u8; 64]);
+        let keys = Keys::new(master.clone(), vec![]);
+        let again = Keys::new(master.clone(), vec![]);
+        let jar = keys.derive("jars");
+        assert_eq!(jar.master(), again.derive("jars").master());
+        assert_ne!(jar.master(), master.master());
+        assert_ne!(jar.master(), keys.derive("other").master());
+        let other_app = Keys::new(Key::from(&[8u8; 64]), vec![]);
+        assert_ne!(jar.master(), other_app.derive("jars").master());
+        let sealed = keys
+            .seal("flash", "flow", &"payload", Duration::from_secs(60))
+            .unwrap();
+        let with_jar_key = Keys::new(jar, vec![]);
+        assert_eq!(with_jar_key.open::<String>("flash", "flow", &sealed), None);
     }
 
     #[test]

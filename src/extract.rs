@@ -146,7 +146,11 @@ fn sign_in_location(config: &AuthConfig, return_to: Option<&str>, notice: Option
 /// a form post whose session ended a 303 with a notice (its URL cannot be
 /// reopened with a GET, so the form's page is the way back); anything else
 /// (`fetch`, an API client) a 401 problem (RFC 9457).
-fn not_signed_in(parts: &Parts, config: &AuthConfig) -> NotSignedIn {
+///
+/// `ended` (the browser's session ended, e.g. signed out from another
+/// device) adds `notice=session-ended` to a navigation's redirect, so the
+/// sign-in page can say why.
+fn not_signed_in(parts: &Parts, config: &AuthConfig, ended: bool) -> NotSignedIn {
     let request_path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let safe = matches!(parts.method, Method::GET | Method::HEAD);
     let answer = if header(parts, "hx-request") == "true" {
@@ -157,7 +161,8 @@ fn not_signed_in(parts: &Parts, config: &AuthConfig) -> NotSignedIn {
         };
         Answer::HxRedirect(sign_in_location(config, back.as_deref(), None))
     } else if is_navigation(parts) {
-        Answer::Redirect(sign_in_location(config, Some(request_path), None))
+        let notice = ended.then_some("session-ended");
+        Answer::Redirect(sign_in_location(config, Some(request_path), notice))
     } else if is_form_submission(parts) {
         let back = same_origin_path(header(parts, REFERER.as_str()), config);
         Answer::Redirect(sign_in_location(
@@ -191,7 +196,10 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
                 });
                 Err(UpstreamUnavailable::with_page(page).into())
             }
-            AuthState::Anonymous => Err(not_signed_in(parts, &auth.shared.config).into()),
+            AuthState::Anonymous => {
+                let ended = auth.session_ended().await;
+                Err(not_signed_in(parts, &auth.shared.config, ended).into())
+            }
         }
     }
 }
@@ -300,6 +308,16 @@ impl Auth {
     /// The user, when signed in (fresh or stale).
     pub async fn user(&self) -> Option<Arc<User>> {
         self.inner.resolve().await.state.user().cloned()
+    }
+
+    /// True when the browser's session cookie named a session that has
+    /// ended: the upstream said it is no longer valid (signed out from
+    /// another device, expired, or revoked here). The layer removes the
+    /// cookie on this response. Resolves first (once per request). An app
+    /// shows "You were signed out" on the next page with it; a malformed
+    /// or absent cookie is `false`.
+    pub async fn session_ended(&self) -> bool {
+        self.inner.session_ended().await
     }
 
     /// The session token the request's cookie carries, to call the upstream

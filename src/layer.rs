@@ -105,6 +105,35 @@ impl AuthLayer {
         }
     }
 
+    /// A key for the app's own [`PrivateCookieJar`] and [`SignedCookieJar`]
+    /// (flash messages, preferences), derived from the layer's key
+    /// ([`AuthConfig::with_key`]) with HMAC-SHA256 under a fixed label: the
+    /// app keeps one secret, and a cookie of one never opens as the other.
+    ///
+    /// Rotation: the jars take one key, so when the app key changes, jar
+    /// cookies sealed under the previous one no longer open (fine for
+    /// short-lived cookies such as flash messages; keep long-lived data
+    /// elsewhere). Without a configured key it derives from the layer's
+    /// random per-process key, like the layer's own cookies.
+    ///
+    #[cfg_attr(feature = "test-util", doc = "```")]
+    #[cfg_attr(not(feature = "test-util"), doc = "```ignore")]
+    /// # use authgate::{AuthConfig, AuthLayer, test::MemoryUpstream};
+    /// use axum_extra::extract::cookie::Key;
+    /// # let config = AuthConfig::new("http://localhost:3000")?.with_key([7u8; 64])?;
+    /// let layer = AuthLayer::new(config, MemoryUpstream::default());
+    /// let key: Key = layer.cookie_jar_key();
+    /// // Put `key` in the app's state with `impl FromRef<AppState> for Key`.
+    /// # Ok::<(), authgate::ConfigError>(())
+    /// ```
+    ///
+    /// [`PrivateCookieJar`]: axum_extra::extract::cookie::PrivateCookieJar
+    /// [`SignedCookieJar`]: axum_extra::extract::cookie::SignedCookieJar
+    #[cfg(feature = "axum-extra")]
+    pub fn cookie_jar_key(&self) -> axum_extra::extract::cookie::Key {
+        self.shared.keys.derive("authgate: axum-extra cookie jars")
+    }
+
     /// The resolver (cache and upstream lookups) behind this layer.
     pub fn resolver(&self) -> &Resolver {
         &self.shared.resolver

@@ -729,9 +729,10 @@ async fn complete(
                 page.set_cookies.extend(cleanup);
                 return page;
             }
+            let method = grant.method.clone();
             match shared.sign_in(previous.as_ref(), had, grant) {
                 Ok(lines) => {
-                    let mut page = Page::redirect(&return_to);
+                    let mut page = Page::redirect(&signed_in_location(shared, return_to, &method));
                     page.set_cookies.extend(lines);
                     page.set_cookies.extend(flows_cookie);
                     page
@@ -870,11 +871,28 @@ async fn refused_landing(
     .kind(PageKind::LandingRefused(landing))
 }
 
-/// `location` with `notice=` appended.
+/// Where a landing that signed the browser in goes: `return_to`, with the
+/// sign-in's notice when the app asked for them
+/// ([`AuthConfig::with_sign_in_notices`](crate::AuthConfig::with_sign_in_notices)).
+fn signed_in_location(shared: &Shared, return_to: String, method: &SignInMethod) -> String {
+    if !shared.config.sign_in_notices {
+        return return_to;
+    }
+    let notice = match method {
+        SignInMethod::MagicLink => "signed-in-with-link",
+        SignInMethod::EmailConfirmation => "email-confirmed",
+        _ => "signed-in",
+    };
+    with_notice(return_to, notice)
+}
+
+/// `location` with `notice=` added to its query (before any fragment).
 fn with_notice(mut location: String, notice: &str) -> String {
+    let fragment = location.find('#').map(|at| location.split_off(at));
     location.push(if location.contains('?') { '&' } else { '?' });
     location.push_str("notice=");
     location.extend(url::form_urlencoded::byte_serialize(notice.as_bytes()));
+    location.extend(fragment);
     location
 }
 
@@ -970,10 +988,11 @@ async fn answer_switch(shared: &Shared, parts: &Parts, switch: bool) -> Page {
     match shared.sign_in(
         previous.as_ref(),
         had,
-        Grant::from_session(session.clone(), method),
+        Grant::from_session(session.clone(), method.clone()),
     ) {
         Ok(lines) => {
-            let mut page = Page::redirect(&pending.return_to).cookie(remove);
+            let location = signed_in_location(shared, pending.return_to, &method);
+            let mut page = Page::redirect(&location).cookie(remove);
             page.set_cookies.extend(lines);
             page
         }

@@ -62,15 +62,25 @@ async fn every_flow_works_in_headless_chromium() {
         }
     };
 
-    let run = Run {
+    // Issue 11: every flow at a desktop size, then again (new accounts) at
+    // a phone's, in one browser.
+    let mut run = Run {
         browser,
         dir: dir.clone(),
         origin: site.origin.clone(),
         dev: site.dev.clone(),
         altogic: site.altogic.clone(),
         steps: Cell::new(0),
+        screen: &SCREENS[0],
     };
-    let outcome = run.all_steps().await;
+    let mut outcome = Ok(());
+    for screen in &SCREENS {
+        run.screen = screen;
+        outcome = run.all_steps().await;
+        if outcome.is_err() {
+            break;
+        }
+    }
     let steps = run.steps.get();
     if let Err(err) = run.browser.delete().await {
         eprintln!("could not end the browser session: {err}");
@@ -196,6 +206,36 @@ impl ChromeDriver {
     }
 }
 
+/// A screen the walk-through runs at, with its own accounts.
+struct Screen {
+    name: &'static str,
+    width: u32,
+    height: u32,
+    email: &'static str,
+    /// The phone number as the user types it, and as the site stores it.
+    typed_phone: &'static str,
+    phone: &'static str,
+}
+
+const SCREENS: [Screen; 2] = [
+    Screen {
+        name: "desktop",
+        width: 1280,
+        height: 900,
+        email: "ada@example.test",
+        typed_phone: "+1 (202) 555-0199",
+        phone: "+12025550199",
+    },
+    Screen {
+        name: "phone",
+        width: 390,
+        height: 844,
+        email: "grace.hopper.with.a.long.address@example.test",
+        typed_phone: "+44 20 7946 0958",
+        phone: "+442079460958",
+    },
+];
+
 /// The click-through, one numbered step at a time.
 struct Run {
     browser: WebDriver,
@@ -204,23 +244,35 @@ struct Run {
     dev: DevUpstream,
     altogic: altogic::Client,
     steps: Cell<usize>,
+    screen: &'static Screen,
 }
 
-const EMAIL: &str = "ada@example.test";
 const PASSWORD: &str = "first password";
 const NEW_PASSWORD: &str = "second password";
-const PHONE: &str = "+15557654321";
 
 impl Run {
     async fn all_steps(&self) -> StepResult {
+        let Screen {
+            email,
+            phone,
+            typed_phone,
+            ..
+        } = *self.screen;
+        self.browser
+            .set_window_size(self.screen.width, self.screen.height)
+            .await
+            .map_err(|e| e.to_string())?;
+
         self.step("sign up by e-mail", async {
             self.open("/signup").await?;
+            self.expect_focus("name").await?;
+            self.layout_fits("/signup").await?;
             self.fill("#signup-email", "name", "Ada Lovelace").await?;
-            self.fill("#signup-email", "email", EMAIL).await?;
+            self.fill("#signup-email", "email", email).await?;
             self.fill("#signup-email", "password", PASSWORD).await?;
             self.submit("#signup-email").await?;
             self.wait_page("/signup", "Check your e-mail").await?;
-            self.wait_text(&format!("We sent a confirmation link to {EMAIL}"))
+            self.wait_text(&format!("We sent a confirmation link to {email}"))
                 .await
         })
         .await?;
@@ -233,36 +285,106 @@ impl Run {
             self.wait_page("/auth/continue", "Finish signing in")
                 .await?;
             self.click("#authgate-continue").await?;
-            self.wait_page("/account", "Your account").await?;
+            self.wait_page(
+                "/account",
+                "Your e-mail address is confirmed and you are signed in.",
+            )
+            .await?;
             self.wait_text("Ada Lovelace").await?;
-            self.wait_text(EMAIL).await
+            self.expect_text_of("#account-signs-in-with", "e-mail and password")
+                .await?;
+            self.wait_text(email).await?;
+            self.layout_fits("/account").await
         })
+        .await?;
+
+        // Point 1: the account page is served from the layer's cache.
+        self.step("the account page costs no upstream call when warm", async {
+            let before = self.dev.upstream_calls();
+            for _ in 0..5 {
+                self.browser.refresh().await.map_err(|e| e.to_string())?;
+                self.wait_page("/account", "Your account").await?;
+            }
+            let calls = self.dev.upstream_calls() - before;
+            if calls == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "5 warm views of /account made {calls} upstream calls"
+                ))
+            }
+        })
+        .await?;
+
+        // Point 2: a failed change comes back as a GET of /account with the
+        // error in view and the field in error focused; a reload shows the
+        // page without it (nothing is posted again).
+        self.step(
+            "a failed account change shows where the user looks",
+            async {
+                self.fill("#change-password", "old_password", "not my password")
+                    .await?;
+                self.fill("#change-password", "new_password", NEW_PASSWORD)
+                    .await?;
+                self.submit("#change-password").await?;
+                self.wait_page("/account", "The current password is not correct.")
+                    .await?;
+                self.expect_in_view(".error").await?;
+                self.expect_focus("old_password").await?;
+                self.browser.refresh().await.map_err(|e| e.to_string())?;
+                self.wait_page("/account", "Your account").await?;
+                self.expect_absent(".error").await?;
+                // Point 4: a number that cannot be read gets a hint, on the field.
+                self.fill("#change-phone", "new_phone", "(555) 123-4567")
+                    .await?;
+                self.fill("#change-phone", "password", PASSWORD).await?;
+                self.submit("#change-phone").await?;
+                self.wait_page("/account", "Use the international format")
+                    .await?;
+                self.expect_in_view(".error").await?;
+                self.expect_focus("new_phone").await
+            },
+        )
         .await?;
 
         self.step("sign out", async {
             self.sign_out().await?;
+            self.wait_text("You are signed out.").await?;
             self.open("/account").await?;
-            self.wait_page("/signin", "With your e-mail").await
+            self.wait_page("/signin", "With your e-mail").await?;
+            self.expect_focus("email").await
         })
         .await?;
 
         self.step("sign in with the password", async {
-            self.fill("#signin-email", "email", EMAIL).await?;
+            self.fill("#signin-email", "email", email).await?;
             self.fill("#signin-email", "password", "wrong password")
                 .await?;
             self.submit("#signin-email").await?;
             self.wait_text("The credentials are not valid.").await?;
+            self.expect_focus("password").await?;
             self.fill("#signin-email", "password", PASSWORD).await?;
             self.submit("#signin-email").await?;
             // The sign-in page carried return_to=/account.
-            self.wait_page("/account", EMAIL).await
+            self.wait_page("/account", email).await
+        })
+        .await?;
+
+        // Point 5.
+        self.step("a signed-in user on the sign-in page", async {
+            self.open("/signin").await?;
+            self.wait_page("/signin", &format!("You are signed in as {email}."))
+                .await?;
+            self.click("#signed-in-continue").await?;
+            self.wait_page("/account", "Your account").await
         })
         .await?;
 
         self.step("sign in with a magic link", async {
             self.sign_out().await?;
             self.open("/signin/magic").await?;
-            self.fill("#magic-link", "email", EMAIL).await?;
+            self.expect_focus("email").await?;
+            self.fill("#magic-link", "email", email).await?;
             self.submit("#magic-link").await?;
             self.wait_text("we sent it a sign-in link").await?;
             self.click("#open-outbox").await?;
@@ -271,13 +393,19 @@ impl Run {
             self.wait_page("/auth/continue", "Finish signing in")
                 .await?;
             self.click("#authgate-continue").await?;
-            self.wait_page("/account", EMAIL).await
+            self.wait_page(
+                "/account",
+                "You are signed in with the link we e-mailed you.",
+            )
+            .await?;
+            self.wait_text(email).await
         })
         .await?;
 
         self.step("sign in with GitHub through the simulator", async {
             self.sign_out().await?;
             self.open("/signin").await?;
+            self.providers_line_up().await?;
             self.click("#oauth-github").await?;
             self.wait_for("the GitHub simulator", |url, text| {
                 url.starts_with(&format!("{}/_auth/github", self.dev.url()))
@@ -285,9 +413,10 @@ impl Run {
             })
             .await?;
             self.fill("form", "name", "Octo Cat").await?;
-            self.fill("form", "email", "octo@github.example").await?;
+            self.fill("form", "email", &format!("octo.{email}")).await?;
             self.click(r#"button[value="continue"]"#).await?;
-            self.wait_page("/account", "Octo Cat").await?;
+            self.wait_page("/account", "You are signed in.").await?;
+            self.wait_text("Octo Cat").await?;
             self.wait_text("You signed in with Github").await
         })
         .await?;
@@ -296,20 +425,24 @@ impl Run {
             self.sign_out().await?;
             self.open("/signup/phone").await?;
             self.fill("#signup-phone", "name", "Pat Phone").await?;
-            self.fill("#signup-phone", "phone", PHONE).await?;
+            // Typed the local way; stored (and texted) in E.164 (point 4).
+            self.fill("#signup-phone", "phone", typed_phone).await?;
             self.fill("#signup-phone", "password", PASSWORD).await?;
             self.submit("#signup-phone").await?;
-            self.wait_text(&format!("We texted a verification code to {PHONE}."))
+            self.wait_text(&format!("We texted a verification code to {phone}."))
                 .await?;
+            self.expect_focus("code").await?;
             self.click("#outbox-link").await?;
             self.wait_outbox("Your verification code").await?;
             let code = self.text_of(".code").await?;
-            let encoded: String = url::form_urlencoded::byte_serialize(PHONE.as_bytes()).collect();
+            let encoded: String = url::form_urlencoded::byte_serialize(phone.as_bytes()).collect();
             self.open(&format!("/verify-phone?phone={encoded}")).await?;
             self.fill("#verify-phone", "code", code.trim()).await?;
             self.submit("#verify-phone").await?;
-            self.wait_page("/account", PHONE).await?;
-            self.wait_text("Pat Phone").await
+            self.wait_page("/account", phone).await?;
+            self.wait_text("Pat Phone").await?;
+            self.expect_text_of("#account-signs-in-with", "phone number and password")
+                .await
         })
         .await?;
 
@@ -318,7 +451,7 @@ impl Run {
             async {
                 self.sign_out().await?;
                 self.open("/forgot-password").await?;
-                self.fill("#forgot-email", "email", EMAIL).await?;
+                self.fill("#forgot-email", "email", email).await?;
                 self.submit("#forgot-email").await?;
                 self.wait_text("we sent it a link to choose a new password")
                     .await?;
@@ -327,18 +460,19 @@ impl Run {
                 self.click(r#"a[href*="/_auth/reset"]"#).await?;
                 self.wait_page("/reset-password", "Set the new password")
                     .await?;
+                self.expect_focus("password").await?;
                 self.fill("#reset-password", "password", NEW_PASSWORD)
                     .await?;
                 self.submit("#reset-password").await?;
                 self.wait_page("/signin", "Your password was changed.")
                     .await?;
-                self.fill("#signin-email", "email", EMAIL).await?;
+                self.fill("#signin-email", "email", email).await?;
                 self.fill("#signin-email", "password", PASSWORD).await?;
                 self.submit("#signin-email").await?;
                 self.wait_text("The credentials are not valid.").await?;
                 self.fill("#signin-email", "password", NEW_PASSWORD).await?;
                 self.submit("#signin-email").await?;
-                self.wait_page("/account", EMAIL).await
+                self.wait_page("/account", email).await
             },
         )
         .await?;
@@ -348,13 +482,14 @@ impl Run {
             for _ in 0..2 {
                 let signed_in = self
                     .altogic
-                    .sign_in_with_email(EMAIL, NEW_PASSWORD)
+                    .sign_in_with_email(email, NEW_PASSWORD)
                     .await
                     .map_err(|e| format!("a second session: {e}"))?;
                 others.push(signed_in.session.ok_or("no session")?.token);
             }
             // The sign-in is among the recent auth events on the account
-            // page, which links to the sessions page.
+            // page (point 3: in plain words), which links to the sessions
+            // page.
             self.open("/account").await?;
             self.wait_text("Recent auth events").await?;
             self.wait_text("Signed in with e-mail (or phone) and password")
@@ -362,6 +497,7 @@ impl Run {
             self.click("#sessions-link").await?;
             self.wait_page("/account/sessions", "Active sessions")
                 .await?;
+            self.layout_fits("/account/sessions").await?;
             self.expect_rows(3).await?;
             // The site sent Chromium's own User-Agent upstream when it
             // signed in, so its row names the browser, not the server.
@@ -374,7 +510,6 @@ impl Run {
             self.wait_page("/account/sessions", "Every other session was signed out.")
                 .await?;
             self.expect_rows(1).await?;
-            self.wait_text(EMAIL).await?;
             for token in &others {
                 if self.session_alive(token).await? {
                     return Err("a signed-out session is still alive upstream".to_owned());
@@ -384,12 +519,83 @@ impl Run {
         })
         .await?;
 
-        self.step("sign out everywhere", async {
+        // Point 2: another device signs this browser out ("Sign out all
+        // others" on the site); this browser is told on its next page.
+        self.step("signed out from another device, and told so", async {
+            self.other_device_signs_out_the_others(email).await?;
+            self.open("/").await?;
+            self.wait_page(
+                "/",
+                "You were signed out: your session was ended on another device",
+            )
+            .await?;
+            self.wait_text("You are not signed in.").await?;
+            self.open("/signin").await?;
+            self.fill("#signin-email", "email", email).await?;
+            self.fill("#signin-email", "password", NEW_PASSWORD).await?;
+            self.submit("#signin-email").await?;
+            self.wait_page("/account", email).await
+        })
+        .await?;
+
+        self.step("sign out everywhere, after a confirmation", async {
             self.open("/account/sessions").await?;
             self.click("#signout-all").await?;
-            self.wait_page("/", "You are not signed in.").await
+            self.wait_page("/account/sign-out-everywhere", "Sign out everywhere?")
+                .await?;
+            self.click("#cancel-signout-all").await?;
+            self.wait_page("/account/sessions", "Active sessions")
+                .await?;
+            self.click("#signout-all").await?;
+            self.wait_page("/account/sign-out-everywhere", "Sign out everywhere?")
+                .await?;
+            self.submit("#confirm-signout-all").await?;
+            self.wait_page("/", "You are signed out on every device, this one too.")
+                .await?;
+            self.wait_text("You are not signed in.").await
         })
         .await
+    }
+
+    /// "Another device": a plain HTTP client signs in to the site with the
+    /// account's password, then posts the site's "Sign out all others".
+    async fn other_device_signs_out_the_others(&self, email: &str) -> StepResult {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let signed_in = http
+            .post(format!("{}/signin", self.origin))
+            .header("origin", &self.origin)
+            .form(&[("email", email), ("password", NEW_PASSWORD)])
+            .send()
+            .await
+            .map_err(|e| format!("other device: {e}"))?;
+        let cookie = signed_in
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .find(|value| value.starts_with("authgate="))
+            .and_then(|value| value.split(';').next())
+            .ok_or("other device: no session cookie")?
+            .to_owned();
+        let out = http
+            .post(format!(
+                "{}/auth/signout?scope=others&return_to=%2Faccount%2Fsessions",
+                self.origin
+            ))
+            .header("origin", &self.origin)
+            .header("cookie", cookie)
+            .send()
+            .await
+            .map_err(|e| format!("other device: {e}"))?;
+        if out.status().is_redirection() {
+            Ok(())
+        } else {
+            Err(format!("other device: sign-out answered {}", out.status()))
+        }
     }
 
     /// Runs one step and saves a screenshot of where it ended (and the
@@ -398,6 +604,7 @@ impl Run {
         let number = self.steps.get() + 1;
         self.steps.set(number);
         let result = body.await;
+        let name = format!("{}: {name}", self.screen.name);
         let stem = format!(
             "{number:02}-{}",
             name.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
@@ -416,6 +623,143 @@ impl Run {
             self.dir.join(format!("{stem}.png")).display()
         );
         Err(format!("step {number} ({name}): {err}"))
+    }
+
+    /// Runs `script` with `args` in the page.
+    async fn script(
+        &self,
+        script: &str,
+        args: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        self.browser
+            .execute(script, args)
+            .await
+            .map_err(|e| format!("script: {e}"))
+    }
+
+    /// The element matching `css` shows `expected`.
+    async fn expect_text_of(&self, css: &str, expected: &str) -> StepResult {
+        let text = self.text_of(css).await?;
+        if text.trim() == expected {
+            Ok(())
+        } else {
+            Err(format!("{css} shows {text:?}, not {expected:?}"))
+        }
+    }
+
+    /// The focused element is the input named `name`.
+    async fn expect_focus(&self, name: &str) -> StepResult {
+        let focused = self
+            .script(
+                "const e = document.activeElement; return e && e.name ? e.name : (e ? e.tagName : '');",
+                serde_json::json!([]),
+            )
+            .await?;
+        if focused == name {
+            Ok(())
+        } else {
+            Err(format!(
+                "expected the focus on {name:?}, it is on {focused}"
+            ))
+        }
+    }
+
+    /// The first element matching `css` is entirely inside the viewport.
+    async fn expect_in_view(&self, css: &str) -> StepResult {
+        let answer = self
+            .script(
+                "const e = document.querySelector(arguments[0]);
+                 if (!e) return 'missing';
+                 const r = e.getBoundingClientRect();
+                 return r.top >= 0 && r.bottom <= window.innerHeight
+                   ? 'ok' : `from ${r.top} to ${r.bottom} px in a ${window.innerHeight} px viewport`;",
+                serde_json::json!([css]),
+            )
+            .await?;
+        if answer == "ok" {
+            Ok(())
+        } else {
+            Err(format!("{css} is not in view: {answer}"))
+        }
+    }
+
+    /// Nothing matches `css`.
+    async fn expect_absent(&self, css: &str) -> StepResult {
+        let found = self
+            .script(
+                "return document.querySelectorAll(arguments[0]).length;",
+                serde_json::json!([css]),
+            )
+            .await?;
+        if found == 0 {
+            Ok(())
+        } else {
+            Err(format!("{found} elements match {css}"))
+        }
+    }
+
+    /// Point 7: at this screen size the page does not scroll sideways, the
+    /// header is one line, and the dev bar has the content's edges.
+    async fn layout_fits(&self, page: &str) -> StepResult {
+        let layout = self
+            .script(
+                "const r = e => e.getBoundingClientRect();
+                 const brand = r(document.querySelector('header.top .brand'));
+                 const nav = r(document.querySelector('header.top nav'));
+                 const main = document.querySelector('main');
+                 const style = getComputedStyle(main);
+                 const left = r(main).left + parseFloat(style.paddingLeft);
+                 const right = r(main).right - parseFloat(style.paddingRight);
+                 const bar = document.querySelector('.devbar');
+                 return {
+                   overflow: document.documentElement.scrollWidth - window.innerWidth,
+                   header_lines: Math.abs((brand.top + brand.bottom) - (nav.top + nav.bottom)) < 8
+                     && nav.left >= brand.right && nav.height < 44 ? 1 : 2,
+                   bar_left: bar ? Math.round(r(bar).left - left) : 0,
+                   bar_right: bar ? Math.round(right - r(bar).right) : 0,
+                 };",
+                serde_json::json!([]),
+            )
+            .await?;
+        let fits = layout["overflow"].as_f64().is_some_and(|o| o <= 0.0)
+            && layout["header_lines"] == 1
+            && layout["bar_left"].as_f64().is_some_and(|d| d.abs() <= 1.0)
+            && layout["bar_right"].as_f64().is_some_and(|d| d.abs() <= 1.0);
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "{page} at {} px does not fit: {layout}",
+                self.screen.width
+            ))
+        }
+    }
+
+    /// Point 7: the provider buttons are one size, one line each, in
+    /// columns.
+    async fn providers_line_up(&self) -> StepResult {
+        let grid = self
+            .script(
+                "const buttons = [...document.querySelectorAll('.button.provider')];
+                 const boxes = buttons.map(b => b.getBoundingClientRect());
+                 const sizes = new Set(boxes.map(b => `${Math.round(b.width)}x${Math.round(b.height)}`));
+                 return {
+                   count: buttons.length,
+                   sizes: sizes.size,
+                   one_line: buttons.every(b => b.scrollWidth <= b.clientWidth
+                     && b.getBoundingClientRect().height < 48),
+                 };",
+                serde_json::json!([]),
+            )
+            .await?;
+        if grid["count"] == 6 && grid["sizes"] == 1 && grid["one_line"] == true {
+            Ok(())
+        } else {
+            Err(format!(
+                "provider buttons at {} px: {grid}",
+                self.screen.width
+            ))
+        }
     }
 
     async fn open(&self, path: &str) -> StepResult {

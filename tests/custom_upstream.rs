@@ -1218,7 +1218,11 @@ async fn r1_invalid_token_is_the_only_answer_that_clears_the_cookie() {
     h.drain_events();
     let response = h.get("/account", Some(&session(&token))).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
-    assert_eq!(location(&response), "/signin?return_to=%2Faccount");
+    // The sign-in page is told why (issue 11 point 2).
+    assert_eq!(
+        location(&response),
+        "/signin?return_to=%2Faccount&notice=session-ended"
+    );
     let cleared = set_cookie(response.headers(), SESSION).expect("a removal");
     assert!(is_removal(&cleared));
     assert!(

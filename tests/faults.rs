@@ -642,13 +642,15 @@ fn assert_unavailable(seen: &Seen, context: &str) {
     assert_kept(seen, context);
 }
 
-/// A `CurrentUser` navigation without a user: 303 to the sign-in page.
+/// A `CurrentUser` navigation whose session ended: 303 to the sign-in
+/// page, which is told why (`notice=session-ended`).
 fn assert_sign_in_redirect(seen: &Seen, return_to: &str, context: &str) {
     assert_eq!(seen.status, StatusCode::SEE_OTHER, "{context}: {seen:?}");
     let expected = format!(
         "/signin?{}",
         url::form_urlencoded::Serializer::new(String::new())
             .append_pair("return_to", return_to)
+            .append_pair("notice", "session-ended")
             .finish()
     );
     assert_eq!(

@@ -59,6 +59,10 @@ fn app(kit: &TestKit) -> App {
             post(|_: authgate::SameOrigin| async move { "posted" }),
         )
         .route(
+            "/ended",
+            get(|auth: Auth| async move { auth.session_ended().await.to_string() }),
+        )
+        .route(
             "/debug",
             get(|auth: Auth| async move { format!("{auth:?}") }),
         )
@@ -758,4 +762,53 @@ async fn an_email_link_for_another_account_asks_before_switching() {
     let landed = send(&app, kit.with_session_cookie(&mine).get(&again)).await;
     assert_eq!(landed.status(), StatusCode::SEE_OTHER);
     assert!(pending_cookie(&landed).is_none());
+}
+
+/// Issue 11 point 2: a browser whose session ended elsewhere is told so.
+/// `Auth::session_ended` is true only when the cookie named a session the
+/// upstream refused (the layer removes it); a page navigation that needs a
+/// user goes to the sign-in page with `notice=session-ended`. No cookie, a
+/// live session or a malformed cookie: false, and no notice.
+#[tokio::test]
+async fn a_session_ended_elsewhere_is_told_apart_from_no_session() {
+    let kit = TestKit::with_upstream(config(), MemoryUpstream::default());
+    let app = app(&kit);
+    let live = kit.user("live@example.test");
+    let ended = kit.user("ended@example.test");
+    kit.fail(&ended, Fault::Invalid);
+
+    let answer = send(&app, kit.signed_in(&ended).get("/ended")).await;
+    assert_eq!(kit.session_change(&answer), SessionChange::Cleared);
+    assert_eq!(body(answer).await, "true");
+    let account = send(&app, kit.signed_in(&ended).get("/account")).await;
+    assert_eq!(account.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        account.headers()[http::header::LOCATION],
+        "/signin?return_to=%2Faccount&notice=session-ended"
+    );
+
+    assert_eq!(
+        body(send(&app, kit.signed_in(&live).get("/ended")).await).await,
+        "false"
+    );
+    assert_eq!(
+        body(send(&app, kit.anonymous().get("/ended")).await).await,
+        "false"
+    );
+    let anonymous = send(&app, kit.anonymous().get("/account")).await;
+    assert_eq!(
+        anonymous.headers()[http::header::LOCATION],
+        "/signin?return_to=%2Faccount"
+    );
+    let mut junk = kit.anonymous().get("/ended");
+    let cookie = format!("{}=%%%not-a-session", config().session_cookie_name());
+    junk.headers_mut()
+        .insert(http::header::COOKIE, cookie.parse().unwrap());
+    let answer = send(&app, junk).await;
+    assert_eq!(kit.session_change(&answer), SessionChange::Cleared);
+    assert_eq!(
+        body(answer).await,
+        "false",
+        "a malformed cookie ended nothing"
+    );
 }

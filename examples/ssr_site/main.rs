@@ -3,7 +3,7 @@
 //! and `ALTOGIC_CLIENT_KEY` are set. See `examples/ssr_site/README.md`.
 //!
 //! ```sh
-//! cargo run --release --example ssr_site --features dev-upstream
+//! cargo run --release --example ssr_site --features dev-upstream,axum-extra
 //! ```
 
 mod site;

@@ -232,6 +232,26 @@ impl WebDriver {
             .map_err(|e| error(format!("screenshot: {e}")))
     }
 
+    /// Runs `script` (a function body; `return` gives the value, the
+    /// arguments are `arguments[0]`, …) in the page and returns its value
+    /// as JSON.
+    pub(crate) async fn execute(&self, script: &str, args: Value) -> Result<Value> {
+        self.post("execute/sync", json!({ "script": script, "args": args }))
+            .await
+    }
+
+    /// Resizes the window (the layout viewport follows in headless mode).
+    pub(crate) async fn set_window_size(&self, width: u32, height: u32) -> Result<()> {
+        self.post("window/rect", json!({ "width": width, "height": height }))
+            .await
+            .map(drop)
+    }
+
+    /// Reloads the current page, as the reload button does.
+    pub(crate) async fn refresh(&self) -> Result<()> {
+        self.post("refresh", json!({})).await.map(drop)
+    }
+
     /// Ends the session (the browser quits).
     pub(crate) async fn delete(self) -> Result<()> {
         call(&self.http, Method::DELETE, &self.session_url, None)

@@ -9,16 +9,24 @@ use std::sync::Arc;
 use authgate::rejection::CurrentUserRejection;
 use authgate::{CurrentUser, SameOrigin, SessionToken};
 use axum::extract::Form;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use minijinja::{Value, context};
 use serde::{Deserialize, Serialize};
 
+use super::flash::Flash;
 use super::render::unavailable;
-use super::{Problem, View, filled};
+use super::{Problem, View, filled, phone};
 
 /// Where a form post without a session is sent.
-const SIGN_IN_AGAIN: &str = "/signin?return_to=%2Faccount";
+const SIGN_IN_AGAIN: &str = "/signin?return_to=%2Faccount&notice=session-ended";
+
+/// The account page, where its forms' answers go back to.
+const ACCOUNT: &str = "/account";
+
+/// The sessions page.
+const SESSIONS: &str = "/account/sessions";
 
 #[derive(Default, Deserialize)]
 #[serde(default)]
@@ -50,20 +58,12 @@ struct SessionRow {
     current: bool,
 }
 
-/// Which form of the page a problem belongs to.
-#[derive(Clone, Copy)]
-enum Section {
-    Password,
-    Email,
-    Phone,
-}
-
 /// `GET /account`. Without a user the `CurrentUser` rejection answers
 /// (303 to sign in for a page, 401 for an API call); during an outage with
 /// no usable cached user, the site's own 503 page.
 pub(crate) async fn page(view: View, user: Result<CurrentUser, CurrentUserRejection>) -> Response {
     match user {
-        Ok(user) => render(view, user, None, context! {}).await,
+        Ok(user) => render(view, user),
         Err(CurrentUserRejection::UpstreamUnavailable(rejection)) => {
             unavailable(&view, rejection.retry_after())
         }
@@ -86,26 +86,12 @@ fn require(
     }
 }
 
-/// Renders the account page, with `problem` shown on the form it belongs
-/// to. No upstream call: the layer's `CurrentUser` is the account (fresh
-/// within the cache TTL; a change made here refreshes it at once through
-/// `Auth::refresh`).
-async fn render(
-    mut view: View,
-    current: CurrentUser,
-    problem: Option<(Section, Problem)>,
-    values: Value,
-) -> Response {
+/// Renders the account page; a failed change (the flash's form error)
+/// shows at the top with its form. No upstream call: the layer's
+/// `CurrentUser` is the account (fresh within the cache TTL; a change made
+/// here refreshes it at once through `Auth::refresh`).
+fn render(mut view: View, current: CurrentUser) -> Response {
     let account = Arc::clone(&current.0);
-    let mut errors = ErrorSlots::default();
-    let status = match problem {
-        Some((section, problem)) => {
-            let status = problem.status;
-            errors.put(section, problem);
-            status
-        }
-        None => StatusCode::OK,
-    };
     let has_password = account.provider.as_deref().is_none_or(|p| p == "Altogic");
     // How the user signs in, in their words (not the vendor's name).
     let signs_in_with = match account.provider.as_deref() {
@@ -116,15 +102,13 @@ async fn render(
     let events = view.site.events.recent_for(&account.id);
     view.user = Some(Arc::clone(&account));
     view.page(
-        status,
+        StatusCode::OK,
         "account.html",
         context! {
             account => Value::from_serialize(&*account),
             events,
             has_password,
             signs_in_with,
-            errors,
-            values,
         },
     )
 }
@@ -136,15 +120,19 @@ pub(crate) async fn sessions_page(
     user: Result<CurrentUser, CurrentUserRejection>,
 ) -> Response {
     match require(&view, user) {
-        Ok((_, token)) => render_sessions(view, &token, None).await,
+        Ok((_, token)) => render_sessions(view, &token).await,
         Err(response) => *response,
     }
 }
 
-/// Renders the sessions page, with `problem` above the list.
-async fn render_sessions(view: View, token: &SessionToken, problem: Option<Problem>) -> Response {
+/// Renders the sessions page, with the flash's error above the list.
+async fn render_sessions(view: View, token: &SessionToken) -> Response {
     let sessions = view.altogic().get_all_sessions(token).await;
-    let mut errors = ErrorSlots::default();
+    let mut problem = view
+        .form_error
+        .as_ref()
+        .filter(|error| error.form == "sessions")
+        .map(|error| error.message.clone());
     let rows: Vec<SessionRow> = match sessions {
         Ok(sessions) => sessions
             .iter()
@@ -165,42 +153,26 @@ async fn render_sessions(view: View, token: &SessionToken, problem: Option<Probl
             return Redirect::to(SIGN_IN_AGAIN).into_response();
         }
         Err(err) => {
-            errors.sessions = Some(Problem::from_error(&err));
-            Vec::new()
+            let unavailable = Problem::from_error(&err);
+            problem = Some(unavailable.message);
+            let mut response = view.page(
+                unavailable.status,
+                "sessions.html",
+                context! { sessions => Vec::<SessionRow>::new(), problem },
+            );
+            if unavailable.status == StatusCode::SERVICE_UNAVAILABLE {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            return response;
         }
-    };
-    let status = match problem {
-        Some(problem) => {
-            let status = problem.status;
-            errors.sessions = Some(problem);
-            status
-        }
-        None => StatusCode::OK,
     };
     view.page(
-        status,
+        StatusCode::OK,
         "sessions.html",
-        context! { sessions => rows, errors },
+        context! { sessions => rows, problem },
     )
-}
-
-#[derive(Default, Serialize)]
-struct ErrorSlots {
-    password: Option<Problem>,
-    email: Option<Problem>,
-    phone: Option<Problem>,
-    sessions: Option<Problem>,
-}
-
-impl ErrorSlots {
-    fn put(&mut self, section: Section, problem: Problem) {
-        let slot = match section {
-            Section::Password => &mut self.password,
-            Section::Email => &mut self.email,
-            Section::Phone => &mut self.phone,
-        };
-        *slot = Some(problem);
-    }
 }
 
 /// `2024-05-01T09:30:12.345Z` → `2024-05-01 09:30 UTC`; anything else as is.
@@ -211,34 +183,42 @@ fn readable_time(rfc3339: &str) -> String {
     }
 }
 
-/// `POST /account/password` (`old_password`, `new_password`)
+/// `POST /account/password` (`old_password`, `new_password`). Every
+/// answer is a 303 back to `/account` (post/redirect/get): a notice, or the
+/// error at the top of the page with its form.
 pub(crate) async fn change_password(
     _: SameOrigin,
     view: View,
     user: Result<CurrentUser, CurrentUserRejection>,
     Form(form): Form<PasswordForm>,
 ) -> Response {
-    let (user, token) = match require(&view, user) {
+    let (_, token) = match require(&view, user) {
         Ok(found) => found,
         Err(response) => return *response,
     };
-    let problem = if form.old_password.is_empty() || form.new_password.is_empty() {
-        Problem::invalid("Enter your current password and a new one.")
+    let problem = if form.old_password.is_empty() {
+        Problem::invalid("Enter your current password.").on("current_password")
+    } else if form.new_password.is_empty() {
+        Problem::invalid("Enter a new password.").on("new_password")
     } else {
         match view
             .altogic()
             .change_password(&token, &form.new_password, &form.old_password)
             .await
         {
-            Ok(()) => return Redirect::to("/account?notice=password-changed").into_response(),
+            Ok(()) => return view.redirect_with_notice(ACCOUNT, "Your password was changed."),
             Err(err) => Problem::from_error(&err),
         }
     };
-    render(view, user, Some((Section::Password, problem)), context! {}).await
+    view.redirect_with(
+        ACCOUNT,
+        &Flash::error("password", "current_password", &problem, None),
+    )
 }
 
 /// `POST /account/email` (`new_email`, `password`): changed at once, or
-/// (confirmation on) a link goes to the new address.
+/// (confirmation on) a link goes to the new address. A 303 back to
+/// `/account` either way.
 pub(crate) async fn change_email(
     _: SameOrigin,
     view: View,
@@ -251,7 +231,11 @@ pub(crate) async fn change_email(
     };
     let new_email = form.new_email.trim();
     let problem = match filled(new_email) {
-        Some(new_email) if !form.password.is_empty() => {
+        None => Problem::invalid("Enter the new e-mail address.").on("email"),
+        Some(_) if form.password.is_empty() => {
+            Problem::invalid("Enter your current password.").on("current_password")
+        }
+        Some(new_email) => {
             match view
                 .altogic()
                 .change_email(&token, &form.password, new_email)
@@ -261,20 +245,27 @@ pub(crate) async fn change_email(
                     // Changed at once (confirmation off): forget this
                     // browser's cached user so `/` shows the new address.
                     view.auth.refresh();
-                    return Redirect::to("/account?notice=email-changed").into_response();
+                    return view.redirect_with_notice(ACCOUNT, "Your e-mail address was changed.");
                 }
-                Ok(_) => return Redirect::to("/account?notice=email-change-sent").into_response(),
+                Ok(_) => {
+                    return view.redirect_with_notice(
+                        ACCOUNT,
+                        "We sent a link to your new e-mail address. Your address changes when you open it.",
+                    );
+                }
                 Err(err) => Problem::from_error(&err),
             }
         }
-        _ => Problem::invalid("Enter the new e-mail address and your current password."),
     };
-    let values = context! { new_email };
-    render(view, user, Some((Section::Email, problem)), values).await
+    view.redirect_with(
+        ACCOUNT,
+        &Flash::error("email", "email", &problem, Some(new_email)),
+    )
 }
 
-/// `POST /account/phone` (`new_phone`, `password`): changed at once, or
-/// (confirmation on) a code goes to the new number and the code form shows.
+/// `POST /account/phone` (`new_phone`, `password`): the number is read and
+/// normalised to E.164 first; changed at once, or (confirmation on) a code
+/// goes to the new number and the code form shows.
 pub(crate) async fn change_phone(
     _: SameOrigin,
     view: View,
@@ -285,40 +276,46 @@ pub(crate) async fn change_phone(
         Ok(found) => found,
         Err(response) => return *response,
     };
-    let new_phone = form.new_phone.trim();
-    let problem = match filled(new_phone) {
-        Some(new_phone) if !form.password.is_empty() => {
+    let typed = form.new_phone.trim();
+    let problem = match phone::normalize(typed) {
+        _ if typed.is_empty() => Problem::invalid("Enter the new phone number.").on("phone"),
+        Err(problem) => problem,
+        Ok(_) if form.password.is_empty() => {
+            Problem::invalid("Enter your current password.").on("current_password")
+        }
+        Ok(new_phone) => {
             match view
                 .altogic()
-                .change_phone(&token, &form.password, new_phone)
+                .change_phone(&token, &form.password, &new_phone)
                 .await
             {
                 Ok(updated) if updated.phone != user.phone => {
                     view.auth.refresh();
-                    return Redirect::to("/account?notice=phone-changed").into_response();
+                    return view.redirect_with_notice(ACCOUNT, "Your phone number was changed.");
                 }
                 Ok(_) => {
+                    let to = format!(
+                        "/verify-phone?phone={}",
+                        url::form_urlencoded::byte_serialize(new_phone.as_bytes())
+                            .collect::<String>()
+                    );
                     return view
-                        .with_notice(format!("We texted a code to {new_phone}."))
-                        .page(
-                            StatusCode::OK,
-                            "verify_phone.html",
-                            context! { phone => new_phone, can_resend => false },
-                        );
+                        .redirect_with_notice(&to, &format!("We texted a code to {new_phone}."));
                 }
                 Err(err) => Problem::from_error(&err),
             }
         }
-        _ => Problem::invalid("Enter the new phone number and your current password."),
     };
-    let values = context! { new_phone };
-    render(view, user, Some((Section::Phone, problem)), values).await
+    view.redirect_with(
+        ACCOUNT,
+        &Flash::error("phone", "phone", &problem, Some(typed)),
+    )
 }
 
 /// `POST /account/sessions/end` (`session_id`): ends one session by its id
 /// (`Session::id`, a hash: forms never carry tokens), then tombstones it in
 /// the layer's cache so that browser is signed out on its next request, not
-/// after the cache TTL.
+/// after the cache TTL. A 303 back to the sessions page either way.
 pub(crate) async fn end_session(
     _: SameOrigin,
     view: View,
@@ -339,18 +336,29 @@ pub(crate) async fn end_session(
         // already: clear the cookie and the cached user, no upstream call.
         Ok(Some(ended)) if ended == token => {
             view.auth.sign_out_locally();
-            return Redirect::to("/").into_response();
+            return Redirect::to("/?notice=signed-out").into_response();
         }
         Ok(Some(ended)) => {
             view.auth.revoke(&ended);
-            return Redirect::to("/account/sessions?notice=session-ended").into_response();
+            return view.redirect_with_notice(SESSIONS, "That session was signed out.");
         }
-        Ok(None) => Problem {
-            status: StatusCode::NOT_FOUND,
-            message: "That session was already signed out.".to_owned(),
-            code: None,
-        },
+        Ok(None) => Problem::new(
+            StatusCode::NOT_FOUND,
+            "That session was already signed out.",
+        ),
         Err(err) => Problem::from_error(&err),
     };
-    render_sessions(view, &token, Some(problem)).await
+    view.redirect_with(SESSIONS, &Flash::error("sessions", "", &problem, None))
+}
+
+/// `GET /account/sign-out-everywhere`: asks before signing out every
+/// device, this one too (the button posts to the layer's `/auth/signout`).
+pub(crate) async fn sign_out_everywhere_page(
+    view: View,
+    user: Result<CurrentUser, CurrentUserRejection>,
+) -> Response {
+    match require(&view, user) {
+        Ok(_) => view.page(StatusCode::OK, "sign_out_everywhere.html", context! {}),
+        Err(response) => *response,
+    }
 }

@@ -5,7 +5,9 @@
 
 mod account;
 pub(crate) mod events;
+mod flash;
 mod password;
+mod phone;
 mod render;
 pub(crate) mod settings;
 mod sign_in;
@@ -21,6 +23,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum_extra::extract::cookie::Key;
 
 pub(crate) use events::EventLog;
 pub(crate) use render::{Problem, View};
@@ -39,6 +42,9 @@ pub(crate) struct Site {
     pub(crate) outbox_url: Option<String>,
     /// The recent auth events, for the account page.
     pub(crate) events: EventLog,
+    /// The key of the private cookie jar (flash messages): derived from
+    /// the layer's key, so the site keeps one secret.
+    pub(crate) jar_key: Key,
 }
 
 /// Site settings beyond the auth configuration.
@@ -71,6 +77,9 @@ pub(crate) fn auth_config(public_url: &str, key: Option<&[u8]>) -> Result<AuthCo
         .with_sign_in_page("/signin")?
         .with_after_sign_in(AFTER_SIGN_IN)?
         .with_reset_password_page("/reset-password")?
+        // "You are signed in", "Your e-mail address is confirmed" after a
+        // provider, a magic link or a confirmation link.
+        .with_sign_in_notices(true)
         // The account page reads the user fresh, so it shows a confirmed
         // e-mail change at once.
         .with_notice_page(AFTER_SIGN_IN)?;
@@ -121,6 +130,7 @@ pub(crate) fn app_with_layer(
         templates: render::Templates::new(),
         outbox_url: options.outbox_url,
         events: options.events,
+        jar_key: layer.cookie_jar_key(),
     });
     let router = Router::new()
         .route("/", get(home))
@@ -161,6 +171,10 @@ pub(crate) fn app_with_layer(
         .route("/account/phone", post(account::change_phone))
         .route("/account/sessions", get(account::sessions_page))
         .route("/account/sessions/end", post(account::end_session))
+        .route(
+            "/account/sign-out-everywhere",
+            get(account::sign_out_everywhere_page),
+        )
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(site);
@@ -231,6 +245,7 @@ pub(crate) fn finish_sign_in(
             status: StatusCode::BAD_GATEWAY,
             message: "The sign-in service did not open a session. Please try again.".to_owned(),
             code: None,
+            field: None,
         });
     };
     if let Err(err) = view.auth.sign_in(grant) {
@@ -239,6 +254,7 @@ pub(crate) fn finish_sign_in(
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: format!("You could not be signed in: {err}. Trying again will not help."),
             code: None,
+            field: None,
         });
     }
     let target = view.auth.return_to(return_to.filter(|r| !r.is_empty()));

@@ -5,11 +5,11 @@
 use authgate::{ErrorKind, SameOrigin};
 use axum::extract::Form;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use minijinja::context;
 use serde::Deserialize;
 
-use super::{Problem, View, filled};
+use super::{Problem, View, filled, phone};
 
 #[derive(Default, Deserialize)]
 #[serde(default)]
@@ -71,21 +71,26 @@ pub(crate) async fn send_reset_code(
     view: View,
     Form(form): Form<AddressForm>,
 ) -> Response {
-    let phone = form.phone.trim();
-    let result = match filled(phone) {
-        Some(phone) => view
+    let typed = form.phone.trim();
+    let normalized = match filled(typed) {
+        Some(typed) => phone::normalize(typed),
+        None => Err(Problem::invalid("Enter your phone number.").on("phone")),
+    };
+    let result = match normalized {
+        Ok(phone) => view
             .altogic()
-            .send_reset_pwd_code(phone)
+            .send_reset_pwd_code(&phone)
             .await
+            .map(|()| phone)
             .map_err(|err| Problem::from_error(&err)),
-        None => Err(Problem::invalid("Enter your phone number.")),
+        Err(problem) => Err(problem),
     };
     match result {
-        Ok(()) => view.page(StatusCode::OK, "reset_code.html", context! { phone }),
+        Ok(phone) => view.page(StatusCode::OK, "reset_code.html", context! { phone }),
         Err(problem) => view.form_error(
             "forgot_password.html",
             &problem,
-            context! { phone, errors => context! { phone => problem } },
+            context! { phone => typed, errors => context! { phone => problem } },
         ),
     }
 }
@@ -119,7 +124,12 @@ pub(crate) async fn reset(
             altogic.reset_pwd_with_token(&key, &form.password).await
         });
         match reset.await {
-            Ok(()) => return Redirect::to("/signin?notice=password-reset").into_response(),
+            Ok(()) => {
+                return view.redirect_with_notice(
+                    "/signin",
+                    "Your password was changed. Sign in with the new one.",
+                );
+            }
             Err(err) if err.kind() == ErrorKind::InvalidInput => {
                 Problem::invalid("This password-reset link has expired or was already used.")
             }
@@ -149,7 +159,12 @@ pub(crate) async fn reset_with_code(
                 .reset_pwd_with_code(phone, code, &form.password)
                 .await
             {
-                Ok(()) => return Redirect::to("/signin?notice=password-reset").into_response(),
+                Ok(()) => {
+                    return view.redirect_with_notice(
+                        "/signin",
+                        "Your password was changed. Sign in with the new one.",
+                    );
+                }
                 Err(err) => Problem::from_error(&err),
             }
         }

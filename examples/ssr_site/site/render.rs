@@ -10,10 +10,12 @@ use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
+use axum_extra::extract::cookie::PrivateCookieJar;
 use minijinja::{Environment, Value, context};
 use serde::Serialize;
 
 use super::Site;
+use super::flash::{self, Flash, FormError};
 
 /// Every template, embedded so the binary runs from anywhere.
 const TEMPLATES: &[(&str, &str)] = &[
@@ -72,27 +74,40 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/signed_in.html"),
     ),
     ("sessions.html", include_str!("../templates/sessions.html")),
+    (
+        "sign_out_everywhere.html",
+        include_str!("../templates/sign_out_everywhere.html"),
+    ),
 ];
 
-/// The notices a redirect may ask for with `?notice=`: a fixed list, so
-/// no text from the URL ever reaches a page.
+/// The notices a redirect may ask for with `?notice=`: the layer's own
+/// redirects (refused links, sign-in landings, an ended session) and the
+/// sign-out forms' `return_to`. A fixed list, so no text from the URL ever
+/// reaches a page. The site's own notices travel in the flash cookie.
 const NOTICES: &[(&str, &str)] = &[
+    ("signed-in", "You are signed in."),
     (
-        "password-reset",
-        "Your password was changed. Sign in with the new one.",
+        "signed-in-with-link",
+        "You are signed in with the link we e-mailed you.",
     ),
-    ("password-changed", "Your password was changed."),
+    (
+        "email-confirmed",
+        "Your e-mail address is confirmed and you are signed in.",
+    ),
     ("email-changed", "Your e-mail address was changed."),
+    ("signed-out", "You are signed out."),
     (
-        "email-change-sent",
-        "We sent a link to your new e-mail address. Your address changes when you open it.",
+        "signed-out-everywhere",
+        "You are signed out on every device, this one too.",
     ),
-    ("phone-changed", "Your phone number was changed."),
     (
-        "phone-verified",
-        "Your phone number is verified. You can sign in now.",
+        "signed-out-others",
+        "Every other session was signed out. This browser stays signed in.",
     ),
-    ("session-ended", "That session was signed out."),
+    (
+        "session-ended",
+        "Your session has ended: you were signed out on another device, or it expired. Please sign in again.",
+    ),
     (
         "replayed-grant",
         "That link was already used or has expired. You are still signed in.",
@@ -105,8 +120,15 @@ const NOTICES: &[(&str, &str)] = &[
         "upstream-refused",
         "The sign-in service refused that link. You are still signed in.",
     ),
-    ("signed-out-others", "Every other session was signed out."),
+    (
+        "account-switch-cancelled",
+        "You stayed signed in to this account; the link was not used.",
+    ),
 ];
+
+/// What a browser whose session ended elsewhere is told on its next page.
+const SESSION_ENDED: &str =
+    "You were signed out: your session was ended on another device, or it expired.";
 
 /// The parsed templates. Built once; `.html` templates auto-escape.
 pub(crate) struct Templates {
@@ -158,13 +180,21 @@ impl Templates {
 }
 
 /// What a handler renders with: the site, the request's auth handle, the
-/// signed-in user (for the header), the notice to show and the browser's
-/// `User-Agent`.
+/// signed-in user (for the header), the notice to show, the flash cookie's
+/// form error and the browser's `User-Agent`.
 pub(crate) struct View {
     pub(crate) site: Arc<Site>,
     pub(crate) auth: Auth,
     pub(crate) user: Option<Arc<User>>,
     notice: Option<String>,
+    /// A form's error carried by the flash cookie (post/redirect/get).
+    pub(crate) form_error: Option<FormError>,
+    /// The request's private cookie jar (for the flash cookie).
+    jar: PrivateCookieJar,
+    /// A flash cookie came with the request: the page removes it.
+    flash_seen: bool,
+    /// HTTPS: the flash cookie is `__Host-` and `Secure`.
+    secure: bool,
     user_agent: Option<String>,
 }
 
@@ -176,7 +206,11 @@ impl FromRequestParts<Arc<Site>> for View {
             .await
             .map_err(IntoResponse::into_response)?;
         let user = auth.user().await;
-        let notice = parts.uri.query().and_then(|query| {
+        let secure = auth.config().is_secure();
+        let jar = PrivateCookieJar::from_headers(&parts.headers, site.jar_key.clone());
+        let flash_seen = jar.get(flash::cookie_name(secure)).is_some();
+        let flash = flash::read(&jar, secure).unwrap_or_default();
+        let query_notice = parts.uri.query().and_then(|query| {
             let key = url::form_urlencoded::parse(query.as_bytes())
                 .find(|(name, _)| name == "notice")?
                 .1;
@@ -185,6 +219,13 @@ impl FromRequestParts<Arc<Site>> for View {
                 .find(|(known, _)| *known == key)
                 .map(|(_, text)| (*text).to_owned())
         });
+        // The flash's notice first (this site's own), then the layer's;
+        // else, when the session cookie named a session that ended
+        // elsewhere, say so (the layer removes the cookie on this page).
+        let notice = match (flash.notice, query_notice) {
+            (Some(notice), _) | (None, Some(notice)) => Some(notice),
+            (None, None) => auth.session_ended().await.then(|| SESSION_ENDED.to_owned()),
+        };
         let user_agent = parts
             .headers
             .get(USER_AGENT)
@@ -195,6 +236,10 @@ impl FromRequestParts<Arc<Site>> for View {
             auth,
             user,
             notice,
+            form_error: flash.error,
+            jar,
+            flash_seen,
+            secure,
             user_agent,
         })
     }
@@ -230,6 +275,16 @@ impl View {
         self
     }
 
+    /// A 303 to `to` carrying `flash` (post/redirect/get).
+    pub(crate) fn redirect_with(&self, to: &str, flash: &Flash) -> Response {
+        flash::redirect(self.jar.clone(), self.secure, to, flash)
+    }
+
+    /// A 303 to `to` with a notice for its page.
+    pub(crate) fn redirect_with_notice(&self, to: &str, notice: &str) -> Response {
+        self.redirect_with(to, &Flash::notice(notice))
+    }
+
     /// The Altogic client.
     pub(crate) fn altogic(&self) -> &authgate::altogic::Client {
         &self.site.altogic
@@ -253,10 +308,17 @@ impl View {
             user => self.user.as_deref().map(Value::from_serialize),
             outbox_url => self.site.outbox_url,
             notice => self.notice,
+            form_error => self.form_error,
             ..ctx
         };
         match self.site.templates.render(template, ctx) {
-            Ok(html) => (status, Html(html)).into_response(),
+            Ok(html) => {
+                let mut response = (status, Html(html)).into_response();
+                if self.flash_seen {
+                    flash::clear(&mut response, self.secure);
+                }
+                response
+            }
             Err(err) => {
                 tracing::error!(template, error = %err, "ssr_site: rendering failed");
                 (
@@ -292,16 +354,32 @@ pub(crate) struct Problem {
     /// The upstream's code (e.g. `email_not_verified`), so a template can
     /// offer the next step.
     pub(crate) code: Option<String>,
+    /// The field in error, for the page to focus: `current_password`,
+    /// `new_password`, `email`, `phone` or `code` (each template maps it to
+    /// its input). `None`: the form's first field.
+    pub(crate) field: Option<&'static str>,
 }
 
 impl Problem {
     /// A problem with the form's input, found before calling the upstream.
     pub(crate) fn invalid(message: &str) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    /// A problem with `status` and a sentence.
+    pub(crate) fn new(status: StatusCode, message: &str) -> Self {
         Self {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
+            status,
             message: message.to_owned(),
             code: None,
+            field: None,
         }
+    }
+
+    /// The same problem, on `field`.
+    pub(crate) fn on(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
     }
 
     /// The upstream's own message when it sent one, else a sentence for
@@ -315,6 +393,7 @@ impl Problem {
                 message: "The sign-in service did not answer. Please try again in a moment."
                     .to_owned(),
                 code,
+                field: None,
             };
         }
         let status = match err.kind() {
@@ -335,10 +414,21 @@ impl Problem {
             (_, Some(message)) => message,
             (_, None) => "The request was refused. Please check what you entered.",
         };
+        // The field the upstream's code points at; the form's main field
+        // otherwise.
+        let field = match code.as_deref() {
+            Some("incorrect_password" | "invalid_credentials") => Some("current_password"),
+            Some("invalid_password") => Some("new_password"),
+            Some("email_not_unique") => Some("email"),
+            Some("phone_not_unique") => Some("phone"),
+            Some("invalid_code") => Some("code"),
+            _ => None,
+        };
         Self {
             status,
             message: message.to_owned(),
             code,
+            field,
         }
     }
 }

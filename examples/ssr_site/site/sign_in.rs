@@ -8,7 +8,7 @@ use axum::response::Response;
 use minijinja::context;
 use serde::Deserialize;
 
-use super::{Problem, View, filled, finish_sign_in};
+use super::{Problem, View, filled, finish_sign_in, phone};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -58,15 +58,16 @@ pub(crate) async fn with_email(
     Form(form): Form<PasswordForm>,
 ) -> Response {
     let result = match filled(&form.email) {
-        Some(email) if !form.password.is_empty() => view
+        None => Err(Problem::invalid("Enter your e-mail address.").on("email")),
+        Some(_) if form.password.is_empty() => {
+            Err(Problem::invalid("Enter your password.").on("current_password"))
+        }
+        Some(email) => view
             .altogic_for_browser()
             .sign_in_with_email(email, &form.password)
             .await
             .map_err(|err| Problem::from_error(&err))
             .and_then(|response| finish_sign_in(&view, response, form.return_to.as_deref())),
-        _ => Err(Problem::invalid(
-            "Enter your e-mail address and your password.",
-        )),
     };
     result.unwrap_or_else(|problem| {
         view.form_error(
@@ -87,16 +88,18 @@ pub(crate) async fn with_phone(
     view: View,
     Form(form): Form<PasswordForm>,
 ) -> Response {
-    let result = match filled(&form.phone) {
-        Some(phone) if !form.password.is_empty() => view
+    let result = match filled(&form.phone).map(phone::normalize) {
+        None => Err(Problem::invalid("Enter your phone number.").on("phone")),
+        Some(Err(problem)) => Err(problem),
+        Some(Ok(_)) if form.password.is_empty() => {
+            Err(Problem::invalid("Enter your password.").on("current_password"))
+        }
+        Some(Ok(phone)) => view
             .altogic_for_browser()
-            .sign_in_with_phone(phone, &form.password)
+            .sign_in_with_phone(&phone, &form.password)
             .await
             .map_err(|err| Problem::from_error(&err))
             .and_then(|response| finish_sign_in(&view, response, form.return_to.as_deref())),
-        _ => Err(Problem::invalid(
-            "Enter your phone number and your password.",
-        )),
     };
     result.unwrap_or_else(|problem| {
         view.form_error(
@@ -123,15 +126,21 @@ pub(crate) async fn code_page(view: View, Query(query): Query<ReturnTo>) -> Resp
 /// `POST /signin/code/send` (`phone`, `return_to`): texts a code, then
 /// asks for it.
 pub(crate) async fn send_code(_: SameOrigin, view: View, Form(form): Form<CodeForm>) -> Response {
-    let Some(phone) = filled(&form.phone) else {
-        let problem = Problem::invalid("Enter your phone number.");
-        return view.form_error(
-            "signin_code.html",
-            &problem,
-            context! { step => "phone", return_to => form.return_to, error => problem },
-        );
+    let normalized = match filled(&form.phone) {
+        Some(typed) => phone::normalize(typed),
+        None => Err(Problem::invalid("Enter your phone number.").on("phone")),
     };
-    match view.altogic().send_sign_in_code(phone).await {
+    let phone = match normalized {
+        Ok(phone) => phone,
+        Err(problem) => {
+            return view.form_error(
+                "signin_code.html",
+                &problem,
+                context! { step => "phone", phone => form.phone.trim(), return_to => form.return_to, error => problem },
+            );
+        }
+    };
+    match view.altogic().send_sign_in_code(&phone).await {
         Ok(()) => view.page(
             StatusCode::OK,
             "signin_code.html",

@@ -4,12 +4,12 @@
 use authgate::SameOrigin;
 use axum::extract::{Form, Query};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use minijinja::context;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Problem, View, filled, finish_sign_in};
+use super::{Problem, View, filled, finish_sign_in, phone};
 
 #[derive(Default, Deserialize)]
 #[serde(default)]
@@ -96,14 +96,23 @@ pub(crate) async fn with_phone(
     view: View,
     Form(form): Form<SignUpForm>,
 ) -> Response {
-    let phone = form.phone.trim();
-    let result = if phone.is_empty() || form.password.is_empty() {
-        Err(Problem::invalid("Enter a phone number and a password."))
-    } else {
-        view.altogic_for_browser()
+    let typed = form.phone.trim();
+    // Stored as E.164, never as typed.
+    let normalized = match filled(typed) {
+        Some(typed) => phone::normalize(typed),
+        None => Err(Problem::invalid("Enter a phone number.").on("phone")),
+    };
+    let phone = normalized.as_deref().unwrap_or(typed);
+    let result = match &normalized {
+        Err(problem) => Err(problem.clone()),
+        Ok(_) if form.password.is_empty() => {
+            Err(Problem::invalid("Choose a password.").on("new_password"))
+        }
+        Ok(phone) => view
+            .altogic_for_browser()
             .sign_up_with_phone(phone, &form.password, form.name())
             .await
-            .map_err(|err| Problem::from_error(&err))
+            .map_err(|err| Problem::from_error(&err)),
     };
     let problem = match result {
         Ok(response) if response.session.is_some() => match finish_sign_in(&view, response, None) {
@@ -164,12 +173,14 @@ pub(crate) struct PhoneQuery {
 }
 
 /// `GET /verify-phone?phone=`: the code form, for someone coming back
-/// later.
+/// later, or after a phone change (signed in: no "text me a new code",
+/// which would resend a sign-up code).
 pub(crate) async fn verify_phone_page(view: View, Query(query): Query<PhoneQuery>) -> Response {
+    let can_resend = view.user.is_none();
     view.page(
         StatusCode::OK,
         "verify_phone.html",
-        context! { phone => query.phone, can_resend => true },
+        context! { phone => query.phone, can_resend },
     )
 }
 
@@ -181,14 +192,17 @@ pub(crate) async fn verify_phone(
     view: View,
     Form(form): Form<VerifyForm>,
 ) -> Response {
-    let phone = form.phone.trim();
-    let result = match filled(&form.code) {
-        Some(code) if !phone.is_empty() => view
+    let typed = form.phone.trim();
+    let normalized = phone::normalize(typed);
+    let phone = normalized.as_deref().unwrap_or(typed);
+    let result = match (normalized.as_ref(), filled(&form.code)) {
+        (Err(problem), _) => Err(problem.clone()),
+        (Ok(phone), Some(code)) => view
             .altogic_for_browser()
             .verify_phone(phone, code)
             .await
             .map_err(|err| Problem::from_error(&err)),
-        _ => Err(Problem::invalid("Enter the code we texted you.")),
+        (Ok(_), None) => Err(Problem::invalid("Enter the code we texted you.").on("code")),
     };
     let problem = match result {
         Ok(response) if response.session.is_some() => match finish_sign_in(&view, response, None) {
@@ -199,9 +213,14 @@ pub(crate) async fn verify_phone(
         // (the header, `/`) shows the new number at once.
         Ok(response) if view.user.as_ref().is_some_and(|u| u.id == response.user.id) => {
             view.auth.refresh();
-            return Redirect::to("/account?notice=phone-changed").into_response();
+            return view.redirect_with_notice("/account", "Your phone number was changed.");
         }
-        Ok(_) => return Redirect::to("/signin?notice=phone-verified").into_response(),
+        Ok(_) => {
+            return view.redirect_with_notice(
+                "/signin",
+                "Your phone number is verified. You can sign in now.",
+            );
+        }
         Err(problem) => problem,
     };
     view.form_error(
@@ -217,14 +236,16 @@ pub(crate) async fn resend_code(
     view: View,
     Form(form): Form<AddressForm>,
 ) -> Response {
-    let phone = form.phone.trim();
-    let result = match filled(phone) {
-        Some(phone) => view
+    let typed = form.phone.trim();
+    let normalized = phone::normalize(typed);
+    let phone = normalized.as_deref().unwrap_or(typed);
+    let result = match &normalized {
+        Ok(phone) => view
             .altogic()
             .resend_verification_code(phone)
             .await
             .map_err(|err| Problem::from_error(&err)),
-        None => Err(Problem::invalid("Enter your phone number.")),
+        Err(problem) => Err(problem.clone()),
     };
     match result {
         Ok(()) => view
