@@ -439,7 +439,12 @@ impl Run {
             self.open(&format!("/verify-phone?phone={encoded}")).await?;
             self.fill("#verify-phone", "code", code.trim()).await?;
             self.submit("#verify-phone").await?;
-            self.wait_page("/account", phone).await?;
+            self.wait_page(
+                "/account",
+                "Your phone number is verified and you are signed in.",
+            )
+            .await?;
+            self.wait_text(phone).await?;
             self.wait_text("Pat Phone").await?;
             self.expect_text_of("#account-signs-in-with", "phone number and password")
                 .await

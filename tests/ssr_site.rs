@@ -907,6 +907,7 @@ async fn phone_sign_up_verifies_by_sms_code_then_password_and_code_sign_in_work(
     assert_eq!(verified.status, StatusCode::SEE_OTHER, "{}", verified.body);
     assert_eq!(verified.location(), site.url("/account"));
     let account = browser.follow(&verified).await;
+    account.assert_shows("Your phone number is verified and you are signed in.");
     account.assert_shows(phone);
     account.assert_shows("Pat Phone");
 

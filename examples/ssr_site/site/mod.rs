@@ -232,11 +232,14 @@ async fn security_headers(mut response: Response) -> Response {
 }
 
 /// Turns an upstream answer that carries a session into the session cookie
-/// and a 303 to the validated `return_to`.
+/// and a 303 to the validated `return_to`, with `notice` for that page (in
+/// the flash cookie) when the sign-in was a step the user should hear
+/// about (a verified phone, a new account).
 pub(crate) fn finish_sign_in(
     view: &View,
     response: altogic::AuthResponse,
     return_to: Option<&str>,
+    notice: Option<&str>,
 ) -> Result<Response, Problem> {
     let Some(grant) = response.into_grant() else {
         // Only sign-ups with a pending confirmation answer without a
@@ -258,7 +261,10 @@ pub(crate) fn finish_sign_in(
         });
     }
     let target = view.auth.return_to(return_to.filter(|r| !r.is_empty()));
-    Ok(axum::response::Redirect::to(&target).into_response())
+    Ok(match notice {
+        Some(notice) => view.redirect_with_notice(&target, notice),
+        None => axum::response::Redirect::to(&target).into_response(),
+    })
 }
 
 /// Trims a form field; `None` when nothing is left.

@@ -67,7 +67,7 @@ pub(crate) async fn with_email(
             .sign_in_with_email(email, &form.password)
             .await
             .map_err(|err| Problem::from_error(&err))
-            .and_then(|response| finish_sign_in(&view, response, form.return_to.as_deref())),
+            .and_then(|response| finish_sign_in(&view, response, form.return_to.as_deref(), None)),
     };
     result.unwrap_or_else(|problem| {
         view.form_error(
@@ -99,7 +99,7 @@ pub(crate) async fn with_phone(
             .sign_in_with_phone(&phone, &form.password)
             .await
             .map_err(|err| Problem::from_error(&err))
-            .and_then(|response| finish_sign_in(&view, response, form.return_to.as_deref())),
+            .and_then(|response| finish_sign_in(&view, response, form.return_to.as_deref(), None)),
     };
     result.unwrap_or_else(|problem| {
         view.form_error(
@@ -166,7 +166,7 @@ pub(crate) async fn with_code(_: SameOrigin, view: View, Form(form): Form<CodeFo
             .sign_in_with_code(phone, code)
             .await
             .map_err(|err| Problem::from_error(&err))
-            .and_then(|response| finish_sign_in(&view, response, form.return_to.as_deref())),
+            .and_then(|response| finish_sign_in(&view, response, form.return_to.as_deref(), None)),
         _ => Err(Problem::invalid("Enter the code we texted you.")),
     };
     result.unwrap_or_else(|problem| {

@@ -11,6 +11,12 @@ use serde_json::Value;
 
 use super::{Problem, View, filled, finish_sign_in, phone};
 
+/// The notice after a sign-up that signs in at once.
+const ACCOUNT_READY: &str = "Your account is ready and you are signed in.";
+
+/// The notice after a sign-up's phone verification.
+const PHONE_VERIFIED: &str = "Your phone number is verified and you are signed in.";
+
 #[derive(Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct SignUpForm {
@@ -65,8 +71,10 @@ pub(crate) async fn with_email(
             .map_err(|err| Problem::from_error(&err))
     };
     match result {
-        Ok(response) if response.session.is_some() => finish_sign_in(&view, response, None)
-            .unwrap_or_else(|problem| sign_up_error(&view, &form, &problem)),
+        Ok(response) if response.session.is_some() => {
+            finish_sign_in(&view, response, None, Some(ACCOUNT_READY))
+                .unwrap_or_else(|problem| sign_up_error(&view, &form, &problem))
+        }
         Ok(_) => view.page(
             StatusCode::OK,
             "check_email.html",
@@ -115,10 +123,12 @@ pub(crate) async fn with_phone(
             .map_err(|err| Problem::from_error(&err)),
     };
     let problem = match result {
-        Ok(response) if response.session.is_some() => match finish_sign_in(&view, response, None) {
-            Ok(redirect) => return redirect,
-            Err(problem) => problem,
-        },
+        Ok(response) if response.session.is_some() => {
+            match finish_sign_in(&view, response, None, Some(ACCOUNT_READY)) {
+                Ok(redirect) => return redirect,
+                Err(problem) => problem,
+            }
+        }
         Ok(_) => {
             return view
                 .with_notice(format!("We texted a verification code to {phone}."))
@@ -205,10 +215,12 @@ pub(crate) async fn verify_phone(
         (Ok(_), None) => Err(Problem::invalid("Enter the code we texted you.").on("code")),
     };
     let problem = match result {
-        Ok(response) if response.session.is_some() => match finish_sign_in(&view, response, None) {
-            Ok(redirect) => return redirect,
-            Err(problem) => problem,
-        },
+        Ok(response) if response.session.is_some() => {
+            match finish_sign_in(&view, response, None, Some(PHONE_VERIFIED)) {
+                Ok(redirect) => return redirect,
+                Err(problem) => problem,
+            }
+        }
         // A phone change: forget this browser's cached user so every page
         // (the header, `/`) shows the new number at once.
         Ok(response) if view.user.as_ref().is_some_and(|u| u.id == response.user.id) => {
