@@ -277,6 +277,13 @@ impl Session {
         session_id(&self.token)
     }
 
+    /// The [`id`](Self::id) of the session `token` names: 24 hex digits of
+    /// its SHA-256, so an app can tie its own records (last seen, device) to
+    /// rows of [`Client::get_all_sessions`] without keeping tokens.
+    pub fn id_of(token: &SessionToken) -> String {
+        session_id(token)
+    }
+
     /// A short description of the device, e.g. "Chrome on Linux".
     pub fn device(&self) -> String {
         match &self.user_agent {

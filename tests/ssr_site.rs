@@ -1342,11 +1342,28 @@ async fn ending_another_browsers_session_signs_it_out_at_once() {
         .find(|s| s.token == b_token)
         .unwrap()
         .id();
+    let sessions = a.get("/account/sessions").await;
+    assert!(sessions.session_ids().contains(&b_id));
+    // Rows can be told apart (issue 11 point 3): the device, "this
+    // browser", and when each last opened a page here (B did just now).
+    sessions.assert_shows("<th>Last active</th>");
+    let text = sessions.text();
+    let cells: Vec<&str> = text
+        .split(r#"<td class="last-active">"#)
+        .skip(1)
+        .filter_map(|rest| rest.split("</td>").next())
+        .collect();
+    // A's (this browser), B's, and the sign-up's (never used on the site).
+    assert_eq!(cells.len(), 3, "{text}");
+    assert_eq!(cells.iter().filter(|cell| **cell == "now").count(), 1);
+    assert_eq!(cells.iter().filter(|cell| **cell == "—").count(), 1);
+    let b_seen = cells
+        .iter()
+        .find(|cell| !["now", "—"].contains(cell))
+        .unwrap();
     assert!(
-        a.get("/account/sessions")
-            .await
-            .session_ids()
-            .contains(&b_id)
+        b_seen.ends_with(" UTC") && b_seen.len() == "2026-11-30 18:26 UTC".len(),
+        "{b_seen}"
     );
 
     let ended = a

@@ -55,6 +55,8 @@ struct SessionRow {
     id: String,
     device: String,
     created: String,
+    /// When it last opened a page of this site (since the site started).
+    last_active: Option<String>,
     current: bool,
 }
 
@@ -143,6 +145,7 @@ async fn render_sessions(view: View, token: &SessionToken) -> Response {
                     .creation_dtm
                     .as_deref()
                     .map_or_else(|| "—".to_owned(), readable_time),
+                last_active: view.site.activity.last_seen(&session.id()),
                 current: session.token == *token,
             })
             .collect(),

@@ -4,6 +4,7 @@
 //! [`app_with_layer`] with the test kit's layer).
 
 mod account;
+mod activity;
 pub(crate) mod events;
 mod flash;
 mod password;
@@ -42,6 +43,8 @@ pub(crate) struct Site {
     pub(crate) outbox_url: Option<String>,
     /// The recent auth events, for the account page.
     pub(crate) events: EventLog,
+    /// When each session was last active here, for the sessions page.
+    pub(crate) activity: activity::Activity,
     /// The key of the private cookie jar (flash messages): derived from
     /// the layer's key, so the site keeps one secret.
     pub(crate) jar_key: Key,
@@ -131,6 +134,7 @@ pub(crate) fn app_with_layer(
         outbox_url: options.outbox_url,
         events: options.events,
         jar_key: layer.cookie_jar_key(),
+        activity: activity::Activity::default(),
     });
     let router = Router::new()
         .route("/", get(home))

@@ -206,6 +206,10 @@ impl FromRequestParts<Arc<Site>> for View {
             .await
             .map_err(IntoResponse::into_response)?;
         let user = auth.user().await;
+        if let (Some(_), Some(token)) = (&user, auth.token()) {
+            site.activity
+                .touch(authgate::altogic::Session::id_of(token));
+        }
         let secure = auth.config().is_secure();
         let jar = PrivateCookieJar::from_headers(&parts.headers, site.jar_key.clone());
         let flash_seen = jar.get(flash::cookie_name(secure)).is_some();
