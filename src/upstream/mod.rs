@@ -20,6 +20,9 @@ use url::Url;
 use crate::error::Error;
 use crate::events::{FlowRejection, SignInMethod};
 
+#[cfg(any(feature = "altogic", feature = "webcom"))]
+pub(crate) mod wire;
+
 /// A boxed, sendable future, as returned by [`Upstream`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
