@@ -512,6 +512,25 @@ mod tests {
         Arc::new(User::new(id, serde_json::json!({"_id": id})))
     }
 
+    /// The session's end rides in the entry without growing it (the
+    /// weight went from eight bytes to four), rounded up to the second so
+    /// a tombstone built from it never ends early.
+    #[test]
+    fn entries_keep_the_session_end_without_growing() {
+        assert!(std::mem::size_of::<Entry>() <= 48);
+        let cache = Cache::new(1 << 20, 1000);
+        let later = Instant::now() + Duration::from_secs(60);
+        let end = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+        assert!(cache.insert_session(b"tok", user("u"), later, later, Some(end)));
+        let kept = cache.user(b"tok").unwrap().expires_at().unwrap();
+        assert_eq!(
+            kept,
+            std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_001)
+        );
+        assert!(cache.insert_user(b"other", user("u"), later, later));
+        assert!(cache.user(b"other").unwrap().expires_at().is_none());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn revocation_wins_over_a_late_insert() {
         let cache = Cache::new(1 << 20, 1000);

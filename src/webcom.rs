@@ -1038,7 +1038,11 @@ impl Client {
                 Body::Json(&body),
             )
             .await?;
-        details_from_signin(value, SignInMethod::EmailConfirmation)
+        let method = match provider {
+            Provider::Password => SignInMethod::EmailConfirmation,
+            Provider::Phone => SignInMethod::PhoneVerification,
+        };
+        details_from_signin(value, method)
     }
 
     /// `POST /{provider}/identities/{id}/sendVerification`
@@ -1428,11 +1432,12 @@ fn details_from_signin(value: Value, method: SignInMethod) -> Result<AuthDetails
 }
 
 /// The user's avatar URL, if its identity's profile has one (the SDK's
-/// `Authentication.avatarURL`): a string `picture`, `picture.data.url`
-/// (Facebook), `avatar_url` (GitHub, GitLab), `avatar` or `photoURL`, if
-/// it is an `https` URL; for Facebook without one, the Graph API picture
-/// of `providerUid`. The SDK's own rules are not recorded in UPSTREAMS.md;
-/// these are authgate's.
+/// `Authentication.avatarURL`, also set as [`User::picture`]): a string
+/// `picture`, `picture.data.url` (Facebook), `avatar_url` (GitHub,
+/// GitLab), `avatar` or `photoURL`, if it is an `http(s)` URL (never
+/// `javascript:` or `data:`, so it is safe in `<img src>`); for Facebook
+/// without one, the Graph API picture of `providerUid`. The SDK's own
+/// rules are not recorded in UPSTREAMS.md; these are authgate's.
 pub fn avatar_url(user: &User) -> Option<String> {
     avatar_of(&user.raw.to_value())
 }
@@ -1445,14 +1450,14 @@ fn avatar_of(details: &Value) -> Option<String> {
             .find_map(|k| p.get(*k).and_then(Value::as_str));
         direct.or_else(|| p.pointer("/picture/data/url").and_then(Value::as_str))
     });
-    let https = |s: &str| {
+    let web = |s: &str| {
         Url::parse(s)
             .ok()
-            .filter(|u| u.scheme() == "https")
+            .filter(|u| matches!(u.scheme(), "https" | "http"))
             .map(String::from)
     };
     match found {
-        Some(url) => https(url),
+        Some(url) => web(url),
         None if details.get("provider").and_then(Value::as_str) == Some("facebook") => {
             let uid = details.get("providerUid").and_then(Value::as_str)?;
             let mut url = Url::parse("https://graph.facebook.com/").ok()?;
@@ -1871,6 +1876,10 @@ mod tests {
             ),
             (
                 json!({"uid":"u","provider":"github","providerProfile":{"avatar_url":"javascript:alert(1)"}}),
+                None,
+            ),
+            (
+                json!({"uid":"u","provider":"gitlab","providerProfile":{"avatar_url":"data:image/png;base64,AA"}}),
                 None,
             ),
             (json!({"uid":"u","provider":"password"}), None),

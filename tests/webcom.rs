@@ -816,6 +816,19 @@ async fn redirect_mode_signs_in_through_the_layer_routes() {
 
     let page = h.get("/account", browser.header().as_deref()).await;
     assert_eq!(body_string(page).await, "Hello Grace Hopper");
+    // The OAuth identity's picture is the user's avatar.
+    let (user, _) = h
+        .client
+        .decode(&token(browser.jar[SESSION].as_str()))
+        .await
+        .unwrap();
+    let avatar = webcom::avatar_url(&user).unwrap();
+    assert_eq!(avatar, format!("{}/_dev/avatar.svg", h.dev.url()));
+    assert_eq!(user.picture.as_deref(), Some(avatar.as_str()));
+    assert_eq!(user.provider.as_deref(), Some("google"));
+    assert_eq!(user.email.as_deref(), Some("grace@example.com"));
+    let svg = http().get(&avatar).send().await.unwrap();
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
     let events = h.events();
     assert!(
         events
@@ -897,6 +910,13 @@ async fn forged_missing_or_transplanted_wcsession_is_refused() {
             .await
             .contains("expired or was already used")
     );
+
+    // A repeated parameter (T-B1.4): never picked, never sent.
+    let calls = h.dev.calls();
+    let twice = format!("/auth/callback?flow={flow}&__wcsession=a&__wcsession=b");
+    let refused = h.get(&twice, browser.header().as_deref()).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(h.dev.calls(), calls);
 
     // Denied: Webcom comes back without `__wcsession`.
     let mut browser = Browser::default();
@@ -1253,8 +1273,10 @@ async fn an_expired_token_is_never_served_stale() {
         "outage keeps the cookie"
     );
 
-    // Webcom answers "valid" but with an `expires` in the past: refused.
+    // Webcom answers "valid" but with an `expires` in the past: refused
+    // (once the 1 ms failure cooldown has passed).
     server.set(Fault::Valid(unix_now() - 5));
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let refused = get_with(&app, "/account", &cookie).await;
     assert_eq!(refused.status(), StatusCode::SEE_OTHER);
     assert!(
@@ -1305,4 +1327,80 @@ async fn debug_output_carries_no_secret() {
         );
     }
     assert!(texts[0].contains("redacted"));
+}
+
+// ---------------------------------------------------------------------------
+// The core change behind the expiry rule, with any upstream
+
+/// An upstream that calls every session valid but reports it expired.
+struct Lenient;
+
+impl Upstream for Lenient {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        _session: &'a authgate::upstream::Session,
+    ) -> authgate::upstream::BoxFuture<'a, Result<authgate::upstream::Lookup, authgate::Error>>
+    {
+        let user = authgate::User::new("u1", serde_json::json!({"id": "u1"}));
+        let valid = authgate::upstream::Valid::new(user)
+            .with_expires_at(SystemTime::now() - Duration::from_secs(1));
+        Box::pin(std::future::ready(Ok(authgate::upstream::Lookup::Valid(
+            valid,
+        ))))
+    }
+
+    fn start_sign_in<'a>(
+        &'a self,
+        _start: authgate::upstream::SignInStart<'a>,
+    ) -> authgate::upstream::BoxFuture<
+        'a,
+        Result<authgate::upstream::SignInRedirect, authgate::Error>,
+    > {
+        Box::pin(std::future::ready(Err(authgate::Error::unsupported())))
+    }
+
+    fn complete_callback<'a>(
+        &'a self,
+        _params: &'a authgate::upstream::CallbackParams,
+        _flow: Option<&'a authgate::upstream::FlowRecord>,
+    ) -> authgate::upstream::BoxFuture<
+        'a,
+        Result<authgate::upstream::CallbackOutcome, authgate::Error>,
+    > {
+        Box::pin(std::future::ready(Err(authgate::Error::unsupported())))
+    }
+
+    fn sign_out<'a>(
+        &'a self,
+        _session: &'a authgate::upstream::Session,
+        _scope: SignOutScope,
+        _after: &'a Url,
+    ) -> authgate::upstream::BoxFuture<
+        'a,
+        Result<authgate::upstream::SignOutOutcome, authgate::Error>,
+    > {
+        Box::pin(std::future::ready(Ok(
+            authgate::upstream::SignOutOutcome::Done,
+        )))
+    }
+}
+
+/// T-H2 in the core: a lookup whose own `expires_at` has passed is a
+/// definitive "invalid", whatever upstream answered it.
+#[tokio::test]
+async fn a_valid_lookup_past_its_own_expiry_is_invalid_in_the_core() {
+    let (events, _) = AuthEvents::channel(8);
+    let app = AuthLayer::new(config(events), Lenient)
+        .layer(Router::new().route("/account", get(account)));
+    let response = get_with(&app, "/account", &session("tok-lenient")).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(
+        set_cookie(response.headers(), SESSION)
+            .as_ref()
+            .is_some_and(is_removal)
+    );
 }

@@ -532,10 +532,14 @@ fn redirect(location: &str) -> Response {
 
 /// Signs in the OAuth user of a hand-over (an identity per provider and
 /// e-mail).
-fn sign_in_handover(st: &mut Store, handover: &Handover) -> Value {
+fn sign_in_handover(shared: &Shared, st: &mut Store, handover: &Handover) -> Value {
     let mut profile = Map::new();
     profile.insert("displayName".into(), Value::String(handover.name.clone()));
     profile.insert("email".into(), Value::String(handover.email.clone()));
+    profile.insert(
+        "picture".into(),
+        Value::String(format!("{}/_dev/avatar.svg", shared.url)),
+    );
     st.ensure_identity(&handover.provider, &handover.email, None, profile);
     st.sign_in(&handover.provider, &handover.email)
 }
@@ -559,7 +563,7 @@ fn resume_session(shared: &Shared, call: &Call<'_>) -> ApiResult {
             "The request key does not match this sign-in.",
         ));
     }
-    ok(sign_in_handover(&mut st, &handover))
+    ok(sign_in_handover(shared, &mut st, &handover))
 }
 
 /// `GET /{provider}/callback?mode=code&code&state` (code mode).
@@ -577,7 +581,7 @@ fn code_callback(shared: &Shared, call: &Call<'_>, provider: &str) -> ApiResult 
     if st.now() >= handover.expires || handover.provider != provider || handover.binding != state {
         return Err(ApiError::invalid_state("The code does not match."));
     }
-    ok(sign_in_handover(&mut st, &handover))
+    ok(sign_in_handover(shared, &mut st, &handover))
 }
 
 /// Issues a code-mode authorization code (the simulated provider).

@@ -5,8 +5,10 @@
 //! Orange Webcom authentication wire protocol (UPSTREAMS.md §2) under
 //! `/auth/v2/{appId}/`, plus what a browser sees of Webcom: the OAuth
 //! sign-in page of redirect mode, a simulated OAuth provider for code mode
-//! (`/_dev/oauth/{provider}/authorize`) and an outbox of every code it
-//! "sent" (`/_dev/outbox`, `/_dev/outbox.json`). Nothing leaves the process.
+//! (`/_dev/oauth/{provider}/authorize`), an outbox of every code it
+//! "sent" (`/_dev/outbox`, `/_dev/outbox.json`) and the picture its OAuth
+//! users have (`/_dev/avatar.svg`, in `providerProfile.picture`). Nothing
+//! leaves the process.
 //!
 //! Like the Altogic dev server it is written from the wire protocol alone
 //! and never uses the crate's Webcom client, so a misunderstanding in the
@@ -454,6 +456,7 @@ fn router(shared: Arc<Shared>) -> Router {
             "/_dev/oauth/{provider}/authorize",
             get(authorize_page).post(authorize_submit),
         )
+        .route("/_dev/avatar.svg", get(avatar))
         .route("/_dev/outbox", get(outbox_html))
         .route("/_dev/outbox.json", get(outbox_json))
         .fallback(|| async {
@@ -541,6 +544,15 @@ async fn authorize_submit(
         .header(header::LOCATION, target.as_str())
         .body(Body::empty())
         .unwrap_or_default()
+}
+
+/// The picture of every OAuth user of the simulator.
+async fn avatar() -> Response {
+    (
+        [(header::CONTENT_TYPE, "image/svg+xml")],
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"64\" height=\"64\"><circle cx=\"32\" cy=\"32\" r=\"30\" fill=\"#f60\"/></svg>",
+    )
+        .into_response()
 }
 
 async fn outbox_json(State(shared): State<Arc<Shared>>) -> Response {
