@@ -1915,6 +1915,61 @@ mod tests {
         );
     }
 
+    /// Redirect mode (§2.5): `from` is the padded hash of the request key
+    /// kept in the flow data; `to` carries the flow id; the configured
+    /// scope and `prompt=login` are caller options. Code mode: `state` is
+    /// the flow id, nothing else is kept.
+    #[test]
+    fn sign_in_starts_follow_both_modes() {
+        let client = Client::builder("https://io.example", "app")
+            .with_scope("google", "openid email")
+            .with_code_mode_provider("github", "https://gh.example/authorize?client_id=c")
+            .build()
+            .unwrap();
+        assert!(client.capabilities().has_provider("github"));
+        assert!(client.capabilities().has_provider("mobileconnectOFR"));
+        let flow = crate::upstream::FlowId::generate();
+        let callback = Url::parse("https://app.example/auth/callback").unwrap();
+        let mut start = SignInStart::new("google", &flow, &callback);
+        start.prompt = Prompt::Login;
+        let redirect = client.start(&start).unwrap();
+        assert_eq!(redirect.correlation, Correlation::CallbackQuery);
+        let pairs: BTreeMap<String, String> = redirect.url.query_pairs().into_owned().collect();
+        let data: RedirectFlow = redirect.data.get().unwrap();
+        assert_eq!(data.request_key.len(), 64);
+        assert_eq!(pairs["from"], request_key_hash(&data.request_key));
+        assert_eq!(
+            pairs["to"],
+            format!("https://app.example/auth/callback?flow={}", flow.as_str())
+        );
+        assert_eq!(pairs["scope"], "openid email");
+        assert_eq!(pairs["prompt"], "login");
+        assert_eq!(pairs["c"], CLIENT_VERSION);
+        assert!(!redirect.url.as_str().contains(&data.request_key));
+        assert_eq!(redirect.url.path(), "/auth/v2/app/google/signin");
+
+        let code = client
+            .start(&SignInStart::new("github", &flow, &callback))
+            .unwrap();
+        assert_eq!(code.correlation, Correlation::State);
+        assert_eq!(
+            code.url.as_str(),
+            format!(
+                "https://gh.example/authorize?client_id=c&state={}",
+                flow.as_str()
+            )
+        );
+        assert_eq!(code.data, FlowData::none());
+
+        let bad = Client::builder("https://io.example", "app")
+            .with_code_mode_provider("github", "not a url")
+            .build();
+        assert!(bad.is_err());
+        for base in ["ftp://io.example", "https://io.example/?q=1", "nope"] {
+            assert!(Client::builder(base, "app").build().is_err(), "{base}");
+        }
+    }
+
     /// SECURITY.md T-G1: no secret in `Debug`.
     #[test]
     fn debug_output_is_redacted() {

@@ -1404,3 +1404,89 @@ async fn a_valid_lookup_past_its_own_expiry_is_invalid_in_the_core() {
             .is_some_and(is_removal)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Logs (SECURITY.md T-G1)
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// T-G1: a sign-in, a refused landing, an OTP sign-in, a resolution and a
+/// sign-out, traced at TRACE level: no token, `__wcsession`, OTP or
+/// challenge in the log (raw, percent-encoded or base64).
+#[tokio::test(flavor = "current_thread")]
+async fn no_webcom_secret_reaches_the_logs() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let h = harness().await;
+    let mut secrets = Vec::new();
+
+    let mut browser = Browser::default();
+    let sign_in = h.start(&mut browser, "google").await;
+    let back = consent(&sign_in, "log@example.com", "allow").await;
+    secrets.push(query_param(&back, "__wcsession").unwrap());
+    let response = h.get(&app_path(&back), browser.header().as_deref()).await;
+    browser.absorb(response.headers());
+    secrets.push(browser.jar[SESSION].clone());
+    // The replay is refused and logged.
+    let replay = h.get(&app_path(&back), browser.header().as_deref()).await;
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        h.get("/account", browser.header().as_deref())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let challenge = h
+        .client
+        .send_otp(Provider::Phone, "33655555555", &Message::new())
+        .await
+        .unwrap();
+    let otp = h.dev.last_message_to("33655555555").unwrap().code;
+    let phone = h
+        .client
+        .sign_in_with_credentials(
+            Provider::Phone,
+            &Credentials::otp("33655555555", challenge.expose(), &otp),
+        )
+        .await
+        .unwrap();
+    secrets.extend([
+        challenge.expose().to_owned(),
+        otp,
+        phone.token.expose().to_owned(),
+    ]);
+    let mut sign_out = page_request("POST", "/auth/signout", browser.header().as_deref());
+    *sign_out.method_mut() = http::Method::POST;
+    assert_eq!(h.send(sign_out).await.status(), StatusCode::SEE_OTHER);
+
+    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("authgate"), "the capture works");
+    for secret in &secrets {
+        let forms = [
+            secret.clone(),
+            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect(),
+            URL_SAFE_NO_PAD.encode(secret),
+        ];
+        for form in forms {
+            assert!(!log.contains(&form), "a secret in the log");
+        }
+    }
+}
