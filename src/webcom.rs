@@ -529,6 +529,9 @@ impl fmt::Debug for ServerKey {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// The signed-in session the next operations run in (the SDK's
+    /// `useCurrentContextForNextAuthOperation`).
+    context: Option<SessionToken>,
 }
 
 struct Inner {
@@ -550,6 +553,7 @@ impl fmt::Debug for Client {
         f.debug_struct("webcom::Client")
             .field("route", &self.inner.route.as_str())
             .field("providers", &self.inner.providers)
+            .field("context", &self.context)
             .finish_non_exhaustive()
     }
 }
@@ -690,6 +694,7 @@ impl ClientBuilder {
                 .map_err(|_| ConfigError::HttpClient)?,
         };
         Ok(Client {
+            context: None,
             inner: Arc::new(Inner {
                 http,
                 route,
@@ -757,6 +762,25 @@ impl Client {
         }
     }
 
+    /// A handle whose operations run in the context of `session` (the
+    /// SDK's `useCurrentContextForNextAuthOperation`, §2.2 "ctx"): it sends
+    /// `Authorization: Bearer <session>` on the calls that take a context,
+    /// the sign-ins, [`add_identity`](Self::add_identity) and
+    /// [`verify_identity`](Self::verify_identity), so a new identity joins
+    /// the signed-in account, and a sign-in adds a factor to it. Cheap:
+    /// shares the connection pool.
+    #[must_use]
+    pub fn with_context(&self, session: &SessionToken) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            context: Some(session.clone()),
+        }
+    }
+
+    fn context(&self) -> Option<&SessionToken> {
+        self.context.as_ref()
+    }
+
     /// The application id.
     pub fn app_id(&self) -> &str {
         &self.inner.app_id
@@ -789,7 +813,7 @@ impl Client {
                 Method::POST,
                 &[provider.as_str(), "signin"],
                 &[],
-                None,
+                self.context(),
                 Body::Json(&body),
             )
             .await?;
@@ -826,7 +850,7 @@ impl Client {
                 Method::POST,
                 &["anonymous", "signin"],
                 &[],
-                None,
+                self.context(),
                 Body::None,
             )
             .await?;
@@ -846,7 +870,7 @@ impl Client {
                 Method::POST,
                 &[segment.as_str(), "signin"],
                 &[],
-                None,
+                self.context(),
                 Body::Form(&[("token", credentials)]),
             )
             .await?;
@@ -877,7 +901,7 @@ impl Client {
                 Method::POST,
                 &["wassup", "signin"],
                 &[],
-                None,
+                self.context(),
                 Body::Form(options),
             )
             .await?;
@@ -894,7 +918,7 @@ impl Client {
                 Method::POST,
                 &["server", "signin"],
                 &[],
-                None,
+                self.context(),
                 Body::Form(&[("token", &assertion)]),
             )
             .await?;
@@ -984,15 +1008,14 @@ impl Client {
     // ---- identities and accounts -----------------------------------------
 
     /// `POST /{provider}/identities` (`addIdentity`): a new e-mail or phone
-    /// identity, bound to the account of `context` when given (the SDK's
-    /// `useCurrentContextForNextAuthOperation`), else to a new account.
-    /// Webcom sends the verification message.
+    /// identity, bound to the account of the [context](Self::with_context)
+    /// when there is one, else to a new account. Webcom sends the
+    /// verification message.
     pub async fn add_identity(
         &self,
         provider: Provider,
         identity: &NewIdentity,
         message: &Message,
-        context: Option<&SessionToken>,
     ) -> Result<AddedIdentity, Error> {
         let body = identity.body();
         let raw = self
@@ -1000,7 +1023,7 @@ impl Client {
                 Method::POST,
                 &[provider.as_str(), "identities"],
                 &message.query(),
-                context,
+                self.context(),
                 Body::Json(&body),
             )
             .await?;
@@ -1034,7 +1057,7 @@ impl Client {
                 Method::POST,
                 &[provider.as_str(), "identities", id, "verify"],
                 &[],
-                None,
+                self.context(),
                 Body::Json(&body),
             )
             .await?;

@@ -371,7 +371,6 @@ async fn email_identity_is_added_verified_signed_in_reset_and_updated() {
             Provider::Password,
             &NewIdentity::email(email, "correct horse").with_display_name("Ada"),
             &Message::new().with_locale("en_GB"),
-            None,
         )
         .await
         .unwrap();
@@ -522,11 +521,11 @@ async fn phone_identity_is_added_to_the_current_account_and_verified_by_otp() {
     let guest = c.sign_in_as_guest().await.unwrap();
     let msisdn = "33698765432";
     let added = c
+        .with_context(&guest.token)
         .add_identity(
             Provider::Phone,
             &NewIdentity::phone(msisdn),
             &Message::new(),
-            Some(&guest.token),
         )
         .await
         .unwrap();
@@ -562,7 +561,6 @@ async fn phone_identity_is_added_to_the_current_account_and_verified_by_otp() {
             Provider::Phone,
             &NewIdentity::phone(msisdn),
             &Message::new(),
-            None,
         )
         .await
         .unwrap_err();
@@ -666,7 +664,6 @@ async fn token_too_old_is_fresh_auth_required_and_the_app_reauthenticates() {
         Provider::Password,
         &NewIdentity::email(email, "long password"),
         &Message::new(),
-        None,
     )
     .await
     .unwrap();

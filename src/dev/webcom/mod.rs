@@ -58,6 +58,10 @@
 //! | GET `accounts/{uid}` | Bearer of that account | `{"uid","createdOn":<ms>,"providers":{p:{puid:{…}}}}` |
 //! | DELETE `accounts/{uid}` | Bearer of that account, fresh | `{}` |
 //!
+//! A context bearer on a sign-in (the SDK's
+//! `useCurrentContextForNextAuthOperation`) is accepted and ignored: the
+//! dev server makes no multi-factor tokens.
+//!
 //! "Fresh" means the token was issued within the fresh-auth window
 //! (default 5 minutes, [`WebcomDevBuilder::with_fresh_auth_window`]);
 //! otherwise `403 TOKEN_TOO_OLD`. OAuth providers are `facebook`,
@@ -101,6 +105,8 @@ use super::pages::esc;
 
 mod api;
 mod store;
+#[cfg(test)]
+mod tests;
 
 use store::Store;
 
