@@ -53,6 +53,30 @@
 //! A callback that names no flow this browser started is refused by the
 //! core before this client sees it, and this client refuses one without a
 //! flow record without any call (SECURITY.md T-B1).
+//!
+//! ```no_run
+//! # fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use authgate::{AuthConfig, AuthLayer, webcom};
+//!
+//! let webcom = webcom::Client::builder(webcom::DEFAULT_BASE_URL, "my-app")
+//!     .with_providers(["google", "github"])
+//!     .build()?;
+//! let config = AuthConfig::new("https://app.example")?;
+//! let layer = AuthLayer::new(config, webcom.clone()); // `webcom` also serves the app's own calls
+//! # let _ = layer;
+//! # Ok(()) }
+//! ```
+//!
+//! # What is not known
+//!
+//! None of UPSTREAMS.md §2 was checked against a live Webcom. In
+//! particular: whether Webcom keeps the `?flow=` already in `to` when it
+//! appends `__wcsession` (if it does not, every landing is refused as
+//! having no flow, and nothing is exchanged); the HTTP status of each
+//! error code (only `INVALID_TOKEN` on a 4xx is read as definitive);
+//! the shape of `sendOtp`'s answer (a JSON string or an object with
+//! `challenge` is accepted); how code mode's `redirect_uri` must be set up
+//! at the provider; and whether `prompt=login` reaches the provider.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -6,7 +6,7 @@
 //! `/auth/v2/{appId}/`, plus what a browser sees of Webcom: the OAuth
 //! sign-in page of redirect mode, a simulated OAuth provider for code mode
 //! (`/_dev/oauth/{provider}/authorize`), an outbox of every code it
-//! "sent" (`/_dev/outbox`, `/_dev/outbox.json`) and the picture its OAuth
+//! "sent" (`/_dev/outbox`, `/_dev/outbox.json`, linked from `/`) and the picture its OAuth
 //! users have (`/_dev/avatar.svg`, in `providerProfile.picture`). Nothing
 //! leaves the process.
 //!
@@ -457,6 +457,7 @@ impl WebcomDevBuilder {
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(index))
         .route("/auth/v2/{*rest}", any(api::handle))
         .route(
             "/_dev/oauth/{provider}/authorize",
@@ -550,6 +551,20 @@ async fn authorize_submit(
         .header(header::LOCATION, target.as_str())
         .body(Body::empty())
         .unwrap_or_default()
+}
+
+/// What this server is, for a developer who opens its URL.
+async fn index(State(shared): State<Arc<Shared>>) -> Response {
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Webcom dev server</title></head>\
+<body><h1>Webcom dev server</h1><p>Application <code>{app}</code>, auth route \
+<code>{url}/auth/v2/{app}</code>. Nothing leaves this process.</p>\
+<ul><li><a href=\"/_dev/outbox\">Outbox</a> (one-time passwords, verification and reset codes)</li>\
+<li><a href=\"/_dev/outbox.json\">Outbox as JSON</a></li></ul></body></html>",
+        app = esc(&shared.app_id),
+        url = esc(&shared.url),
+    ))
+    .into_response()
 }
 
 /// The picture of every OAuth user of the simulator.
