@@ -1020,6 +1020,14 @@ async fn sign_out_tombstones_the_token_until_it_expires_and_no_longer() {
     let page = h.get("/account", Some(&session(&cookie))).await;
     assert_eq!(page.status(), StatusCode::OK);
 
+    // Webcom cannot end every session of a user: that scope is refused,
+    // and nothing changes.
+    let mut all = page_request("POST", "/auth/signout?scope=all", Some(&session(&cookie)));
+    *all.method_mut() = http::Method::POST;
+    let refused = h.send(all).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(set_cookie(refused.headers(), SESSION).is_none());
+
     let mut sign_out = page_request("POST", "/auth/signout", Some(&session(&cookie)));
     *sign_out.method_mut() = http::Method::POST;
     let calls = h.dev.calls();

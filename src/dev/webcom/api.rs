@@ -475,7 +475,8 @@ fn oauth_page(call: &Call<'_>, provider: &str) -> Response {
     else {
         return ApiError::missing("mode=redirect, to and from").into_response();
     };
-    if url::Url::parse(to).is_err() || from.len() != 44 || !from.ends_with('=') {
+    let web = url::Url::parse(to).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+    if !web || from.len() != 44 || !from.ends_with('=') {
         return ApiError::missing("to or from").into_response();
     }
     let provider = esc(provider);
@@ -497,7 +498,10 @@ fn oauth_submit(shared: &Shared, call: &Call<'_>, provider: &str) -> ApiResult {
     let form = call.form()?;
     let to = form_field(&form, "to")?;
     let from = form_field(&form, "from")?;
-    let mut target = url::Url::parse(to).map_err(|_| ApiError::missing("to"))?;
+    let mut target = url::Url::parse(to)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| ApiError::missing("to"))?;
     if form_field(&form, "decision").ok() == Some("allow") {
         let email = form_field(&form, "email")?.to_ascii_lowercase();
         if !valid_email(&email) {

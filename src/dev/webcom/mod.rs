@@ -473,6 +473,13 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// An `http(s)` URL to send a browser to (never `javascript:`).
+fn web_url(url: &str) -> Option<url::Url> {
+    url::Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+}
+
 #[derive(serde::Deserialize)]
 struct AuthorizeQuery {
     redirect_uri: String,
@@ -484,7 +491,7 @@ async fn authorize_page(
     Path(provider): Path<String>,
     Query(query): Query<AuthorizeQuery>,
 ) -> Response {
-    if !is_oauth_provider(&provider) || url::Url::parse(&query.redirect_uri).is_err() {
+    if !is_oauth_provider(&provider) || web_url(&query.redirect_uri).is_none() {
         return (
             StatusCode::BAD_REQUEST,
             "unknown provider or bad redirect_uri",
@@ -523,7 +530,7 @@ async fn authorize_submit(
     Path(provider): Path<String>,
     axum::Form(form): axum::Form<AuthorizeForm>,
 ) -> Response {
-    let Ok(mut target) = url::Url::parse(&form.redirect_uri) else {
+    let Some(mut target) = web_url(&form.redirect_uri) else {
         return (StatusCode::BAD_REQUEST, "bad redirect_uri").into_response();
     };
     if !is_oauth_provider(&provider) {
