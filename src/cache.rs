@@ -33,7 +33,21 @@ pub(crate) struct Entry {
     pub(crate) user: Arc<User>,
     pub(crate) fresh_until: Instant,
     pub(crate) stale_until: Instant,
-    weight: u64,
+    /// The session's end as the lookup reported it, in seconds since the
+    /// Unix epoch (0: unknown), for the tombstone of a sign-out
+    /// ([`Revocation::UntilExpiry`](crate::upstream::Revocation)) when the
+    /// cookie cannot say (plain storage holds only the token). Four bytes
+    /// beside a four-byte weight, so the entry does not grow.
+    expires: u32,
+    weight: u32,
+}
+
+impl Entry {
+    /// The session's end, if the lookup reported one.
+    pub(crate) fn expires_at(&self) -> Option<SystemTime> {
+        (self.expires != 0)
+            .then(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.expires.into()))
+    }
 }
 
 /// What is known about a token that is not a user.
@@ -196,8 +210,9 @@ impl Cache {
             .map(|mark| mark.kind.clone())
     }
 
-    /// Stores a resolved user unless the token was revoked meanwhile
-    /// (checked under the same lock, so a sign-out racing a lookup wins).
+    /// Stores a resolved user with no known end (see
+    /// [`insert_session`](Self::insert_session)).
+    #[cfg(test)]
     pub(crate) fn insert_user(
         &self,
         token: &[u8],
@@ -205,8 +220,29 @@ impl Cache {
         fresh_until: Instant,
         stale_until: Instant,
     ) -> bool {
+        self.insert_session(token, user, fresh_until, stale_until, None)
+    }
+
+    /// Stores a resolved user and its session's end unless the token was
+    /// revoked meanwhile (checked under the same lock, so a sign-out racing
+    /// a lookup wins).
+    pub(crate) fn insert_session(
+        &self,
+        token: &[u8],
+        user: Arc<User>,
+        fresh_until: Instant,
+        stale_until: Instant,
+        expires_at: Option<SystemTime>,
+    ) -> bool {
         let now = Instant::now();
-        let weight = ENTRY_OVERHEAD + token.len() as u64 + u64::from(user.weight());
+        let weight = u32::try_from(ENTRY_OVERHEAD + token.len() as u64 + u64::from(user.weight()))
+            .unwrap_or(u32::MAX);
+        // Rounded up to the second, so the tombstone never ends early.
+        let expires = expires_at
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| {
+                u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX)
+            });
         let mut shard = self
             .shard(token)
             .write()
@@ -224,12 +260,13 @@ impl Cache {
             user,
             fresh_until,
             stale_until,
+            expires,
             weight,
         };
         if let Some(old) = shard.users.insert(token.into(), entry) {
-            shard.user_bytes -= old.weight;
+            shard.user_bytes -= u64::from(old.weight);
         }
-        shard.user_bytes += weight;
+        shard.user_bytes += u64::from(weight);
         if shard.user_bytes > self.shard_bytes {
             shard.evict_users(self.shard_bytes, now);
         }
@@ -245,7 +282,7 @@ impl Cache {
             .unwrap_or_else(PoisonError::into_inner);
         let cooldown = matches!(kind, MarkKind::Cooldown);
         if !cooldown && let Some(old) = shard.users.remove(token) {
-            shard.user_bytes -= old.weight;
+            shard.user_bytes -= u64::from(old.weight);
         }
         let key = mark_key(token);
         // A cooldown or a rotation never replaces a tombstone; a cooldown
@@ -280,7 +317,7 @@ impl Cache {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = shard.users.remove(token) {
-            shard.user_bytes -= old.weight;
+            shard.user_bytes -= u64::from(old.weight);
         }
     }
 
@@ -308,7 +345,7 @@ impl Cache {
             shard.users.retain(|token, entry| {
                 let remove = entry.user.id == user_id && Some(&**token) != keep;
                 if remove {
-                    freed += entry.weight;
+                    freed += u64::from(entry.weight);
                 }
                 !remove
             });
@@ -418,7 +455,7 @@ impl Shard {
         self.users.retain(|_, entry| {
             let keep = now < entry.stale_until;
             if !keep {
-                freed += entry.weight;
+                freed += u64::from(entry.weight);
             }
             keep
         });
@@ -433,8 +470,8 @@ impl Shard {
             if excess == 0 {
                 return true;
             }
-            excess = excess.saturating_sub(entry.weight);
-            freed += entry.weight;
+            excess = excess.saturating_sub(u64::from(entry.weight));
+            freed += u64::from(entry.weight);
             false
         });
         self.user_bytes -= freed;
@@ -473,6 +510,25 @@ mod tests {
 
     fn user(id: &str) -> Arc<User> {
         Arc::new(User::new(id, serde_json::json!({"_id": id})))
+    }
+
+    /// The session's end rides in the entry without growing it (the
+    /// weight went from eight bytes to four), rounded up to the second so
+    /// a tombstone built from it never ends early.
+    #[test]
+    fn entries_keep_the_session_end_without_growing() {
+        assert!(std::mem::size_of::<Entry>() <= 48);
+        let cache = Cache::new(1 << 20, 1000);
+        let later = Instant::now() + Duration::from_secs(60);
+        let end = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+        assert!(cache.insert_session(b"tok", user("u"), later, later, Some(end)));
+        let kept = cache.user(b"tok").unwrap().expires_at().unwrap();
+        assert_eq!(
+            kept,
+            std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_001)
+        );
+        assert!(cache.insert_user(b"other", user("u"), later, later));
+        assert!(cache.user(b"other").unwrap().expires_at().is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -198,7 +198,7 @@ impl Error {
     }
 
     /// Maps a reqwest error, dropping its URL (it may carry a grant key).
-    #[cfg(feature = "altogic")]
+    #[cfg(any(feature = "altogic", feature = "webcom"))]
     pub(crate) fn from_reqwest(err: reqwest::Error) -> Self {
         let kind = if err.is_timeout() {
             ErrorKind::Timeout

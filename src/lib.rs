@@ -6,6 +6,8 @@
 #![doc = ""]
 #![cfg_attr(feature = "altogic", doc = "[gated-altogic]: crate::altogic")]
 #![cfg_attr(not(feature = "altogic"), doc = "[gated-altogic]: #feature-flags")]
+#![cfg_attr(feature = "webcom", doc = "[gated-webcom]: crate::webcom")]
+#![cfg_attr(not(feature = "webcom"), doc = "[gated-webcom]: #feature-flags")]
 #![cfg_attr(feature = "dev-upstream", doc = "[gated-dev]: crate::dev")]
 #![cfg_attr(not(feature = "dev-upstream"), doc = "[gated-dev]: #feature-flags")]
 #![cfg_attr(feature = "test-util", doc = "[gated-test]: mod@crate::test")]
@@ -31,6 +33,9 @@ pub mod rejection;
 mod resolve;
 mod routes;
 pub mod upstream;
+#[cfg(feature = "webcom")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webcom")))]
+pub mod webcom;
 
 #[cfg(feature = "dev-upstream")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dev-upstream")))]

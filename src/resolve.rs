@@ -329,6 +329,10 @@ impl Resolver {
     pub(crate) fn revoke(&self, key: &[u8], expires_at: Option<SystemTime>) {
         let inner = &self.inner;
         let now = Instant::now();
+        // A plain cookie holds only the token: its end is the one the last
+        // lookup (or the sign-in) reported, kept in the cache entry.
+        let expires_at =
+            expires_at.or_else(|| inner.cache.user(key).and_then(|entry| entry.expires_at()));
         let until = match inner.revocation {
             Revocation::UntilExpiry => match expires_at {
                 Some(at) => instant_at(at, now),
@@ -409,7 +413,8 @@ impl Inner {
             fresh_until = fresh_until.min(end);
             stale_until = stale_until.min(end);
         }
-        self.cache.insert_user(key, user, fresh_until, stale_until);
+        self.cache
+            .insert_session(key, user, fresh_until, stale_until, expires_at);
     }
 
     async fn fetch(self: Arc<Self>, key: Box<[u8]>, session: Session) -> Fetched {
@@ -443,6 +448,13 @@ impl Inner {
             let result =
                 tokio::time::timeout(HARD_LOOKUP_TIMEOUT, self.upstream.lookup(session)).await;
             match result {
+                // A session past the end the upstream itself reports is
+                // never served, not even stale (SECURITY.md T-H2).
+                Ok(Ok(Lookup::Valid(valid)))
+                    if valid.expires_at.is_some_and(|at| at <= SystemTime::now()) =>
+                {
+                    return self.invalid(key);
+                }
                 Ok(Ok(Lookup::Valid(valid))) => {
                     let revoked =
                         self.cache

@@ -167,6 +167,9 @@ mod pages;
 mod store;
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "webcom")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webcom")))]
+pub mod webcom;
 
 use store::Store;
 

@@ -4,9 +4,9 @@
 //! flow types ([`FlowId`], [`FlowRecord`], [`SignInRedirect`]) and
 //! [`User`].
 //!
-//! Each hosted auth service has a typed client (the `altogic` module, behind
-//! the `altogic` feature) that implements [`Upstream`] and also exposes the
-//! service's own operations. An upstream can be written outside the crate
+//! Each hosted auth service has a typed client (the `altogic` and `webcom`
+//! modules, behind features of the same names) that implements [`Upstream`]
+//! and also exposes the service's own operations. An upstream can be written outside the crate
 //! with the public API alone.
 
 use std::fmt;
@@ -19,6 +19,9 @@ use url::Url;
 
 use crate::error::Error;
 use crate::events::{FlowRejection, SignInMethod};
+
+#[cfg(any(feature = "altogic", feature = "webcom"))]
+pub(crate) mod wire;
 
 /// A boxed, sendable future, as returned by [`Upstream`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -292,8 +295,10 @@ pub enum Revocation {
     #[default]
     Upstream,
     /// The upstream cannot end a session (or it is checked locally, like a
-    /// JWT): a tombstone lasts until the session expires, else for the
-    /// configured session max age.
+    /// JWT): a tombstone lasts until the session expires ([`Session::expires_at`],
+    /// or for a plain cookie, which holds only the token, the
+    /// [`Valid::expires_at`] of its last lookup or the [`Grant`]'s expiry at
+    /// sign-in), else for the configured session max age.
     UntilExpiry,
 }
 
@@ -464,7 +469,9 @@ pub struct Valid {
     /// The user.
     pub user: User,
     /// When the session ends: a hard cap on the cache's fresh and stale
-    /// deadlines (the cookie's `Max-Age` follows [`Session::expires_at`]).
+    /// deadlines (the cookie's `Max-Age` follows [`Session::expires_at`]),
+    /// and the end of a [`Revocation::UntilExpiry`] tombstone. An answer
+    /// whose end has already passed counts as [`Lookup::Invalid`].
     /// `None`: no known end.
     pub expires_at: Option<SystemTime>,
     /// When to ask the upstream again (a JWT's refresh point, a remote
