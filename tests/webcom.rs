@@ -1005,7 +1005,8 @@ async fn code_mode_signs_in_with_state_and_refuses_a_wrong_state() {
 /// gone and Webcom's own answer decides.
 #[tokio::test]
 async fn sign_out_tombstones_the_token_until_it_expires_and_no_longer() {
-    let lifetime = Duration::from_secs(3);
+    // Seconds of margin between the steps, for a loaded machine.
+    let lifetime = Duration::from_secs(6);
     let h = harness_with(lifetime, |c| {
         c.with_cache_ttl(Duration::from_millis(100))
             .with_stale_window(Duration::from_millis(100))
@@ -1065,14 +1066,14 @@ async fn sign_out_tombstones_the_token_until_it_expires_and_no_longer() {
 /// token is never served, and the cookie is cleared.
 #[tokio::test]
 async fn an_expired_token_is_not_served_and_its_cookie_is_cleared() {
-    let h = harness_with(Duration::from_secs(2), |c| {
+    let h = harness_with(Duration::from_secs(4), |c| {
         c.with_cache_ttl(Duration::from_secs(60))
     })
     .await;
     let cookie = h.guest_cookie().await;
     let ok = h.get("/account", Some(&session(&cookie))).await;
     assert_eq!(ok.status(), StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
     let calls = h.dev.calls();
     let expired = h.get("/account", Some(&session(&cookie))).await;
     assert_eq!(expired.status(), StatusCode::SEE_OTHER);
@@ -1256,7 +1257,8 @@ async fn an_expired_token_is_never_served_stale() {
             .with_stale_window(Duration::from_secs(600))
             .with_failure_cooldown(Duration::from_millis(1))
     });
-    server.set(Fault::Valid(unix_now() + 2));
+    // Seconds of margin between the steps, for a loaded machine.
+    server.set(Fault::Valid(unix_now() + 4));
     assert_eq!(
         get_with(&app, "/account", &cookie).await.status(),
         StatusCode::OK
@@ -1265,12 +1267,12 @@ async fn an_expired_token_is_never_served_stale() {
     // Past the fresh TTL, before `expires`: the stale user is served.
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.set(Fault::Answer(503, "{}"));
-    // (`expires` is at least 1 s after the warm-up: whole seconds.)
+    // (`expires` is at least 3 s after the warm-up: whole seconds.)
     let stale = get_with(&app, "/account", &cookie).await;
     assert_eq!(stale.status(), StatusCode::OK, "stale within expires");
 
     // Past `expires` with the stale window still open: not served.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(4200)).await;
     let outage = get_with(&app, "/account", &cookie).await;
     assert_eq!(outage.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(
