@@ -1440,7 +1440,17 @@ pub(crate) fn user_from_details(value: Value) -> Result<(User, Option<SystemTime
     user.email = profile_field(&["email"]);
     match provider.as_deref() {
         Some("password") if user.email.is_none() => user.email.clone_from(&provider_uid),
-        Some("phone") => user.phone.clone_from(&provider_uid),
+        // Webcom's phone identities are MSISDNs without the `+`; the
+        // neutral `User::phone` is E.164, as the other upstreams give it.
+        Some("phone") => {
+            user.phone = provider_uid.as_deref().map(|msisdn| {
+                if msisdn.bytes().all(|b| b.is_ascii_digit()) {
+                    format!("+{msisdn}")
+                } else {
+                    msisdn.to_owned()
+                }
+            });
+        }
         Some("anonymous") => user.anonymous = true,
         _ => {}
     }
@@ -1892,7 +1902,7 @@ mod tests {
             json!({"uid": "p", "provider": "phone", "providerUid": "33612345678"}),
         )
         .unwrap();
-        assert_eq!(phone.phone.as_deref(), Some("33612345678"));
+        assert_eq!(phone.phone.as_deref(), Some("+33612345678"), "E.164");
         for bad in [json!({}), json!({"uid": ""}), json!([]), json!(null)] {
             assert_eq!(
                 user_from_details(bad.clone()).unwrap_err().kind(),

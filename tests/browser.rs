@@ -81,6 +81,15 @@ async fn every_flow_works_in_headless_chromium() {
             break;
         }
     }
+    // Issue 12: the same site on the Webcom dev server, at the desktop
+    // size.
+    #[cfg(feature = "webcom")]
+    if outcome.is_ok() {
+        let webcom = serve_webcom_site().await;
+        run.origin = webcom.origin.clone();
+        run.screen = &SCREENS[0];
+        outcome = run.webcom_steps(&webcom.dev).await;
+    }
     let steps = run.steps.get();
     if let Err(err) = run.browser.delete().await {
         eprintln!("could not end the browser session: {err}");
@@ -137,6 +146,31 @@ struct ServedSite {
     origin: String,
     dev: DevUpstream,
     altogic: altogic::Client,
+}
+
+#[cfg(feature = "webcom")]
+struct ServedWebcomSite {
+    origin: String,
+    dev: authgate::dev::webcom::WebcomDev,
+}
+
+/// The example site on its Webcom dev server (`AUTHGATE_UPSTREAM=webcom`),
+/// as `main` runs it.
+#[cfg(feature = "webcom")]
+async fn serve_webcom_site() -> ServedWebcomSite {
+    let dev = site::spawn_webcom_dev().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let config = site::auth_config(&origin, Some(&KEY)).unwrap();
+    let client = authgate::webcom::Client::builder(dev.url(), dev.app_id());
+    let app = site::webcom_app(config, client, site::SiteOptions::for_webcom_dev(&dev)).unwrap();
+    tokio::spawn(async move {
+        let service = axum::ServiceExt::<Request>::into_make_service(app);
+        if let Err(err) = axum::serve(listener, service).await {
+            eprintln!("Webcom site server stopped: {err}");
+        }
+    });
+    ServedWebcomSite { origin, dev }
 }
 
 /// The example site on 127.0.0.1:0 with its dev upstream, as `main` runs it.
@@ -557,6 +591,136 @@ impl Run {
             self.submit("#confirm-signout-all").await?;
             self.wait_page("/", "You are signed out on every device, this one too.")
                 .await?;
+            self.wait_text("You are not signed in.").await
+        })
+        .await
+    }
+
+    /// Issue 12: the site on Webcom — sign-up with the e-mailed token, the
+    /// account page, password sign-in, a provider through Webcom's
+    /// redirect mode, a texted code, and deleting the account after a
+    /// fresh sign-in (`TOKEN_TOO_OLD`).
+    #[cfg(feature = "webcom")]
+    async fn webcom_steps(&self, webcom: &authgate::dev::webcom::WebcomDev) -> StepResult {
+        use authgate::dev::webcom::WebcomMessageKind;
+        const EMAIL: &str = "wanda@example.test";
+        const PASSWORD: &str = "webcom password";
+        let code_to = |to: &str, kind: WebcomMessageKind| {
+            webcom
+                .outbox()
+                .into_iter()
+                .rev()
+                .find(|m| m.to == to && m.kind == kind)
+                .map(|m| m.code)
+                .ok_or_else(|| format!("no {kind:?} code to {to} in the outbox"))
+        };
+
+        self.browser
+            .set_window_size(self.screen.width, self.screen.height)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.step("webcom: sign up, confirm with the e-mailed code", async {
+            self.open("/signup").await?;
+            self.expect_focus("name").await?;
+            self.fill("#signup-email", "name", "Wanda Webcom").await?;
+            self.fill("#signup-email", "email", EMAIL).await?;
+            self.fill("#signup-email", "password", PASSWORD).await?;
+            self.submit("#signup-email").await?;
+            self.wait_page("/signup", "Confirm your e-mail address")
+                .await?;
+            self.expect_focus("token").await?;
+            let token = code_to(EMAIL, WebcomMessageKind::Verification)?;
+            self.fill("#verify-email", "token", &token).await?;
+            self.submit("#verify-email").await?;
+            self.wait_page(
+                "/account",
+                "Your e-mail address is confirmed and you are signed in.",
+            )
+            .await?;
+            self.expect_text_of("#account-signs-in-with", "e-mail and password")
+                .await?;
+            self.wait_text("the token stays valid at Webcom until it expires")
+                .await?;
+            self.layout_fits("/account").await
+        })
+        .await?;
+
+        self.step("webcom: sign out, sign in with the password", async {
+            self.sign_out().await?;
+            self.wait_text("You are signed out.").await?;
+            self.open("/signin").await?;
+            self.expect_focus("email").await?;
+            self.fill("#signin-email", "email", EMAIL).await?;
+            self.fill("#signin-email", "password", PASSWORD).await?;
+            self.submit("#signin-email").await?;
+            self.wait_page("/account", EMAIL).await
+        })
+        .await?;
+
+        self.step("webcom: sign in with GitHub in redirect mode", async {
+            self.sign_out().await?;
+            self.open("/signin").await?;
+            self.providers_line_up().await?;
+            self.click("#oauth-github").await?;
+            self.wait_for("the Webcom sign-in page", |url, text| {
+                url.starts_with(webcom.url()) && text.contains("Webcom dev simulator")
+            })
+            .await?;
+            self.fill("form", "name", "Octo Webcom").await?;
+            self.fill("form", "email", "octo@webcom.example").await?;
+            self.click(r#"button[value="allow"]"#).await?;
+            self.wait_page("/account", "You are signed in.").await?;
+            self.wait_text("Octo Webcom").await?;
+            self.expect_text_of("#account-signs-in-with", "GitHub")
+                .await
+        })
+        .await?;
+
+        self.step("webcom: sign in with a texted code", async {
+            self.sign_out().await?;
+            self.open("/signin").await?;
+            self.fill("#signin-phone", "phone", "+1 202 555 0188")
+                .await?;
+            self.submit("#signin-phone").await?;
+            self.wait_text("We texted a code to +12025550188.").await?;
+            self.expect_focus("code").await?;
+            let code = code_to("12025550188", WebcomMessageKind::Otp)?;
+            self.fill("#signin-code", "code", &code).await?;
+            self.submit("#signin-code").await?;
+            self.wait_page("/account", "Your account").await?;
+            self.expect_text_of("#account-phone", "+12025550188")
+                .await?;
+            self.expect_text_of("#account-signs-in-with", "phone number and a texted code")
+                .await
+        })
+        .await?;
+
+        self.step("webcom: delete the account after a fresh sign-in", async {
+            self.sign_out().await?;
+            self.open("/signin").await?;
+            self.fill("#signin-email", "email", EMAIL).await?;
+            self.fill("#signin-email", "password", PASSWORD).await?;
+            self.submit("#signin-email").await?;
+            self.wait_page("/account", EMAIL).await?;
+            self.click("#delete-account").await?;
+            self.wait_page("/account/delete", "Delete your account?")
+                .await?;
+            // The sign-in is older than Webcom's fresh-auth window now.
+            webcom.advance_clock(Duration::from_secs(10 * 60));
+            self.submit("#confirm-delete").await?;
+            self.wait_page(
+                "/signin",
+                "For your safety, please sign in again to continue.",
+            )
+            .await?;
+            // The address is filled in: the password has the focus.
+            self.expect_focus("password").await?;
+            self.fill("#signin-email", "password", PASSWORD).await?;
+            self.submit("#signin-email").await?;
+            self.wait_page("/account/delete", "Delete your account?")
+                .await?;
+            self.submit("#confirm-delete").await?;
+            self.wait_page("/", "Your account was deleted.").await?;
             self.wait_text("You are not signed in.").await
         })
         .await

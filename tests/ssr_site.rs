@@ -2080,3 +2080,305 @@ async fn the_account_says_how_the_user_signs_in() {
     let sessions = browser.get("/account/sessions").await;
     sessions.assert_shows("<th>Sign out</th>");
 }
+
+// ---- the site on Orange Webcom (issue 12 point 8) --------------------------------
+
+/// The same site on the embedded Webcom dev server
+/// (`AUTHGATE_UPSTREAM=webcom`): its sign-in methods, and the contract of
+/// the Altogic mode (`/`, `/signin`, `/signup`, `/account`, the layer's
+/// `/auth/*`).
+#[cfg(feature = "webcom")]
+mod webcom_site {
+    use std::time::Duration;
+
+    use authgate::dev::webcom::{WebcomDev, WebcomMessageKind};
+    use http::StatusCode;
+
+    use super::{Browser, ORIGIN, home_user, http_client, is_removal, site};
+
+    const PASSWORD: &str = "webcom password";
+
+    struct WebcomSite {
+        app: site::App,
+        dev: WebcomDev,
+    }
+
+    async fn webcom_site() -> WebcomSite {
+        let dev = site::spawn_webcom_dev().await.expect("Webcom dev server");
+        let config = site::auth_config(ORIGIN, Some(&super::KEY)).unwrap();
+        let client = authgate::webcom::Client::builder(dev.url(), dev.app_id());
+        let app =
+            site::webcom_app(config, client, site::SiteOptions::for_webcom_dev(&dev)).unwrap();
+        WebcomSite { app, dev }
+    }
+
+    impl WebcomSite {
+        fn browser(&self) -> Browser {
+            Browser::new(&self.app, ORIGIN)
+        }
+
+        /// The last code of `kind` the dev server sent to `to`.
+        fn code_to(&self, to: &str, kind: WebcomMessageKind) -> String {
+            self.dev
+                .outbox()
+                .into_iter()
+                .rev()
+                .find(|m| m.to == to && m.kind == kind)
+                .expect("a message")
+                .code
+        }
+
+        /// Signs up `email` through the site's forms and verifies it.
+        async fn sign_up(&self, browser: &mut Browser, email: &str) {
+            let page = browser
+                .post(
+                    "/signup",
+                    &[
+                        ("name", "Wanda Webcom"),
+                        ("email", email),
+                        ("password", PASSWORD),
+                    ],
+                )
+                .await;
+            assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+            page.assert_shows("Confirm your e-mail address");
+            assert_eq!(browser.session(), None, "not before the verification");
+            let token = self.code_to(email, WebcomMessageKind::Verification);
+            let verified = browser
+                .post("/signup/verify", &[("email", email), ("token", &token)])
+                .await;
+            assert_eq!(verified.location(), format!("{ORIGIN}/account"));
+            assert!(browser.session().is_some());
+            browser
+                .follow(&verified)
+                .await
+                .assert_shows("Your e-mail address is confirmed and you are signed in.");
+        }
+    }
+
+    #[tokio::test]
+    async fn webcom_sign_up_verify_account_sign_out_and_password_sign_in() {
+        let site = webcom_site().await;
+        let mut browser = site.browser();
+        let signin = browser.get("/signin").await;
+        signin.assert_shows("Text me a code");
+        signin.assert_shows("Continue as a guest");
+        signin.assert_shows(r#"href="/auth/signin/orange""#);
+        signin.assert_lacks("magic link");
+
+        let email = "wanda@example.test";
+        site.sign_up(&mut browser, email).await;
+        let account = browser.get("/account").await;
+        account.assert_shows(&format!(r#"<dd id="account-email">{email}</dd>"#));
+        account.assert_shows(r#"<dd id="account-signs-in-with">e-mail and password</dd>"#);
+        account.assert_shows("the token stays valid at Webcom until it expires");
+        // Served from the layer's cache (point 1 holds on Webcom too).
+        let calls = site.dev.calls();
+        for _ in 0..5 {
+            browser.get("/account").await.assert_shows("Wanda Webcom");
+        }
+        assert_eq!(site.dev.calls(), calls);
+
+        // A wrong current password: post/redirect/get, the error on top.
+        let wrong = browser
+            .post(
+                "/account/password",
+                &[
+                    ("old_password", "not it"),
+                    ("new_password", "next webcom password"),
+                ],
+            )
+            .await;
+        assert_eq!(wrong.location(), "/account");
+        let page = browser.follow(&wrong).await;
+        page.assert_shows(
+            r#"name="old_password" autocomplete="current-password" required autofocus"#,
+        );
+
+        // Sign-out: cookie cleared; the token is tombstoned here (Webcom
+        // cannot end it), so replaying the old cookie is refused.
+        let token = browser.session().unwrap().to_owned();
+        let out = browser
+            .post(
+                "/auth/signout?scope=this&return_to=%2F%3Fnotice%3Dsigned-out",
+                &[],
+            )
+            .await;
+        assert_eq!(out.location(), format!("{ORIGIN}/?notice=signed-out"));
+        assert_eq!(browser.session(), None);
+        let mut replay = site.browser();
+        replay.cookies.insert("authgate".to_owned(), token);
+        let calls = site.dev.calls();
+        let page = replay.get("/account").await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER);
+        assert_eq!(site.dev.calls(), calls, "refused here, no call");
+
+        let signed_in = browser
+            .post("/signin", &[("email", email), ("password", PASSWORD)])
+            .await;
+        assert_eq!(signed_in.location(), format!("{ORIGIN}/account"));
+        browser.get("/").await.assert_shows(&home_user(email));
+    }
+
+    #[tokio::test]
+    async fn webcom_phone_code_guest_and_reset() {
+        let site = webcom_site().await;
+        // A texted one-time code; the challenge rides in an encrypted
+        // cookie, never in the page.
+        let mut browser = site.browser();
+        let unreadable = browser
+            .post("/signin/phone/send", &[("phone", "(555) 123-4567")])
+            .await;
+        assert_eq!(unreadable.status, StatusCode::UNPROCESSABLE_ENTITY);
+        unreadable.assert_shows("Use the international format");
+        unreadable.assert_shows(r#"value="(555) 123-4567""#);
+        let sent = browser
+            .post("/signin/phone/send", &[("phone", "+1 202 555 0177")])
+            .await;
+        assert_eq!(sent.status, StatusCode::OK, "{}", sent.body);
+        sent.assert_shows("We texted a code to +12025550177.");
+        assert!(browser.cookies.contains_key("webcom-otp"));
+        let code = site.code_to("12025550177", WebcomMessageKind::Otp);
+        sent.assert_lacks(&code);
+        let wrong = browser.post("/signin/phone", &[("code", "000000")]).await;
+        assert!(wrong.status.is_client_error(), "{}", wrong.status);
+        let signed_in = browser.post("/signin/phone", &[("code", &code)]).await;
+        assert_eq!(signed_in.location(), format!("{ORIGIN}/account"));
+        assert!(!browser.cookies.contains_key("webcom-otp"));
+        let account = browser.get("/account").await;
+        account.assert_shows("phone number and a texted code");
+
+        // A guest.
+        let mut guest = site.browser();
+        let page = guest.post("/signin/guest", &[]).await;
+        assert_eq!(page.location(), format!("{ORIGIN}/account"));
+        guest
+            .follow(&page)
+            .await
+            .assert_shows("You are signed in as a guest.");
+
+        // A forgotten password: a code by e-mail, then the new password.
+        let email = "reset@example.test";
+        let mut owner = site.browser();
+        site.sign_up(&mut owner, email).await;
+        let mut browser = site.browser();
+        let asked = browser.post("/forgot-password", &[("email", email)]).await;
+        asked.assert_shows("we e-mailed it a code");
+        let code = site.code_to(email, WebcomMessageKind::PasswordReset);
+        let done = browser
+            .post(
+                "/reset-password",
+                &[
+                    ("email", email),
+                    ("code", &code),
+                    ("new_password", "brand new webcom"),
+                ],
+            )
+            .await;
+        assert_eq!(done.location(), "/signin");
+        browser
+            .follow(&done)
+            .await
+            .assert_shows("Your password was changed.");
+        let signed_in = browser
+            .post(
+                "/signin",
+                &[("email", email), ("password", "brand new webcom")],
+            )
+            .await;
+        assert_eq!(signed_in.location(), format!("{ORIGIN}/account"));
+    }
+
+    /// Issue 12 point 4 through the site: the layer's OAuth routes in
+    /// Webcom's redirect mode.
+    #[tokio::test]
+    async fn webcom_oauth_redirect_mode_through_the_layer() {
+        let site = webcom_site().await;
+        let mut browser = site.browser();
+        let start = browser
+            .get("/auth/signin/github?return_to=%2Faccount")
+            .await;
+        assert_eq!(start.status, StatusCode::SEE_OTHER);
+        let sign_in_url = start.location().to_owned();
+        assert!(sign_in_url.starts_with(site.dev.url()), "{sign_in_url}");
+        let query = |name: &str| {
+            url::Url::parse(&sign_in_url)
+                .unwrap()
+                .query_pairs()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.into_owned())
+                .unwrap()
+        };
+        let consent = http_client()
+            .post(&sign_in_url)
+            .form(&[
+                ("to", query("to")),
+                ("from", query("from")),
+                ("name", "Octo Webcom".to_owned()),
+                ("email", "octo@webcom.example".to_owned()),
+                ("decision", "allow".to_owned()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let landing = browser.landing(consent).await;
+        assert_eq!(
+            landing.location(),
+            format!("{ORIGIN}/account?notice=signed-in")
+        );
+        let account = browser.follow(&landing).await;
+        account.assert_shows("You are signed in.");
+        account.assert_shows("Octo Webcom");
+        account.assert_shows(r#"<dd id="account-signs-in-with">GitHub</dd>"#);
+        account.assert_lacks(r#"id="change-password""#);
+    }
+
+    /// Issue 12 point 5: `TOKEN_TOO_OLD` is a typed "fresh authentication
+    /// required"; the site sends the user to sign in again and back.
+    #[tokio::test]
+    async fn webcom_deleting_an_account_asks_for_a_fresh_sign_in() {
+        let site = webcom_site().await;
+        let mut browser = site.browser();
+        let email = "leaving@example.test";
+        site.sign_up(&mut browser, email).await;
+        let confirm = browser.get("/account/delete").await;
+        confirm.assert_shows("Delete your account?");
+        // Signed in more than the fresh-auth window ago.
+        site.dev.advance_clock(Duration::from_secs(10 * 60));
+        let stale = browser.post("/account/delete", &[]).await;
+        assert_eq!(
+            stale.location(),
+            "/signin?reauth=1&return_to=%2Faccount%2Fdelete&notice=reauthenticate"
+        );
+        let form = browser.follow(&stale).await;
+        form.assert_shows("For your safety, please sign in again to continue.");
+        form.assert_shows(&format!(r#"value="{email}""#));
+        form.assert_lacks("You are signed in as");
+        let again = browser
+            .post(
+                "/signin",
+                &[
+                    ("email", email),
+                    ("password", PASSWORD),
+                    ("return_to", "/account/delete"),
+                ],
+            )
+            .await;
+        assert_eq!(again.location(), format!("{ORIGIN}/account/delete"));
+        browser
+            .follow(&again)
+            .await
+            .assert_shows("Delete your account?");
+        let deleted = browser.post("/account/delete", &[]).await;
+        assert_eq!(deleted.location(), "/");
+        assert!(is_removal(&deleted.set_cookie("authgate").unwrap()));
+        browser
+            .follow(&deleted)
+            .await
+            .assert_shows("Your account was deleted.");
+        let gone = browser
+            .post("/signin", &[("email", email), ("password", PASSWORD)])
+            .await;
+        assert!(gone.status.is_client_error(), "{}", gone.status);
+    }
+}

@@ -502,7 +502,8 @@ async fn phone_sign_in_uses_the_otp_challenge_from_send_otp() {
         )
         .await
         .unwrap();
-    assert_eq!(details.user.phone.as_deref(), Some(msisdn));
+    // The neutral user carries E.164.
+    assert_eq!(details.user.phone, Some(format!("+{msisdn}")));
     assert_eq!(details.user.provider.as_deref(), Some("phone"));
     let replay = c
         .sign_in_with_credentials(

@@ -1,9 +1,13 @@
 //! The authgate example site: server-rendered pages for every flow of the
 //! Altogic `AuthManager`, on the embedded dev upstream unless `ALTOGIC_URL`
-//! and `ALTOGIC_CLIENT_KEY` are set. See `examples/ssr_site/README.md`.
+//! and `ALTOGIC_CLIENT_KEY` are set; or (`AUTHGATE_UPSTREAM=webcom`) of the
+//! Orange Webcom `Authentication` service, on the embedded Webcom dev
+//! server unless `WEBCOM_URL` and `WEBCOM_APP_ID` are set. See
+//! `examples/ssr_site/README.md`.
 //!
 //! ```sh
 //! cargo run --release --example ssr_site --features dev-upstream,axum-extra
+//! AUTHGATE_UPSTREAM=webcom cargo run --release --example ssr_site --features dev-upstream,axum-extra,webcom
 //! ```
 
 mod site;
@@ -50,9 +54,11 @@ async fn run() -> Result<(), Box<dyn Error>> {
 
     // One `AuthEvents` (in `options.events`) goes to the layer and to the
     // client: `site::app` wires both. Every event is logged and the recent
-    // ones show on the account page. `_dev` holds the dev upstream's handle
+    // ones show on the account page. `_dev` holds the dev server's handle
     // for as long as the site runs.
-    let (client, options, _dev, upstream_note) = match &settings.upstream {
+    let (app, _dev, upstream_note): (site::App, Option<Box<dyn Send>>, String) = match &settings
+        .upstream
+    {
         UpstreamSetting::Dev => {
             let dev = site::spawn_dev_upstream().await?;
             dev.set_redirect_url(&config.callback_url());
@@ -63,7 +69,9 @@ async fn run() -> Result<(), Box<dyn Error>> {
                 dev.url(),
                 dev.url()
             );
-            (client, options, Some(dev), note)
+            let app = site::app(config, client, options)
+                .map_err(|err| format!("the dev upstream's client: {err}"))?;
+            (app, Some(Box::new(dev)), note)
         }
         UpstreamSetting::Altogic { url, client_key } => {
             let client = altogic::Client::builder(url, client_key);
@@ -72,11 +80,45 @@ async fn run() -> Result<(), Box<dyn Error>> {
                 url.trim_end_matches('/'),
                 config.callback_url()
             );
-            (client, SiteOptions::default(), None, note)
+            let app = site::app(config, client, SiteOptions::default())
+                .map_err(|err| format!("ALTOGIC_URL / ALTOGIC_CLIENT_KEY: {err}"))?;
+            (app, None, note)
+        }
+        #[cfg(feature = "webcom")]
+        UpstreamSetting::WebcomDev => {
+            let dev = site::spawn_webcom_dev().await?;
+            let client = authgate::webcom::Client::builder(dev.url(), dev.app_id());
+            let options = SiteOptions::for_webcom_dev(&dev);
+            let note = format!(
+                "embedded Webcom dev server at {} (codes: {}/_dev/outbox)",
+                dev.url(),
+                dev.url()
+            );
+            let app = site::webcom_app(config, client, options)
+                .map_err(|err| format!("the Webcom dev server's client: {err}"))?;
+            (app, Some(Box::new(dev)), note)
+        }
+        #[cfg(feature = "webcom")]
+        UpstreamSetting::Webcom { url, app_id } => {
+            let client = authgate::webcom::Client::builder(url, app_id);
+            let note = format!(
+                "Webcom at {}, application {app_id}; allow {} as a return address",
+                url.trim_end_matches('/'),
+                config.callback_url()
+            );
+            let app = site::webcom_app(config, client, SiteOptions::default())
+                .map_err(|err| format!("WEBCOM_URL / WEBCOM_APP_ID: {err}"))?;
+            (app, None, note)
+        }
+        #[cfg(not(feature = "webcom"))]
+        UpstreamSetting::WebcomDev | UpstreamSetting::Webcom { .. } => {
+            return Err(
+                    "AUTHGATE_UPSTREAM=webcom needs the webcom feature: \
+                     cargo run --release --example ssr_site --features dev-upstream,axum-extra,webcom"
+                        .into(),
+                );
         }
     };
-    let app = site::app(config, client, options)
-        .map_err(|err| format!("ALTOGIC_URL / ALTOGIC_CLIENT_KEY: {err}"))?;
     eprintln!("ssr_site: {upstream_note}");
     eprintln!("ssr_site: public URL {public_url}");
 

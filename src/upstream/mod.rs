@@ -144,7 +144,8 @@ pub struct User {
     pub id: String,
     /// E-mail address, if any.
     pub email: Option<String>,
-    /// Phone number, if any.
+    /// Phone number, if any, in E.164 (`+33612345678`) when the upstream
+    /// gives a number.
     pub phone: Option<String>,
     /// Display name, if any.
     pub name: Option<String>,

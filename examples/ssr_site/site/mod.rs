@@ -13,6 +13,8 @@ mod render;
 pub(crate) mod settings;
 mod sign_in;
 mod sign_up;
+#[cfg(feature = "webcom")]
+mod webcom;
 
 use std::io;
 use std::sync::Arc;
@@ -37,7 +39,11 @@ pub(crate) const AFTER_SIGN_IN: &str = "/account";
 
 /// Shared by every handler.
 pub(crate) struct Site {
-    pub(crate) altogic: altogic::Client,
+    /// The Altogic client, when the site runs on Altogic.
+    pub(crate) altogic: Option<altogic::Client>,
+    /// The Webcom client, when the site runs on Orange Webcom.
+    #[cfg(feature = "webcom")]
+    pub(crate) webcom: Option<authgate::webcom::Client>,
     pub(crate) templates: render::Templates,
     /// The dev upstream's outbox page, when the dev upstream is in use.
     pub(crate) outbox_url: Option<String>,
@@ -61,6 +67,15 @@ pub(crate) struct SiteOptions {
 }
 
 impl SiteOptions {
+    /// The options for a site backed by this Webcom dev server.
+    #[cfg(feature = "webcom")]
+    pub(crate) fn for_webcom_dev(dev: &authgate::dev::webcom::WebcomDev) -> Self {
+        Self {
+            outbox_url: Some(format!("{}/_dev/outbox", dev.url())),
+            ..Self::default()
+        }
+    }
+
     /// The options for a site backed by this dev upstream.
     pub(crate) fn for_dev(dev: &DevUpstream) -> Self {
         Self {
@@ -90,6 +105,16 @@ pub(crate) fn auth_config(public_url: &str, key: Option<&[u8]>) -> Result<AuthCo
         Some(key) => config.with_key(key),
         None => Ok(config),
     }
+}
+
+/// Starts the embedded Webcom dev server the way the example uses it:
+/// e-mail identities must be verified, so the whole sign-up shows.
+#[cfg(feature = "webcom")]
+pub(crate) async fn spawn_webcom_dev() -> io::Result<authgate::dev::webcom::WebcomDev> {
+    authgate::dev::webcom::WebcomDev::builder()
+        .with_verification_required(true)
+        .spawn()
+        .await
 }
 
 /// Starts the embedded dev upstream the way the example uses it: e-mail and
@@ -128,17 +153,8 @@ pub(crate) fn app_with_layer(
     altogic: altogic::Client,
     options: SiteOptions,
 ) -> App {
-    let site = Arc::new(Site {
-        altogic,
-        templates: render::Templates::new(),
-        outbox_url: options.outbox_url,
-        events: options.events,
-        jar_key: layer.cookie_jar_key(),
-        activity: activity::Activity::default(),
-    });
+    let site = Site::new(&layer, Some(altogic), options);
     let router = Router::new()
-        .route("/", get(home))
-        .route("/style.css", get(stylesheet))
         .route("/signin", get(sign_in::page).post(sign_in::with_email))
         .route("/signin/phone", post(sign_in::with_phone))
         .route(
@@ -178,14 +194,76 @@ pub(crate) fn app_with_layer(
         .route(
             "/account/sign-out-everywhere",
             get(account::sign_out_everywhere_page),
-        )
+        );
+    serve(layer, router, site)
+}
+
+/// The site on Orange Webcom (`AUTHGATE_UPSTREAM=webcom`): the same
+/// contract (`/`, `/signin`, `/signup`, `/account`, the layer's `/auth/*`),
+/// with the sign-in methods Webcom offers (`site/webcom.rs`). One
+/// `AuthEvents` goes to the layer and the client, as on Altogic.
+#[cfg(feature = "webcom")]
+pub(crate) fn webcom_app(
+    config: AuthConfig,
+    client: authgate::webcom::ClientBuilder,
+    options: SiteOptions,
+) -> Result<App, ConfigError> {
+    let events = options.events.auth_events();
+    let client = client.with_events(events.clone()).build()?;
+    let layer = AuthLayer::new(config.with_events(events), client.clone());
+    Ok(webcom_app_with_layer(layer, client, options))
+}
+
+/// The Webcom site wrapped in a layer the caller built.
+#[cfg(feature = "webcom")]
+pub(crate) fn webcom_app_with_layer(
+    layer: AuthLayer,
+    client: authgate::webcom::Client,
+    options: SiteOptions,
+) -> App {
+    let mut site = Site::new(&layer, None, options);
+    site.webcom = Some(client);
+    serve(layer, webcom::routes(), site)
+}
+
+/// What every site has, on either backend: `/`, the stylesheet, the 404
+/// page and the security headers; then the auth layer around it all.
+fn serve(layer: AuthLayer, pages: Router<Arc<Site>>, site: Site) -> App {
+    let router = pages
+        .route("/", get(home))
+        .route("/style.css", get(stylesheet))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(site);
+        .with_state(Arc::new(site));
     layer.layer(router)
 }
 
-async fn home(view: View) -> Response {
+impl Site {
+    /// The auth service the site runs on: `altogic` or `webcom` (templates
+    /// show the sign-in methods it offers).
+    pub(crate) fn backend_name(&self) -> &'static str {
+        #[cfg(feature = "webcom")]
+        if self.webcom.is_some() {
+            return "webcom";
+        }
+        "altogic"
+    }
+
+    fn new(layer: &AuthLayer, altogic: Option<altogic::Client>, options: SiteOptions) -> Self {
+        Self {
+            altogic,
+            #[cfg(feature = "webcom")]
+            webcom: None,
+            templates: render::Templates::new(),
+            outbox_url: options.outbox_url,
+            events: options.events,
+            jar_key: layer.cookie_jar_key(),
+            activity: activity::Activity::default(),
+        }
+    }
+}
+
+async fn home(view: View<()>) -> Response {
     view.page(StatusCode::OK, "home.html", minijinja::context! {})
 }
 
@@ -206,7 +284,7 @@ async fn stylesheet() -> Response {
         .into_response()
 }
 
-async fn not_found(view: View) -> Response {
+async fn not_found(view: View<()>) -> Response {
     view.page(
         StatusCode::NOT_FOUND,
         "not_found.html",

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use authgate::pages::{PageContext, default_page};
-use authgate::{Auth, ErrorKind, User};
+use authgate::{Auth, ErrorKind, User, altogic};
 use axum::extract::FromRequestParts;
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use axum::http::request::Parts;
@@ -75,6 +75,38 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("sessions.html", include_str!("../templates/sessions.html")),
     (
+        "webcom_signin.html",
+        include_str!("../templates/webcom_signin.html"),
+    ),
+    (
+        "webcom_code.html",
+        include_str!("../templates/webcom_code.html"),
+    ),
+    (
+        "webcom_signup.html",
+        include_str!("../templates/webcom_signup.html"),
+    ),
+    (
+        "webcom_verify.html",
+        include_str!("../templates/webcom_verify.html"),
+    ),
+    (
+        "webcom_forgot.html",
+        include_str!("../templates/webcom_forgot.html"),
+    ),
+    (
+        "webcom_reset.html",
+        include_str!("../templates/webcom_reset.html"),
+    ),
+    (
+        "webcom_account.html",
+        include_str!("../templates/webcom_account.html"),
+    ),
+    (
+        "webcom_delete.html",
+        include_str!("../templates/webcom_delete.html"),
+    ),
+    (
         "sign_out_everywhere.html",
         include_str!("../templates/sign_out_everywhere.html"),
     ),
@@ -119,6 +151,10 @@ const NOTICES: &[(&str, &str)] = &[
     (
         "upstream-refused",
         "The sign-in service refused that link. You are still signed in.",
+    ),
+    (
+        "reauthenticate",
+        "For your safety, please sign in again to continue.",
     ),
     (
         "account-switch-cancelled",
@@ -179,11 +215,40 @@ impl Templates {
     }
 }
 
-/// What a handler renders with: the site, the request's auth handle, the
-/// signed-in user (for the header), the notice to show, the flash cookie's
-/// form error and the browser's `User-Agent`.
-pub(crate) struct View {
+/// The auth service's typed client a handler works with: the site runs on
+/// one of them, and a page of the other answers 404.
+pub(crate) trait Backend: Clone + Send + Sync + Sized + 'static {
+    /// This backend's client, if the site runs on it.
+    fn of(site: &Site) -> Option<&Self>;
+}
+
+/// Pages that call no auth service (`/`, the 404 page) work on any site.
+impl Backend for () {
+    fn of(_: &Site) -> Option<&Self> {
+        Some(&())
+    }
+}
+
+impl Backend for altogic::Client {
+    fn of(site: &Site) -> Option<&Self> {
+        site.altogic.as_ref()
+    }
+}
+
+#[cfg(feature = "webcom")]
+impl Backend for authgate::webcom::Client {
+    fn of(site: &Site) -> Option<&Self> {
+        site.webcom.as_ref()
+    }
+}
+
+/// What a handler renders with: the site, the backend's client `C`, the
+/// request's auth handle, the signed-in user (for the header), the notice
+/// to show, the flash cookie's form error and the browser's `User-Agent`.
+pub(crate) struct View<C = altogic::Client> {
     pub(crate) site: Arc<Site>,
+    /// The auth service's typed client.
+    pub(crate) client: C,
     pub(crate) auth: Auth,
     pub(crate) user: Option<Arc<User>>,
     notice: Option<String>,
@@ -198,17 +263,19 @@ pub(crate) struct View {
     user_agent: Option<String>,
 }
 
-impl FromRequestParts<Arc<Site>> for View {
+impl<C: Backend> FromRequestParts<Arc<Site>> for View<C> {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, site: &Arc<Site>) -> Result<Self, Response> {
+        let Some(client) = C::of(site).cloned() else {
+            return Err(StatusCode::NOT_FOUND.into_response());
+        };
         let auth = Auth::from_request_parts(parts, site)
             .await
             .map_err(IntoResponse::into_response)?;
         let user = auth.user().await;
-        if let (Some(_), Some(token)) = (&user, auth.token()) {
-            site.activity
-                .touch(authgate::altogic::Session::id_of(token));
+        if let (Some(_), Some(_), Some(token)) = (&user, &site.altogic, auth.token()) {
+            site.activity.touch(altogic::Session::id_of(token));
         }
         let secure = auth.config().is_secure();
         let jar = PrivateCookieJar::from_headers(&parts.headers, site.jar_key.clone());
@@ -237,6 +304,7 @@ impl FromRequestParts<Arc<Site>> for View {
             .map(str::to_owned);
         Ok(Self {
             site: Arc::clone(site),
+            client,
             auth,
             user,
             notice,
@@ -249,7 +317,7 @@ impl FromRequestParts<Arc<Site>> for View {
     }
 }
 
-impl View {
+impl<C> View<C> {
     /// For a signed-in user on a sign-in or sign-up page: "You are signed
     /// in as …" with "Continue" (to `return_to`) and "Sign in as someone
     /// else" (signs out, then back to `again`). `None` when nobody is
@@ -279,6 +347,13 @@ impl View {
         self
     }
 
+    /// The request's private cookie jar (keyed like the flash cookie), for
+    /// a handler's own encrypted cookies.
+    #[cfg_attr(not(feature = "webcom"), allow(dead_code))]
+    pub(crate) fn jar(&self) -> PrivateCookieJar {
+        self.jar.clone()
+    }
+
     /// A 303 to `to` carrying `flash` (post/redirect/get).
     pub(crate) fn redirect_with(&self, to: &str, flash: &Flash) -> Response {
         flash::redirect(self.jar.clone(), self.secure, to, flash)
@@ -289,28 +364,13 @@ impl View {
         self.redirect_with(to, &Flash::notice(notice))
     }
 
-    /// The Altogic client.
-    pub(crate) fn altogic(&self) -> &authgate::altogic::Client {
-        &self.site.altogic
-    }
-
-    /// The Altogic client sending this browser's `User-Agent` upstream: for
-    /// the calls that create a session (sign-in, sign-up, code sign-in,
-    /// phone verification), so the session list shows the user's device
-    /// ("Chrome on Linux") instead of this server's.
-    pub(crate) fn altogic_for_browser(&self) -> authgate::altogic::Client {
-        match &self.user_agent {
-            Some(user_agent) => self.site.altogic.with_user_agent(user_agent),
-            None => self.site.altogic.clone(),
-        }
-    }
-
     /// Renders `template` with `ctx` plus what every page gets: `user`,
     /// `outbox_url` and `notice`.
     pub(crate) fn page(&self, status: StatusCode, template: &str, ctx: Value) -> Response {
         let ctx = context! {
             user => self.user.as_deref().map(Value::from_serialize),
             outbox_url => self.site.outbox_url,
+            backend => self.site.backend_name(),
             notice => self.notice,
             form_error => self.form_error,
             ..ctx
@@ -421,11 +481,14 @@ impl Problem {
         // The field the upstream's code points at; the form's main field
         // otherwise.
         let field = match code.as_deref() {
-            Some("incorrect_password" | "invalid_credentials") => Some("current_password"),
-            Some("invalid_password") => Some("new_password"),
-            Some("email_not_unique") => Some("email"),
+            // Altogic's codes, then Webcom's.
+            Some("incorrect_password" | "invalid_credentials" | "INVALID_CREDENTIALS") => {
+                Some("current_password")
+            }
+            Some("invalid_password" | "TOO_WEAK_PASSWORD") => Some("new_password"),
+            Some("email_not_unique" | "EXISTING_IDENTITY") => Some("email"),
             Some("phone_not_unique") => Some("phone"),
-            Some("invalid_code") => Some("code"),
+            Some("invalid_code" | "INVALID_STATE") => Some("code"),
             _ => None,
         };
         Self {
@@ -439,7 +502,7 @@ impl Problem {
 
 /// The 503 page for a signed-in page while the upstream is down and no
 /// cached user is usable (the cookie is kept: nobody is signed out).
-pub(crate) fn unavailable(view: &View, retry_after: u32) -> Response {
+pub(crate) fn unavailable<C>(view: &View<C>, retry_after: u32) -> Response {
     let mut response = view.page(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable.html",
@@ -449,4 +512,22 @@ pub(crate) fn unavailable(view: &View, retry_after: u32) -> Response {
         .headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(retry_after));
     response
+}
+
+impl View<altogic::Client> {
+    /// The Altogic client.
+    pub(crate) fn altogic(&self) -> &altogic::Client {
+        &self.client
+    }
+
+    /// The Altogic client sending this browser's `User-Agent` upstream: for
+    /// the calls that create a session (sign-in, sign-up, code sign-in,
+    /// phone verification), so the session list shows the user's device
+    /// ("Chrome on Linux") instead of this server's.
+    pub(crate) fn altogic_for_browser(&self) -> altogic::Client {
+        match &self.user_agent {
+            Some(user_agent) => self.client.with_user_agent(user_agent),
+            None => self.client.clone(),
+        }
+    }
 }

@@ -17,12 +17,22 @@ pub(crate) enum UpstreamSetting {
     Dev,
     /// An Altogic(-compatible) environment.
     Altogic { url: String, client_key: String },
+    /// The embedded Webcom dev server (`AUTHGATE_UPSTREAM=webcom`).
+    WebcomDev,
+    /// A Webcom(-compatible) server (`WEBCOM_URL`, `WEBCOM_APP_ID`).
+    Webcom { url: String, app_id: String },
 }
 
 impl fmt::Debug for UpstreamSetting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Dev => f.write_str("Dev"),
+            Self::WebcomDev => f.write_str("WebcomDev"),
+            Self::Webcom { url, app_id } => f
+                .debug_struct("Webcom")
+                .field("url", url)
+                .field("app_id", app_id)
+                .finish(),
             Self::Altogic { url, .. } => f
                 .debug_struct("Altogic")
                 .field("url", url)
@@ -70,14 +80,31 @@ impl Settings {
         let addr = addr_text.trim().parse::<SocketAddr>().map_err(|_| {
             format!("AUTHGATE_ADDR must be an IP address and port, like {DEFAULT_ADDR}; got {addr_text:?}")
         })?;
-        let upstream = match (get("ALTOGIC_URL"), get("ALTOGIC_CLIENT_KEY")) {
-            (None, None) => UpstreamSetting::Dev,
-            (Some(url), Some(client_key)) => UpstreamSetting::Altogic { url, client_key },
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(
-                    "set both ALTOGIC_URL and ALTOGIC_CLIENT_KEY to use Altogic, or neither to use the embedded dev upstream"
-                        .to_owned(),
-                );
+        let upstream = match get("AUTHGATE_UPSTREAM").as_deref().map(str::trim) {
+            None | Some("altogic") => match (get("ALTOGIC_URL"), get("ALTOGIC_CLIENT_KEY")) {
+                (None, None) => UpstreamSetting::Dev,
+                (Some(url), Some(client_key)) => UpstreamSetting::Altogic { url, client_key },
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(
+                        "set both ALTOGIC_URL and ALTOGIC_CLIENT_KEY to use Altogic, or neither to use the embedded dev upstream"
+                            .to_owned(),
+                    );
+                }
+            },
+            Some("webcom") => match (get("WEBCOM_URL"), get("WEBCOM_APP_ID")) {
+                (None, None) => UpstreamSetting::WebcomDev,
+                (Some(url), Some(app_id)) => UpstreamSetting::Webcom { url, app_id },
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(
+                        "set both WEBCOM_URL and WEBCOM_APP_ID to use Webcom, or neither to use the embedded Webcom dev server"
+                            .to_owned(),
+                    );
+                }
+            },
+            Some(other) => {
+                return Err(format!(
+                    "AUTHGATE_UPSTREAM must be `altogic` (the default) or `webcom`; got {other:?}"
+                ));
             }
         };
         let key = match get("AUTHGATE_KEY") {
