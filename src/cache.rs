@@ -104,6 +104,9 @@ struct UserMark {
     until: Instant,
     /// The session the revocation spared (sign out of all others).
     keep: Option<Box<[u8]>>,
+    /// The spared session by its keyed hash, for a revocation another
+    /// instance made (the revocation bus never carries tokens).
+    keep_hash: Option<[u8; 32]>,
 }
 
 #[derive(Default)]
@@ -130,7 +133,7 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-fn unix_secs(at: SystemTime) -> u64 {
+pub(crate) fn unix_secs(at: SystemTime) -> u64 {
     at.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
@@ -383,6 +386,7 @@ impl Cache {
                     wall: SystemTime::now(),
                     until,
                     keep: keep.map(Into::into),
+                    keep_hash: None,
                 },
             );
         }
@@ -400,6 +404,63 @@ impl Cache {
         }
     }
 
+    /// A user-wide revocation another instance made (from the revocation
+    /// bus): issued at `wall` on that instance, sparing the session whose
+    /// keyed hash is `keep_hash`. Forgets the user's cached sessions here
+    /// except that one (`hash` gives a cached token's keyed hash).
+    pub(crate) fn mark_user_remote(
+        &self,
+        user_id: &str,
+        keep_hash: Option<[u8; 32]>,
+        wall: SystemTime,
+        until: Instant,
+        hash: &dyn Fn(&[u8]) -> [u8; 32],
+    ) {
+        {
+            let mut marks = self
+                .user_marks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            marks.retain(|_, mark| now < mark.until);
+            if marks.len() < self.max_user_marks || marks.contains_key(user_id) {
+                marks.insert(
+                    user_id.into(),
+                    UserMark {
+                        at: now,
+                        wall,
+                        until,
+                        keep: None,
+                        keep_hash,
+                    },
+                );
+            }
+        }
+        for shard in self.shards.iter() {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            let mut freed = 0;
+            shard.users.retain(|token, entry| {
+                let remove =
+                    entry.user.id == user_id && keep_hash.is_none_or(|keep| hash(token) != keep);
+                if remove {
+                    freed += u64::from(entry.weight);
+                }
+                !remove
+            });
+            shard.user_bytes -= freed;
+        }
+    }
+
+    /// Forgets every cached user (marks stay): after the revocation bus
+    /// lost messages, nothing cached here may be trusted.
+    pub(crate) fn clear_users(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            shard.users.clear();
+            shard.user_bytes = 0;
+        }
+    }
+
     /// Whether a user-wide revocation forbids serving the session `token`
     /// of `user_id` whose lookup started at `started`: it was issued before
     /// the revocation (when the upstream says when), or its lookup started
@@ -410,6 +471,7 @@ impl Cache {
         token: &[u8],
         started: Instant,
         issued_at: Option<SystemTime>,
+        hash: &dyn Fn(&[u8]) -> [u8; 32],
     ) -> bool {
         let marks = self
             .user_marks
@@ -418,7 +480,10 @@ impl Cache {
         let Some(mark) = marks.get(user_id) else {
             return false;
         };
-        if Instant::now() >= mark.until || mark.keep.as_deref() == Some(token) {
+        if Instant::now() >= mark.until
+            || mark.keep.as_deref() == Some(token)
+            || mark.keep_hash.is_some_and(|keep| hash(token) == keep)
+        {
             return false;
         }
         match issued_at {

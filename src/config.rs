@@ -52,6 +52,8 @@ pub struct AuthConfig {
     pub(crate) page_renderer: crate::pages::PageRenderer,
     pub(crate) cache: CacheSettings,
     pub(crate) events: AuthEvents,
+    #[cfg(feature = "redis")]
+    pub(crate) revocation_bus: Option<crate::bus::RedisBus>,
 }
 
 /// What a sign-out response asks the browser to clear for this origin
@@ -219,6 +221,8 @@ impl AuthConfig {
             page_renderer: crate::pages::PageRenderer::default(),
             cache: CacheSettings::default(),
             events: AuthEvents::default(),
+            #[cfg(feature = "redis")]
+            revocation_bus: None,
         })
     }
 
@@ -443,6 +447,19 @@ impl AuthConfig {
     ) -> Self {
         self.cache.max_in_flight = max_in_flight.max(1);
         self.cache.queue_timeout = queue_timeout;
+        self
+    }
+
+    /// Shares every revocation (a sign-out, a user signed out everywhere or
+    /// of all other sessions) with the app's other instances over Redis,
+    /// and applies theirs: see [`bus`](crate::bus) for the guarantees and
+    /// the worst-case delays. Give each instance the same bus settings and
+    /// the same [`with_key`](Self::with_key). The layer must be built
+    /// inside a tokio runtime (it starts the bus's tasks).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn with_revocation_bus(mut self, bus: crate::bus::RedisBus) -> Self {
+        self.revocation_bus = Some(bus);
         self
     }
 

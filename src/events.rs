@@ -186,6 +186,14 @@ pub enum AuthEvent {
         /// The session involved, if any.
         session: Option<SessionHash>,
     },
+    /// The revocation bus (Redis) failed: a revocation made here could not
+    /// be shared (`flushed: false`; the other instances see it when their
+    /// cache entry expires), or the subscription was lost and this
+    /// instance forgot its cached users (`flushed: true`).
+    RevocationBusFailed {
+        /// Whether this instance's cached users were forgotten.
+        flushed: bool,
+    },
 }
 
 impl fmt::Display for AuthEvent {
@@ -226,6 +234,12 @@ impl fmt::Display for AuthEvent {
                 Some(session) => write!(f, "flow rejected: {reason} (session {session})"),
                 None => write!(f, "flow rejected: {reason}"),
             },
+            Self::RevocationBusFailed { flushed: false } => {
+                f.write_str("revocation bus: a revocation could not be shared")
+            }
+            Self::RevocationBusFailed { flushed: true } => {
+                f.write_str("revocation bus: subscription lost; cached users forgotten")
+            }
         }
     }
 }

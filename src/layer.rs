@@ -80,9 +80,20 @@ impl AuthLayer {
             config.attributes(),
             config.session_max_age,
         );
+        #[cfg(feature = "redis")]
+        let (fanout, bus) = match &config.revocation_bus {
+            Some(bus) => {
+                let (fanout, starter) = bus.start();
+                (Some(fanout), Some(starter))
+            }
+            None => (None, None),
+        };
+        #[cfg(not(feature = "redis"))]
+        let fanout = None;
         let resolver = Resolver::new(
             upstream,
             ResolverParts {
+                fanout,
                 hash_key: keys.hash_key().to_vec(),
                 settings: config.cache.clone(),
                 events: config.events.clone(),
@@ -91,6 +102,10 @@ impl AuthLayer {
                 session_max_age: config.session_max_age,
             },
         );
+        #[cfg(feature = "redis")]
+        if let Some(bus) = bus {
+            bus.spawn(&resolver);
+        }
         Self {
             shared: Arc::new(Shared::new(config, resolver, keys, capabilities, codec)),
         }

@@ -37,6 +37,10 @@ pub mod upstream;
 #[cfg_attr(docsrs, doc(cfg(feature = "webcom")))]
 pub mod webcom;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod bus;
+
 #[cfg(feature = "dev-upstream")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dev-upstream")))]
 pub mod dev;

@@ -21,7 +21,7 @@ use sha2::Sha256;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::cache::{Cache, MarkKind, Successor};
+use crate::cache::{Cache, MarkKind, Successor, unix_secs};
 use crate::config::CacheSettings;
 use crate::cookie::SessionCodec;
 use crate::events::{AuthEvent, AuthEvents, SessionHash};
@@ -147,6 +147,61 @@ struct Inner {
     codec: SessionCodec,
     revocation: Revocation,
     session_max_age: Duration,
+    /// The revocation bus's side of this resolver, when one is configured.
+    remote: Option<Remote>,
+}
+
+/// A revocation to share with the other instances, or one they shared.
+/// Sessions are named by their keyed hash (HMAC-SHA256 with the app key):
+/// never a token (SECURITY.md §5.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RemoteRevocation {
+    /// One session is signed out until `until` (Unix seconds).
+    Session { hash: [u8; 32], until: u64 },
+    /// Every session of `user_id` issued before `at` (Unix seconds), but
+    /// `keep`, is signed out until `until`.
+    User {
+        user_id: String,
+        keep: Option<[u8; 32]>,
+        at: u64,
+        until: u64,
+    },
+}
+
+/// Where a resolver sends its revocations (the revocation bus).
+pub(crate) trait Fanout: Send + Sync + 'static {
+    fn publish(&self, revocation: RemoteRevocation);
+}
+
+/// The bus's state in a resolver: the outlet, the sessions cached here by
+/// their keyed hash (to find them when another instance revokes one) and
+/// the sessions revoked elsewhere (so a lookup of one that was not cached
+/// here, or was in flight, is refused).
+struct Remote {
+    fanout: Arc<dyn Fanout>,
+    state: Mutex<RemoteState>,
+}
+
+#[derive(Default)]
+struct RemoteState {
+    cached: HashMap<[u8; 32], Box<[u8]>>,
+    revoked: HashMap<[u8; 32], SystemTime>,
+}
+
+/// How many entries each of the two maps above keeps before it starts over
+/// (a lost `cached` entry means a revocation from elsewhere reaches that
+/// session here only when its cache entry expires: the documented worst
+/// case, the cache TTL).
+const REMOTE_MAX: usize = 100_000;
+
+/// A resolver that does not keep it alive (for background tasks).
+#[derive(Clone)]
+pub(crate) struct WeakResolver(std::sync::Weak<Inner>);
+
+impl WeakResolver {
+    pub(crate) fn upgrade(&self) -> Option<Resolver> {
+        self.0.upgrade().map(|inner| Resolver { inner })
+    }
 }
 
 impl fmt::Debug for Resolver {
@@ -166,6 +221,8 @@ pub(crate) struct ResolverParts {
     pub(crate) codec: SessionCodec,
     pub(crate) revocation: Revocation,
     pub(crate) session_max_age: Duration,
+    /// The revocation bus's outlet, if one is configured.
+    pub(crate) fanout: Option<Arc<dyn Fanout>>,
 }
 
 /// The tokio instant of a wall-clock time (now, if it has passed).
@@ -198,8 +255,17 @@ impl Resolver {
                 codec: parts.codec,
                 revocation: parts.revocation,
                 session_max_age: parts.session_max_age,
+                remote: parts.fanout.map(|fanout| Remote {
+                    fanout,
+                    state: Mutex::new(RemoteState::default()),
+                }),
             }),
         }
+    }
+
+    /// This resolver, without keeping it alive.
+    pub(crate) fn downgrade(&self) -> WeakResolver {
+        WeakResolver(Arc::downgrade(&self.inner))
     }
 
     pub(crate) fn upstream(&self) -> &Arc<dyn Upstream> {
@@ -341,6 +407,13 @@ impl Resolver {
             _ => now + inner.settings.fresh_ttl + inner.settings.stale_window,
         };
         inner.cache.mark_token(key, MarkKind::Revoked, until);
+        if let Some(remote) = &inner.remote {
+            let wall = SystemTime::now() + until.saturating_duration_since(now);
+            remote.fanout.publish(RemoteRevocation::Session {
+                hash: inner.token_hash(key),
+                until: unix_secs(wall),
+            });
+        }
     }
 
     /// A user-wide revocation (sign out of all or all other sessions, a
@@ -358,6 +431,75 @@ impl Resolver {
         inner
             .cache
             .mark_user(user_id, keep, Instant::now() + horizon);
+        if let Some(remote) = &inner.remote {
+            let now = SystemTime::now();
+            remote.fanout.publish(RemoteRevocation::User {
+                user_id: user_id.to_owned(),
+                keep: keep.map(|key| inner.token_hash(key)),
+                at: unix_secs(now),
+                until: unix_secs(now + horizon),
+            });
+        }
+    }
+
+    /// Applies a revocation another instance published: the session (or
+    /// the user's sessions) is signed out here too, a lookup in flight
+    /// included, and nothing is published again.
+    pub(crate) fn apply_remote(&self, revocation: RemoteRevocation) {
+        let inner = &self.inner;
+        let Some(remote) = &inner.remote else {
+            return;
+        };
+        let now = Instant::now();
+        let wall_now = SystemTime::now();
+        match revocation {
+            RemoteRevocation::Session { hash, until } => {
+                let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
+                if until_wall <= wall_now {
+                    return;
+                }
+                let cached = {
+                    let mut state = remote.state.lock().unwrap_or_else(PoisonError::into_inner);
+                    if state.revoked.len() >= REMOTE_MAX {
+                        state.revoked.retain(|_, until| *until > wall_now);
+                        if state.revoked.len() >= REMOTE_MAX {
+                            state.revoked.clear();
+                        }
+                    }
+                    state.revoked.insert(hash, until_wall);
+                    state.cached.get(&hash).cloned()
+                };
+                if let Some(key) = cached {
+                    inner
+                        .cache
+                        .mark_token(&key, MarkKind::Revoked, instant_at(until_wall, now));
+                }
+            }
+            RemoteRevocation::User {
+                user_id,
+                keep,
+                at,
+                until,
+            } => {
+                let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
+                if until_wall <= wall_now {
+                    return;
+                }
+                inner.cache.mark_user_remote(
+                    &user_id,
+                    keep,
+                    std::time::UNIX_EPOCH + Duration::from_secs(at),
+                    instant_at(until_wall, now),
+                    &|token| inner.token_hash(token),
+                );
+            }
+        }
+    }
+
+    /// Forgets every cached user (tombstones stay): the revocation bus lost
+    /// its subscription, so revocations may have been missed.
+    pub(crate) fn forget_all(&self) {
+        self.inner.cache.clear_users();
     }
 
     /// A short, keyed fingerprint of a session for log lines and events.
@@ -377,6 +519,39 @@ impl Resolver {
 }
 
 impl Inner {
+    /// The keyed hash that names a session on the revocation bus.
+    fn token_hash(&self, key: &[u8]) -> [u8; 32] {
+        let mut mac = self.hasher.clone();
+        mac.update(key);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// With a revocation bus: records that this instance caches `key`, so
+    /// a revocation from elsewhere finds it; `false` when another instance
+    /// revoked it already (then it must not be cached or served). Runs
+    /// under the bus state's lock, before the cache insert: a revocation
+    /// arriving after it finds the key and tombstones it, and the insert
+    /// then refuses.
+    fn register_remote(&self, key: &[u8]) -> bool {
+        let Some(remote) = &self.remote else {
+            return true;
+        };
+        let hash = self.token_hash(key);
+        let mut state = remote.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state
+            .revoked
+            .get(&hash)
+            .is_some_and(|until| *until > SystemTime::now())
+        {
+            return false;
+        }
+        if state.cached.len() >= REMOTE_MAX {
+            state.cached.clear();
+        }
+        state.cached.insert(hash, key.into());
+        true
+    }
+
     fn fingerprint(&self, key: &[u8]) -> String {
         let mut mac = self.hasher.clone();
         mac.update(key);
@@ -393,7 +568,16 @@ impl Inner {
         user: Arc<User>,
         expires_at: Option<SystemTime>,
         recheck_at: Option<SystemTime>,
-    ) {
+    ) -> bool {
+        if !self.register_remote(key) {
+            // Revoked on another instance: never cached or served here.
+            self.cache.mark_token(
+                key,
+                MarkKind::Revoked,
+                Instant::now() + self.settings.fresh_ttl + self.settings.stale_window,
+            );
+            return false;
+        }
         let settings = &self.settings;
         let now = Instant::now();
         let mut fresh_until = match recheck_at {
@@ -414,7 +598,7 @@ impl Inner {
             stale_until = stale_until.min(end);
         }
         self.cache
-            .insert_session(key, user, fresh_until, stale_until, expires_at);
+            .insert_session(key, user, fresh_until, stale_until, expires_at)
     }
 
     async fn fetch(self: Arc<Self>, key: Box<[u8]>, session: Session) -> Fetched {
@@ -456,9 +640,13 @@ impl Inner {
                     return self.invalid(key);
                 }
                 Ok(Ok(Lookup::Valid(valid))) => {
-                    let revoked =
-                        self.cache
-                            .user_revoked(&valid.user.id, key, started, valid.issued_at);
+                    let revoked = self.cache.user_revoked(
+                        &valid.user.id,
+                        key,
+                        started,
+                        valid.issued_at,
+                        &|token| self.token_hash(token),
+                    );
                     if revoked && valid.issued_at.is_none() && attempt == 0 {
                         // The answer may predate the revocation: ask again.
                         continue;
@@ -505,7 +693,9 @@ impl Inner {
     fn admit(&self, key: &[u8], valid: Valid) -> Fetched {
         let user = Arc::new(valid.user);
         let Some(next) = valid.rotated else {
-            self.store(key, user.clone(), valid.expires_at, valid.recheck_at);
+            if !self.store(key, user.clone(), valid.expires_at, valid.recheck_at) {
+                return Fetched::Invalid;
+            }
             return Fetched::Valid {
                 user,
                 rotated: None,
@@ -515,7 +705,9 @@ impl Inner {
             Ok(wire) => wire,
             Err(err) => {
                 tracing::error!(token = %self.fingerprint(key), error = %err, "authgate: the rotated session does not fit the cookie; the old one stays");
-                self.store(key, user.clone(), valid.expires_at, valid.recheck_at);
+                if !self.store(key, user.clone(), valid.expires_at, valid.recheck_at) {
+                    return Fetched::Invalid;
+                }
                 return Fetched::Valid {
                     user,
                     rotated: None,
