@@ -26,12 +26,16 @@ mod cookie;
 mod error;
 pub mod events;
 mod extract;
+mod guard;
 mod layer;
 pub mod pages;
 pub mod redirect;
 pub mod rejection;
 mod resolve;
 mod routes;
+#[cfg(feature = "slashid")]
+#[cfg_attr(docsrs, doc(cfg(feature = "slashid")))]
+pub mod slashid;
 pub mod upstream;
 #[cfg(feature = "webcom")]
 #[cfg_attr(docsrs, doc(cfg(feature = "webcom")))]
@@ -49,6 +53,7 @@ pub mod test;
 pub use config::{AuthConfig, ClearSiteData};
 pub use error::{ConfigError, Error, ErrorKind, UpstreamErrorItem};
 pub use extract::{Auth, CurrentUser, SameOrigin, is_same_origin};
+pub use guard::{RequireGroup, RequireGroupService};
 pub use layer::{AuthLayer, AuthService, ResponseFuture};
 pub use resolve::{AuthState, Resolver};
 pub use upstream::{Grant, SessionToken, SignOutScope, Upstream, User};

@@ -20,7 +20,9 @@ use url::Url;
 use crate::error::Error;
 use crate::events::{FlowRejection, SignInMethod};
 
-#[cfg(any(feature = "altogic", feature = "webcom"))]
+#[cfg(feature = "jwt")]
+pub(crate) mod jwt;
+#[cfg(any(feature = "altogic", feature = "webcom", feature = "jwt"))]
 pub(crate) mod wire;
 
 /// A boxed, sendable future, as returned by [`Upstream`] methods.
