@@ -5,6 +5,11 @@
 //! the dev server's request count).
 //!
 //! Run with `cargo bench --features slashid,dev-upstream --bench slashid`.
+//!
+//! Instruction counts: `SLASHID_BENCH_COUNT=<n> SLASHID_BENCH_CASE=<case>`
+//! makes the binary run `n` operations of one case (`rs256`, `es256`,
+//! `warm`, `bare`) and exit, to run under callgrind twice (e.g. 1 and 101)
+//! and divide the difference by 100.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -16,7 +21,7 @@ use authgate::{AuthConfig, AuthLayer, AuthService, CurrentUser, SessionToken};
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group};
 use http::Request;
 use tower::{Service, ServiceExt as _};
 
@@ -107,5 +112,55 @@ fn slashid(c: &mut Criterion) {
     group.finish();
 }
 
+/// `n` operations of one case, for callgrind (see the module docs).
+fn count(n: usize, case: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let algorithm = if case == "es256" {
+        DevAlgorithm::Es256
+    } else {
+        DevAlgorithm::Rs256
+    };
+    let dev = runtime
+        .block_on(SlashIdDev::builder().with_algorithm(algorithm).spawn())
+        .unwrap();
+    let client = Client::builder(dev.url(), dev.org_id()).build().unwrap();
+    let token = dev.issue_token("ada@example.test");
+    let session = Session::new(SessionToken::new(token.clone()).unwrap());
+    let config = AuthConfig::new("https://app.example").unwrap();
+    let mut service: AuthService<Router> =
+        AuthLayer::new(config, client.clone()).layer(Router::new().route("/account", get(page)));
+    let mut bare = Router::new().route("/account", get(bare_page));
+    // Warm the key set and the cache, and the bare router's first call.
+    runtime.block_on(client.lookup(&session)).unwrap();
+    runtime.block_on(service.call(request(&token))).unwrap();
+    runtime.block_on(bare.call(request(&token))).unwrap();
+    let calls = dev.calls();
+    eprintln!("{case}: the session cookie's JWT is {} bytes", token.len());
+    for _ in 0..n {
+        match case {
+            "warm" => drop(runtime.block_on(service.call(request(&token))).unwrap()),
+            "bare" => drop(runtime.block_on(bare.call(request(&token))).unwrap()),
+            _ => drop(
+                runtime
+                    .block_on(client.lookup(black_box(&session)))
+                    .unwrap(),
+            ),
+        }
+    }
+    assert_eq!(dev.calls(), calls, "no network call");
+}
+
 criterion_group!(benches, slashid);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(n) = std::env::var("SLASHID_BENCH_COUNT") {
+        let case = std::env::var("SLASHID_BENCH_CASE").unwrap_or_default();
+        count(n.parse().unwrap(), &case);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
