@@ -1217,3 +1217,118 @@ async fn debug_output_carries_no_token() {
         assert!(!output.contains("very-secret-key"), "{output}");
     }
 }
+
+/// R3, T-H1: concurrent cache misses on tokens of a new key share one
+/// key-set fetch (single flight).
+#[tokio::test]
+async fn concurrent_unknown_kids_share_one_fetch() {
+    let h = harness().await;
+    let first = h.dev.issue_token("ada@example.com");
+    assert_eq!(
+        h.get("/account", Some(&session(&first))).await.status(),
+        StatusCode::OK
+    );
+    h.dev.rotate_keys();
+    let tokens: Vec<String> = (0..8)
+        .map(|i| h.dev.issue_token(&format!("user{i}@example.com")))
+        .collect();
+    let cookies: Vec<String> = tokens.iter().map(|t| session(t)).collect();
+    let requests = cookies
+        .iter()
+        .map(|c| h.get("/account", Some(c)).map_status());
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(h.dev.calls_to("/.well-known/jwks.json"), 2, "one refetch");
+}
+
+trait MapStatus {
+    async fn map_status(self) -> StatusCode;
+}
+
+impl<F: std::future::Future<Output = http::Response<Body>>> MapStatus for F {
+    async fn map_status(self) -> StatusCode {
+        self.await.status()
+    }
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// T-G1: a hosted login, resolutions (valid, invalid, remote check), a
+/// refused landing, the typed client's calls and a sign-out, traced at
+/// TRACE level: no token, code or API key in the log (raw,
+/// percent-encoded or base64).
+#[tokio::test(flavor = "current_thread")]
+async fn no_slashid_secret_reaches_the_logs() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let h = harness_with(DevAlgorithm::Rs256, |b| {
+        b.with_api_key("dev-api-key")
+            .with_remote_check(Duration::from_secs(60))
+    })
+    .await;
+    let mut secrets = vec![h.dev.api_key().to_owned()];
+
+    let mut browser = Browser::default();
+    let start = h.get("/auth/signin/slashid", None).await;
+    browser.absorb(start.headers());
+    let back = log_in(location(&start), "log@example.com", "").await;
+    secrets.push(query_param(&back, "code").unwrap());
+    let landing = h.get(&app_path(&back), browser.header().as_deref()).await;
+    browser.absorb(landing.headers());
+    secrets.push(browser.jar[SESSION].clone());
+    let replay = h.get(&app_path(&back), browser.header().as_deref()).await;
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        h.get("/account", browser.header().as_deref())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let forged = format!("{}x", browser.jar[SESSION]);
+    secrets.push(forged.clone());
+    assert_refused(&h, "forged", &forged).await;
+    let session_token = token(&browser.jar[SESSION]);
+    h.client.me(&session_token).await.unwrap();
+    h.client.validate_token(&session_token).await.unwrap();
+    let anonymous = h.client.create_anonymous_person(None).await.unwrap();
+    secrets.push(anonymous.token().expose().to_owned());
+    let sign_out = page_request("POST", "/auth/signout", browser.header().as_deref());
+    assert_eq!(h.send(sign_out).await.status(), StatusCode::SEE_OTHER);
+    wait_for(|| h.dev.calls_to("/token/revoke") == 1).await;
+
+    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("authgate"), "the capture works");
+    for secret in &secrets {
+        let signature = secret.rsplit('.').next().unwrap().to_owned();
+        let forms = [
+            secret.clone(),
+            signature,
+            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect(),
+            URL_SAFE_NO_PAD.encode(secret),
+        ];
+        for form in forms {
+            assert!(!log.contains(&form), "a secret in the log");
+        }
+    }
+}

@@ -159,7 +159,7 @@ async fn validate(State(shared): S, headers: HeaderMap, body: Bytes) -> Response
         return error(StatusCode::BAD_REQUEST, "missing token");
     };
     if !has_api_key(&shared, &headers) && bearer(&headers).is_none() {
-        return unauthorized();
+        return error(StatusCode::UNAUTHORIZED, "bad API key or organization");
     }
     match shared.verify(token) {
         Ok(claims) => {
