@@ -586,43 +586,46 @@ struct FaultServer {
 }
 
 impl FaultServer {
-    async fn spawn(jwks: Value) -> Self {
+    /// With `jwks`, the key set is served; without, it faults too.
+    async fn spawn(jwks: Option<Value>) -> Self {
         let fault = Arc::new(Mutex::new(Fault::Answer(200, "{}")));
         let calls = Arc::new(AtomicUsize::new(0));
         let (f, n) = (fault.clone(), calls.clone());
-        let router = Router::new()
-            .route(
+        let mut router = Router::new();
+        if let Some(jwks) = jwks {
+            router = router.route(
                 "/.well-known/jwks.json",
                 get(move || {
                     let jwks = jwks.clone();
                     async move { axum::Json(jwks) }
                 }),
-            )
-            .fallback(move || {
-                let fault = *f.lock().unwrap();
-                n.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    match fault {
-                        Fault::Answer(status, body) => {
-                            let content_type = if body.starts_with('{') {
-                                "application/json"
-                            } else {
-                                "text/html"
-                            };
-                            (
-                                StatusCode::from_u16(status).unwrap(),
-                                [("content-type", content_type)],
-                                body,
-                            )
-                                .into_response()
-                        }
-                        Fault::Hang => {
-                            tokio::time::sleep(Duration::from_secs(30)).await;
-                            StatusCode::OK.into_response()
-                        }
+            );
+        }
+        let router = router.fallback(move || {
+            let fault = *f.lock().unwrap();
+            n.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match fault {
+                    Fault::Answer(status, body) => {
+                        let content_type = if body.starts_with('{') {
+                            "application/json"
+                        } else {
+                            "text/html"
+                        };
+                        (
+                            StatusCode::from_u16(status).unwrap(),
+                            [("content-type", content_type)],
+                            body,
+                        )
+                            .into_response()
+                    }
+                    Fault::Hang => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        StatusCode::OK.into_response()
                     }
                 }
-            });
+            }
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router).await });
@@ -653,7 +656,7 @@ async fn only_a_definitive_validate_answer_clears_the_cookie() {
         .json()
         .await
         .unwrap();
-    let server = FaultServer::spawn(jwks).await;
+    let server = FaultServer::spawn(Some(jwks)).await;
     let now = unix_now();
     let jwt = dev.sign_claims(&json!({
         "iss": server.url, "aud": dev.org_id(), "oid": dev.org_id(), "person_id": "p1",
@@ -757,6 +760,66 @@ async fn only_a_definitive_validate_answer_clears_the_cookie() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(set_cookie(response.headers(), SESSION).is_none());
+}
+
+/// R1 for the key-set fetch: whatever goes wrong (5xx, 429, 404, a
+/// timeout, a non-JSON answer, a set without usable keys) is an outage:
+/// 503, the cookie kept, never a sign-out.
+#[tokio::test]
+async fn a_failing_key_set_fetch_is_always_an_outage() {
+    let dev = dev_server(DevAlgorithm::Es256).await;
+    let server = FaultServer::spawn(None).await;
+    let now = unix_now();
+    let jwt = dev.sign_claims(&json!({
+        "iss": server.url, "aud": dev.org_id(), "person_id": "p1", "iat": now, "exp": now + 3600
+    }));
+    let cases: &[(&str, Fault)] = &[
+        ("500", Fault::Answer(500, "{}")),
+        ("502 html", Fault::Answer(502, "<html>bad gateway</html>")),
+        ("429", Fault::Answer(429, "{}")),
+        ("404", Fault::Answer(404, r#"{"errors":[]}"#)),
+        ("timeout", Fault::Hang),
+        ("200 not json", Fault::Answer(200, "<html>hello</html>")),
+        ("200 no keys", Fault::Answer(200, r#"{"keys":[]}"#)),
+        (
+            "200 only a symmetric key",
+            Fault::Answer(200, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}"#),
+        ),
+    ];
+    for (name, fault) in cases {
+        server.set(*fault);
+        let client = Client::builder(&server.url, dev.org_id())
+            .with_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let calls = server.calls();
+        let response = app_for(&client, config())
+            .oneshot(page_request("GET", "/account", Some(&session(&jwt))))
+            .await
+            .unwrap();
+        assert_eq!(server.calls(), calls + 1, "{name}");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{name}");
+        assert!(
+            set_cookie(response.headers(), SESSION).is_none(),
+            "{name}: kept"
+        );
+    }
+}
+
+/// T-H2: a token of the dev server's short lifetime is served until its
+/// `exp`, then refused and its cookie cleared (the layer never serves a
+/// session past `exp`, whatever the leeway).
+#[tokio::test]
+async fn a_token_is_served_until_its_exp_and_no_longer() {
+    let h = harness().await;
+    h.dev.set_token_lifetime(Duration::from_secs(2));
+    let jwt = h.dev.issue_token("ada@example.com");
+    assert_eq!(
+        h.get("/account", Some(&session(&jwt))).await.status(),
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_refused(&h, "past exp", &jwt).await;
 }
 
 // ---------------------------------------------------------------------------
