@@ -21,7 +21,8 @@
 //!   signature with the key of the key set named by `kid`, in the key's own
 //!   algorithm (RS256, ES256, …; `alg: none` and HS256 are refused), `iss`
 //!   = the base URL, `aud` = the organization id (or one of
-//!   [`ClientBuilder::with_accepted_organizations`]), `exp` and `nbf` with a
+//!   [`ClientBuilder::with_accepted_organizations`], or the hosted-login
+//!   client id), `exp` and `nbf` with a
 //!   leeway (default 30 s). No network is used once the key set is
 //!   cached; the layer's cache keeps the user until `exp`
 //!   ([`Valid::expires_at`]). A token container (a JWT whose payload holds
@@ -68,7 +69,9 @@
 //! particular (§3.8): the signing algorithm (any asymmetric key of the set
 //! is accepted, in its own algorithm), the user token's `iss` outside the
 //! Remix SDK's check (here: the base URL without a trailing `/`), the issuer
-//! of token containers (not checked; the inner user token is), whether
+//! of token containers (not checked; the inner user token is), the `aud` of
+//! hosted login's `id_token` (the organization or the OAuth client id are
+//! both accepted), whether
 //! `/oauth2/tokens` wraps its answer in `result` (both are read), and
 //! whether `/token/validate` wants the Bearer token or the API key (the API
 //! key when one is configured).
@@ -341,7 +344,10 @@ struct Inner {
     base: Url,
     issuer: String,
     org_id: String,
-    /// The organization ids accepted as `aud` (the first is `org_id`).
+    /// The organizations whose tokens are accepted (the first is
+    /// `org_id`).
+    orgs: Vec<String>,
+    /// The accepted `aud` values: `orgs`, and the hosted-login client id.
     audiences: Vec<String>,
     api_key: Option<Secret>,
     jwks: Jwks,
@@ -536,18 +542,25 @@ impl ClientBuilder {
             self.jwks_refresh,
             self.jwks_min_refetch,
         );
-        let mut audiences = vec![self.org_id.clone()];
+        let mut orgs = vec![self.org_id.clone()];
         for org in self.accepted {
-            if !audiences.contains(&org) {
-                audiences.push(org);
+            if !orgs.contains(&org) {
+                orgs.push(org);
             }
         }
+        // An OpenID Connect ID token's `aud` is the client id (OIDC Core
+        // §2); whether SlashID's hosted-login `id_token` says the client or
+        // the organization is not known (UPSTREAMS.md §3.8), so both are
+        // accepted.
+        let mut audiences = orgs.clone();
+        audiences.extend(self.oauth_client_id.clone());
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
                 issuer: trimmed.to_owned(),
                 base,
                 org_id: self.org_id,
+                orgs,
                 audiences,
                 api_key: self.api_key,
                 jwks,
@@ -853,7 +866,7 @@ impl Client {
         token: &SessionToken,
         oid: &str,
     ) -> Result<Grant, Error> {
-        if !self.inner.audiences.iter().any(|a| a == oid) {
+        if !self.inner.orgs.iter().any(|a| a == oid) {
             return Err(Error::invalid_input(
                 "an organization this client does not accept",
             ));

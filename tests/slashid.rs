@@ -345,6 +345,15 @@ async fn expired_early_foreign_forged_and_confused_tokens_are_invalid() {
         StatusCode::OK
     );
 
+    // An `id_token` addressed to the hosted-login client is accepted too.
+    let for_client = with("aud", json!(h.dev.client_id()));
+    assert_eq!(
+        h.get("/account", Some(&session(&for_client)))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
     let valid = h.dev.issue_token("ada@example.com");
     let p = parts(&valid);
     let mut forged_payload: Value =
@@ -1102,6 +1111,94 @@ async fn a_landing_from_another_browser_never_reaches_slashid() {
         .await;
     assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
     assert!(set_cookie(forged.headers(), SESSION).is_none_or(|c| c.value().is_empty()));
+}
+
+/// R1 for the code exchange: a 5xx or a timeout at `/oauth2/tokens` is
+/// "try again" (503, no session, no sign-out); a 4xx (`invalid_grant`) is
+/// a refused landing (400).
+#[tokio::test]
+async fn the_code_exchange_fails_softly_on_outages_and_refuses_bad_codes() {
+    let server = FaultServer::spawn(None).await;
+    let client = Client::builder(&server.url, "dev-org")
+        .with_hosted_login("dev-client")
+        .with_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let app = app_for(&client, config());
+    let cases: &[(&str, Fault, StatusCode)] = &[
+        (
+            "502",
+            Fault::Answer(502, "<html>bad gateway</html>"),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        ("timeout", Fault::Hang, StatusCode::SERVICE_UNAVAILABLE),
+        (
+            "200 not json",
+            Fault::Answer(200, "<html>x</html>"),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            "400 invalid_grant",
+            Fault::Answer(400, r#"{"error":"invalid_grant"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (name, fault, status) in cases {
+        server.set(*fault);
+        let mut browser = Browser::default();
+        let start = app
+            .clone()
+            .oneshot(page_request("GET", "/auth/signin/slashid", None))
+            .await
+            .unwrap();
+        browser.absorb(start.headers());
+        let state = query_param(location(&start), "state").unwrap();
+        let calls = server.calls();
+        let landing = app
+            .clone()
+            .oneshot(page_request(
+                "GET",
+                &format!("/auth/callback?code=c0de&state={state}"),
+                browser.header().as_deref(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(server.calls(), calls + 1, "{name}: one exchange");
+        assert_eq!(landing.status(), *status, "{name}");
+        assert!(
+            set_cookie(landing.headers(), SESSION).is_none(),
+            "{name}: no session"
+        );
+    }
+}
+
+/// T-B2: SlashID (the dev server, as the wire protocol says) refuses a
+/// code exchanged with another verifier, so a stolen code is worthless
+/// without the flow cookie's verifier.
+#[tokio::test]
+async fn a_code_with_the_wrong_verifier_is_refused() {
+    let h = harness().await;
+    let start = h.get("/auth/signin/slashid", None).await;
+    let back = log_in(location(&start), "ada@example.com", "").await;
+    let code = query_param(&back, "code").unwrap();
+    let answer = http()
+        .post(format!("{}/oauth2/tokens", h.dev.url()))
+        .form(&[
+            ("client_id", h.dev.client_id()),
+            ("code", code.as_str()),
+            (
+                "code_verifier",
+                "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+            ),
+            ("grant_type", "authorization_code"),
+            ("redirect_uri", &format!("{ORIGIN}/auth/callback")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
 }
 
 // ---------------------------------------------------------------------------
