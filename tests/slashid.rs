@@ -480,6 +480,27 @@ async fn an_unknown_kid_refetches_once_and_finds_the_rotated_key() {
     assert_eq!(limited.dev.calls_to("/.well-known/jwks.json"), 1);
 }
 
+/// Point 1: a scheduled refresh that no longer has a key withdraws it:
+/// its tokens stop verifying.
+#[tokio::test]
+async fn a_key_withdrawn_from_the_set_verifies_nothing() {
+    let h = harness_with(DevAlgorithm::Rs256, |b| {
+        b.with_jwks_refresh(Duration::from_millis(1))
+    })
+    .await;
+    let first = h.dev.issue_token("ada@example.com");
+    let second = h.dev.issue_token("ada@example.com");
+    assert_eq!(
+        h.get("/account", Some(&session(&first))).await.status(),
+        StatusCode::OK
+    );
+    // Two rotations: the first key is no longer published.
+    h.dev.rotate_keys();
+    h.dev.rotate_keys();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_refused(&h, "withdrawn key", &second).await;
+}
+
 /// Point 1, R1/R2: a key set that cannot be fetched is an outage: never
 /// fetched → 503 with the cookie kept; fetched before → served from the
 /// last good set while the scheduled refresh fails.

@@ -163,11 +163,13 @@ impl Jwks {
                 .fetched_at
                 .is_some_and(|at| at.elapsed() >= self.refresh);
             if due {
-                // A failed scheduled refresh keeps the last good set.
-                if let Ok(new) = self.refetch(set.generation).await
-                    && let Some(found) = new.find(kid)
-                {
-                    return Ok(found);
+                // A failed scheduled refresh keeps the last good set; a
+                // successful one is the truth, and a key it no longer has
+                // (withdrawn, e.g. compromised) verifies nothing.
+                if let Ok(new) = self.refetch(set.generation).await {
+                    return new
+                        .find(kid)
+                        .ok_or(JwtError::Invalid("the key was withdrawn from the key set"));
                 }
             }
             return Ok(found);
