@@ -69,6 +69,8 @@ use super::ServerCtl;
 use super::store::random_token;
 
 mod api;
+#[cfg(test)]
+mod tests;
 
 /// The organization a [`SlashIdDev`] serves unless configured otherwise.
 pub const DEFAULT_ORG_ID: &str = "dev-org";
