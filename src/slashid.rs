@@ -54,6 +54,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Apps moving from SlashID's SSR SDK can adopt its cookie
+//! `@slashid/USER_TOKEN/<oid>` with the [`SdkCookieMigration`] layer.
+//!
 //! # The user
 //!
 //! [`User::id`] is `person_id`, [`User::org`] is `oid`, [`User::groups`]
@@ -80,6 +83,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::response::IntoResponse as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -1546,6 +1550,148 @@ fn plausible(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= MAX_LANDING_VALUE
         && value.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// An opt-in route layer for apps moving from SlashID's SSR SDK (§3.4): a
+/// page request (`GET`/`HEAD`) that carries the SDK's cookie
+/// `@slashid/USER_TOKEN/<oid>` and no authgate session has the SDK's token
+/// verified locally ([`Client::grant_for_token`]) and turned into
+/// authgate's session (`Auth::sign_in`); the answer is a 303 back to the
+/// same URL, which also removes the SDK's cookie. An invalid SDK token is
+/// removed and the request goes on signed out; during a key-set outage the
+/// request goes on untouched (the SDK cookie is kept for the next try).
+///
+/// Put it inside the [`AuthLayer`](crate::AuthLayer) (it needs the
+/// request's [`Auth`](crate::Auth)):
+///
+/// ```no_run
+/// # fn run(client: authgate::slashid::Client, config: authgate::AuthConfig) {
+/// use authgate::{AuthLayer, slashid::SdkCookieMigration};
+/// use axum::{Router, routing::get};
+///
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "home" }))
+///     .layer(SdkCookieMigration::new(client.clone()));
+/// let app = AuthLayer::new(config, client).layer(app);
+/// # let _ = app; }
+/// ```
+///
+/// A request without the SDK's cookie costs one substring search of its
+/// `Cookie` header.
+#[derive(Clone, Debug)]
+pub struct SdkCookieMigration {
+    client: Client,
+}
+
+impl SdkCookieMigration {
+    /// The layer for `client`'s organization.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for SdkCookieMigration {
+    type Service = SdkCookieMigrationService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SdkCookieMigrationService {
+            inner,
+            client: self.client.clone(),
+        }
+    }
+}
+
+/// The service of [`SdkCookieMigration`].
+#[derive(Clone, Debug)]
+pub struct SdkCookieMigrationService<S> {
+    inner: S,
+    client: Client,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for SdkCookieMigrationService<S>
+where
+    S: tower_service::Service<
+            http::Request<B>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<axum::response::Response, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::convert::Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // The clone that was made ready runs the request (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let client = self.client.clone();
+        Box::pin(async move {
+            let page = matches!(*request.method(), Method::GET | Method::HEAD);
+            let carries = request
+                .headers()
+                .get_all(http::header::COOKIE)
+                .iter()
+                .any(|v| v.as_bytes().windows(10).any(|w| w == b"USER_TOKEN"));
+            let sdk_token = (page && carries)
+                .then(|| client.sdk_cookie_token(request.headers()))
+                .flatten();
+            let auth = crate::Auth::from_request(&request);
+            let (Some(sdk_token), Some(auth)) = (sdk_token, auth) else {
+                return inner.call(request).await;
+            };
+            if auth.token().is_some() {
+                return inner.call(request).await;
+            }
+            let removal = HeaderValue::from_str(&client.sdk_cookie_removal()).ok();
+            match client.grant_for_token(&sdk_token).await {
+                Ok(grant) => {
+                    if let Err(err) = auth.sign_in(grant) {
+                        tracing::warn!(error = %err, "authgate: the SlashID SDK session could not be adopted");
+                        return inner.call(request).await;
+                    }
+                    let back = request
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", http::uri::PathAndQuery::as_str);
+                    // `//host` or `/\host` would leave the site (SECURITY.md T-A1).
+                    let back = if back.starts_with("//") || back.starts_with("/\\") {
+                        "/"
+                    } else {
+                        back
+                    }
+                    .to_owned();
+                    let mut response = axum::response::Redirect::to(&back).into_response();
+                    if let Some(removal) = removal {
+                        response
+                            .headers_mut()
+                            .append(http::header::SET_COOKIE, removal);
+                    }
+                    Ok(response)
+                }
+                Err(err) if err.is_invalid_session() => {
+                    let mut response = inner.call(request).await?;
+                    if let Some(removal) = removal {
+                        response
+                            .headers_mut()
+                            .append(http::header::SET_COOKIE, removal);
+                    }
+                    Ok(response)
+                }
+                Err(_) => inner.call(request).await,
+            }
+        })
+    }
 }
 
 impl Upstream for Client {

@@ -1372,6 +1372,99 @@ async fn every_typed_client_operation_works() {
     assert_eq!(h.dev.calls(), calls);
 }
 
+/// Point 6: the SDK's cookie `@slashid/USER_TOKEN/<oid>` is adopted as
+/// authgate's session (opt-in layer): 303 back to the page with the new
+/// session and the SDK cookie removed; an invalid one is removed and the
+/// request goes on signed out; an existing authgate session wins; a
+/// `//host` path never becomes the redirect (T-A1).
+#[tokio::test]
+async fn the_sdk_cookie_is_adopted_by_the_migration_layer() {
+    let dev = dev_server(DevAlgorithm::Rs256).await;
+    let client = builder_for(&dev).build().unwrap();
+    let router = Router::new()
+        .route("/account", get(account))
+        .route("/{*rest}", get(account))
+        .layer(slashid::SdkCookieMigration::new(client.clone()));
+    let app = AuthLayer::new(config(), client).layer(router);
+    let sdk_cookie = |value: &str| format!("@slashid/USER_TOKEN/{}={value}", dev.org_id());
+    let jwt = dev.issue_token("ada@example.com");
+
+    let adopted = app
+        .clone()
+        .oneshot(page_request(
+            "GET",
+            "/account?tab=1",
+            Some(&sdk_cookie(&jwt)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(adopted.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&adopted), "/account?tab=1");
+    let lines: Vec<String> = adopted
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("@slashid/USER_TOKEN/") && l.contains("1970"))
+    );
+    let new = set_cookie(adopted.headers(), SESSION).unwrap();
+    assert_eq!(new.value(), jwt);
+    let page = app
+        .clone()
+        .oneshot(page_request("GET", "/account", Some(&session(new.value()))))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+
+    // An invalid SDK token: removed, the request goes on signed out.
+    let invalid = app
+        .clone()
+        .oneshot(page_request(
+            "GET",
+            "/account",
+            Some(&sdk_cookie("garbage")),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(invalid.status(), StatusCode::SEE_OTHER);
+    assert!(location(&invalid).contains("/signin"));
+    assert!(
+        invalid
+            .headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with("@slashid/USER_TOKEN/"))
+    );
+
+    // An authgate session already there wins: nothing adopted.
+    let other = dev.issue_token("grace@example.com");
+    let both = format!("{}; {}", session(&jwt), sdk_cookie(&other));
+    let kept = app
+        .clone()
+        .oneshot(page_request("GET", "/account", Some(&both)))
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), StatusCode::OK);
+    assert!(set_cookie(kept.headers(), SESSION).is_none());
+
+    // `//evil.example` is not a place to send the browser back to.
+    let evil = app
+        .oneshot(page_request(
+            "GET",
+            "//evil.example/x",
+            Some(&sdk_cookie(&jwt)),
+        ))
+        .await
+        .unwrap();
+    if evil.status() == StatusCode::SEE_OTHER {
+        assert_eq!(location(&evil), "/");
+    }
+}
+
 /// T-G1: no token in any `Debug` or `Display` output.
 #[tokio::test]
 async fn debug_output_carries_no_token() {
