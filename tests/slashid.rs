@@ -1460,9 +1460,8 @@ async fn the_sdk_cookie_is_adopted_by_the_migration_layer() {
         ))
         .await
         .unwrap();
-    if evil.status() == StatusCode::SEE_OTHER {
-        assert_eq!(location(&evil), "/");
-    }
+    assert_eq!(evil.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&evil), "/");
 }
 
 /// T-G1: no token in any `Debug` or `Display` output.
