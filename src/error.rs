@@ -198,7 +198,7 @@ impl Error {
     }
 
     /// Maps a reqwest error, dropping its URL (it may carry a grant key).
-    #[cfg(any(feature = "altogic", feature = "webcom"))]
+    #[cfg(any(feature = "altogic", feature = "webcom", feature = "jwt"))]
     pub(crate) fn from_reqwest(err: reqwest::Error) -> Self {
         let kind = if err.is_timeout() {
             ErrorKind::Timeout

@@ -80,6 +80,19 @@ fn layer_page(
     })
 }
 
+/// A page of the layer in the app's look for a browser that wants one
+/// (`None`: answer in plain text), for the guards of other modules.
+pub(crate) fn request_page(
+    parts: &Parts,
+    kind: PageKind,
+    status: StatusCode,
+    title: &str,
+    message: &str,
+) -> Option<String> {
+    let auth = request_auth(parts).ok()?;
+    wants_html(parts).then(|| layer_page(auth, kind, status, title, message, None))
+}
+
 /// A GET/HEAD that a browser makes to show a page.
 fn is_navigation(parts: &Parts) -> bool {
     matches!(parts.method, Method::GET | Method::HEAD) && wants_html(parts)

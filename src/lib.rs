@@ -8,6 +8,8 @@
 #![cfg_attr(not(feature = "altogic"), doc = "[gated-altogic]: #feature-flags")]
 #![cfg_attr(feature = "webcom", doc = "[gated-webcom]: crate::webcom")]
 #![cfg_attr(not(feature = "webcom"), doc = "[gated-webcom]: #feature-flags")]
+#![cfg_attr(feature = "slashid", doc = "[gated-slashid]: crate::slashid")]
+#![cfg_attr(not(feature = "slashid"), doc = "[gated-slashid]: #feature-flags")]
 #![cfg_attr(feature = "dev-upstream", doc = "[gated-dev]: crate::dev")]
 #![cfg_attr(not(feature = "dev-upstream"), doc = "[gated-dev]: #feature-flags")]
 #![cfg_attr(feature = "test-util", doc = "[gated-test]: mod@crate::test")]
@@ -26,12 +28,16 @@ mod cookie;
 mod error;
 pub mod events;
 mod extract;
+mod guard;
 mod layer;
 pub mod pages;
 pub mod redirect;
 pub mod rejection;
 mod resolve;
 mod routes;
+#[cfg(feature = "slashid")]
+#[cfg_attr(docsrs, doc(cfg(feature = "slashid")))]
+pub mod slashid;
 pub mod upstream;
 #[cfg(feature = "webcom")]
 #[cfg_attr(docsrs, doc(cfg(feature = "webcom")))]
@@ -53,6 +59,7 @@ pub mod test;
 pub use config::{AuthConfig, ClearSiteData};
 pub use error::{ConfigError, Error, ErrorKind, UpstreamErrorItem};
 pub use extract::{Auth, CurrentUser, SameOrigin, is_same_origin};
+pub use guard::{RequireGroup, RequireGroupService};
 pub use layer::{AuthLayer, AuthService, ResponseFuture};
 pub use resolve::{AuthState, Resolver};
 pub use upstream::{Grant, SessionToken, SignOutScope, Upstream, User};

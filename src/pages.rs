@@ -47,6 +47,9 @@ pub enum PageKind {
     AccountSwitch,
     /// A state-changing request from another site was refused.
     CrossSiteRefused,
+    /// A signed-in user is not allowed here (not in the group a
+    /// [`RequireGroup`](crate::RequireGroup) route needs): 403.
+    Forbidden,
     /// The sign-in service could not be reached ([`PageContext::retry_after`]).
     Unavailable,
     /// A sign-in was asked for with a provider the upstream does not have.

@@ -477,6 +477,19 @@ impl TestKit {
         TestUser { user }
     }
 
+    /// Creates a user with this e-mail in these groups
+    /// ([`User::groups`], which [`RequireGroup`](crate::RequireGroup)
+    /// reads).
+    pub fn user_in_groups(&self, email: &str, groups: &[&str]) -> TestUser {
+        let mut test_user = self.user(email);
+        test_user.user.groups = groups.iter().map(|g| (*g).to_owned()).collect();
+        self.upstream
+            .state()
+            .users
+            .insert(test_user.user.id.clone(), test_user.user.clone());
+        test_user
+    }
+
     /// Creates a user from the upstream's own object (for Altogic: `_id`,
     /// `email`, `name`, custom fields …), as the upstream would return it.
     pub fn user_with(&self, raw: serde_json::Value) -> TestUser {

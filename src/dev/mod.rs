@@ -164,6 +164,9 @@ use url::Url;
 
 mod api;
 mod pages;
+#[cfg(feature = "slashid")]
+#[cfg_attr(docsrs, doc(cfg(feature = "slashid")))]
+pub mod slashid;
 mod store;
 #[cfg(test)]
 mod tests;

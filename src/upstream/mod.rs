@@ -4,8 +4,8 @@
 //! flow types ([`FlowId`], [`FlowRecord`], [`SignInRedirect`]) and
 //! [`User`].
 //!
-//! Each hosted auth service has a typed client (the `altogic` and `webcom`
-//! modules, behind features of the same names) that implements [`Upstream`]
+//! Each hosted auth service has a typed client (the `altogic`, `webcom`
+//! and `slashid` modules, behind features of the same names) that implements [`Upstream`]
 //! and also exposes the service's own operations. An upstream can be written outside the crate
 //! with the public API alone.
 
@@ -20,7 +20,9 @@ use url::Url;
 use crate::error::Error;
 use crate::events::{FlowRejection, SignInMethod};
 
-#[cfg(any(feature = "altogic", feature = "webcom"))]
+#[cfg(feature = "jwt")]
+pub(crate) mod jwt;
+#[cfg(any(feature = "altogic", feature = "webcom", feature = "jwt"))]
 pub(crate) mod wire;
 
 /// A boxed, sendable future, as returned by [`Upstream`] methods.
@@ -155,7 +157,8 @@ pub struct User {
     pub provider: Option<String>,
     /// Whether the e-mail address is verified, if the upstream says.
     pub email_verified: Option<bool>,
-    /// Groups or roles, if any.
+    /// Groups or roles, if any (SlashID: the groups claim), which
+    /// [`RequireGroup`](crate::RequireGroup) checks.
     pub groups: Vec<String>,
     /// Organisation id, if the upstream has one.
     pub org: Option<String>,
