@@ -408,6 +408,7 @@ impl Cache {
     /// bus): issued at `wall` on that instance, sparing the session whose
     /// keyed hash is `keep_hash`. Forgets the user's cached sessions here
     /// except that one (`hash` gives a cached token's keyed hash).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn mark_user_remote(
         &self,
         user_id: &str,
@@ -453,6 +454,7 @@ impl Cache {
 
     /// Forgets every cached user (marks stay): after the revocation bus
     /// lost messages, nothing cached here may be trusted.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn clear_users(&self) {
         for shard in self.shards.iter() {
             let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);

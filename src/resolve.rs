@@ -196,8 +196,10 @@ const REMOTE_MAX: usize = 100_000;
 
 /// A resolver that does not keep it alive (for background tasks).
 #[derive(Clone)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct WeakResolver(std::sync::Weak<Inner>);
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl WeakResolver {
     pub(crate) fn upgrade(&self) -> Option<Resolver> {
         self.0.upgrade().map(|inner| Resolver { inner })
@@ -264,6 +266,7 @@ impl Resolver {
     }
 
     /// This resolver, without keeping it alive.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn downgrade(&self) -> WeakResolver {
         WeakResolver(Arc::downgrade(&self.inner))
     }
@@ -445,6 +448,7 @@ impl Resolver {
     /// Applies a revocation another instance published: the session (or
     /// the user's sessions) is signed out here too, a lookup in flight
     /// included, and nothing is published again.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn apply_remote(&self, revocation: RemoteRevocation) {
         let inner = &self.inner;
         let Some(remote) = &inner.remote else {
@@ -498,6 +502,7 @@ impl Resolver {
 
     /// Forgets every cached user (tombstones stay): the revocation bus lost
     /// its subscription, so revocations may have been missed.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn forget_all(&self) {
         self.inner.cache.clear_users();
     }

@@ -90,6 +90,13 @@ async fn every_flow_works_in_headless_chromium() {
         run.screen = &SCREENS[0];
         outcome = run.webcom_steps(&webcom.dev).await;
     }
+    // Issue 13: the same site on the SlashID dev server.
+    #[cfg(feature = "slashid")]
+    if outcome.is_ok() {
+        let slashid = serve_slashid_site().await;
+        run.origin = slashid.origin.clone();
+        outcome = run.slashid_steps(&slashid.dev).await;
+    }
     let steps = run.steps.get();
     if let Err(err) = run.browser.delete().await {
         eprintln!("could not end the browser session: {err}");
@@ -146,6 +153,35 @@ struct ServedSite {
     origin: String,
     dev: DevUpstream,
     altogic: altogic::Client,
+}
+
+#[cfg(feature = "slashid")]
+struct ServedSlashIdSite {
+    origin: String,
+    dev: authgate::dev::slashid::SlashIdDev,
+}
+
+/// The example site on its SlashID dev server (`AUTHGATE_UPSTREAM=slashid`),
+/// as `main` runs it.
+#[cfg(feature = "slashid")]
+async fn serve_slashid_site() -> ServedSlashIdSite {
+    let dev = site::spawn_slashid_dev().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let config = site::auth_config(&origin, Some(&KEY)).unwrap();
+    let app = site::slashid_app(
+        config,
+        site::slashid_dev_client(&dev),
+        site::SiteOptions::for_slashid_dev(),
+    )
+    .unwrap();
+    tokio::spawn(async move {
+        let service = axum::ServiceExt::<Request>::into_make_service(app);
+        if let Err(err) = axum::serve(listener, service).await {
+            eprintln!("SlashID site server stopped: {err}");
+        }
+    });
+    ServedSlashIdSite { origin, dev }
 }
 
 #[cfg(feature = "webcom")]
@@ -723,6 +759,63 @@ impl Run {
             self.wait_page("/", "Your account was deleted.").await?;
             self.wait_text("You are not signed in.").await
         })
+        .await
+    }
+
+    /// Issue 13: the site on SlashID — hosted login on SlashID's page, the
+    /// groups, the admin page, the organization switch, and a 403 (not a
+    /// sign-in page) for another group.
+    #[cfg(feature = "slashid")]
+    async fn slashid_steps(&self, slashid: &authgate::dev::slashid::SlashIdDev) -> StepResult {
+        let hosted_login = |email: &'static str, groups: &'static str| async move {
+            self.open("/signin").await?;
+            self.click("#signin-slashid").await?;
+            self.wait_for("SlashID's login page", |url, text| {
+                url.starts_with(slashid.url()) && text.contains("Sign in (SlashID dev server)")
+            })
+            .await?;
+            self.fill("form", "email", email).await?;
+            self.fill("form", "groups", groups).await?;
+            self.click(r#"button[value="allow"]"#).await?;
+            self.wait_page("/account", "You are signed in.").await
+        };
+
+        self.step("slashid: hosted login as an admin", async {
+            hosted_login("ada@example.test", "admin").await?;
+            self.expect_text_of("#account-groups", "admin").await?;
+            self.expect_text_of("#account-org", "dev-org").await?;
+            self.layout_fits("/account").await
+        })
+        .await?;
+
+        self.step(
+            "slashid: the admin page and the organization switch",
+            async {
+                self.click("#admin-link").await?;
+                self.wait_page("/admin", "Only the admin group sees this page")
+                    .await?;
+                self.open("/account/organizations").await?;
+                self.click(".switch-org").await?;
+                self.wait_page("/account", "You switched organization.")
+                    .await?;
+                self.expect_text_of("#account-org", site::SECOND_ORG).await
+            },
+        )
+        .await?;
+
+        self.step(
+            "slashid: another group gets 403, not a sign-in page",
+            async {
+                self.sign_out().await?;
+                hosted_login("grace@example.test", "staff").await?;
+                self.open("/admin").await?;
+                self.wait_page("/admin", "Not allowed").await?;
+                self.wait_text("this page is not open to your account")
+                    .await?;
+                self.open("/").await?;
+                self.sign_out().await
+            },
+        )
         .await
     }
 

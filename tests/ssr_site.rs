@@ -2382,3 +2382,159 @@ mod webcom_site {
         assert!(gone.status.is_client_error(), "{}", gone.status);
     }
 }
+
+// ---- the site on SlashID (issue 13 point 7) --------------------------------------
+
+/// The same site on the embedded SlashID dev server
+/// (`AUTHGATE_UPSTREAM=slashid`): hosted login through the layer, guests,
+/// groups, the organization switch and the admin-only page.
+#[cfg(feature = "slashid")]
+mod slashid_site {
+    use authgate::dev::slashid::SlashIdDev;
+    use http::StatusCode;
+
+    use super::{Browser, ORIGIN, http_client, is_removal, site};
+
+    struct SlashIdSite {
+        app: site::App,
+        dev: SlashIdDev,
+    }
+
+    async fn slashid_site() -> SlashIdSite {
+        let dev = site::spawn_slashid_dev().await.expect("SlashID dev server");
+        let config = site::auth_config(ORIGIN, Some(&super::KEY)).unwrap();
+        let app = site::slashid_app(
+            config,
+            site::slashid_dev_client(&dev),
+            site::SiteOptions::for_slashid_dev(),
+        )
+        .unwrap();
+        SlashIdSite { app, dev }
+    }
+
+    impl SlashIdSite {
+        /// Signs in through the layer and SlashID's hosted login page as
+        /// `email` in `groups`.
+        async fn sign_in(&self, browser: &mut Browser, email: &str, groups: &str) {
+            let start = browser
+                .get("/auth/signin/slashid?return_to=%2Faccount")
+                .await;
+            assert_eq!(start.status, StatusCode::SEE_OTHER, "{}", start.body);
+            let authorize = start.location().to_owned();
+            assert!(authorize.starts_with(self.dev.url()), "{authorize}");
+            let url = url::Url::parse(&authorize).unwrap();
+            let mut form: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(key, _)| key != "scope")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            form.push(("email".to_owned(), email.to_owned()));
+            form.push(("groups".to_owned(), groups.to_owned()));
+            form.push(("decision".to_owned(), "allow".to_owned()));
+            let page = http_client().get(&authorize).send().await.unwrap();
+            assert_eq!(page.status(), 200);
+            let back = http_client()
+                .post(&authorize)
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            let landing = browser.landing(back).await;
+            assert_eq!(
+                landing.location(),
+                format!("{ORIGIN}/account?notice=signed-in")
+            );
+            assert!(browser.session().is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn slashid_hosted_login_groups_orgs_admin_and_sign_out() {
+        let site = slashid_site().await;
+        let mut browser = Browser::new(&site.app, ORIGIN);
+        let home = browser.get("/").await;
+        home.assert_shows("SlashID's hosted login signs you in");
+        home.assert_lacks("/signin/magic");
+        let signin = browser.get("/signin").await;
+        signin.assert_shows(r#"href="/auth/signin/slashid""#);
+        signin.assert_shows("Continue as a guest");
+
+        site.sign_in(&mut browser, "ada@example.test", "admin, staff")
+            .await;
+        let calls = site.dev.calls();
+        let account = browser.get("/account").await;
+        assert_eq!(account.status, StatusCode::OK, "{}", account.body);
+        account.assert_shows(r#"<dd id="account-email">ada@example.test</dd>"#);
+        account.assert_shows(r#"<dd id="account-groups">admin, staff</dd>"#);
+        account.assert_shows(r#"<dd id="account-org">dev-org</dd>"#);
+        // The JWT is verified here: the account page asks SlashID nothing.
+        for _ in 0..5 {
+            browser.get("/account").await;
+        }
+        assert_eq!(site.dev.calls(), calls);
+
+        // The admin page: open to the admin group.
+        let admin = browser.get("/admin").await;
+        assert_eq!(admin.status, StatusCode::OK);
+        admin.assert_shows("Only the <strong>admin</strong> group sees this page");
+
+        // The organization switch: a new token, a new cookie.
+        let before = browser.session().unwrap().to_owned();
+        let orgs = browser.get("/account/organizations").await;
+        orgs.assert_shows("Second organization");
+        let switched = browser
+            .post(
+                "/account/organizations",
+                &[("organization", site::SECOND_ORG)],
+            )
+            .await;
+        assert_eq!(switched.location(), "/account");
+        assert_ne!(browser.session().unwrap(), before);
+        let account = browser.follow(&switched).await;
+        account.assert_shows("You switched organization.");
+        account.assert_shows(&format!(
+            r#"<dd id="account-org">{}</dd>"#,
+            site::SECOND_ORG
+        ));
+
+        // Sign-out revokes the token at SlashID.
+        let token = browser.session().unwrap().to_owned();
+        let out = browser
+            .post(
+                "/auth/signout?scope=this&return_to=%2F%3Fnotice%3Dsigned-out",
+                &[],
+            )
+            .await;
+        assert!(is_removal(&out.set_cookie("authgate").unwrap()));
+        let mut replay = Browser::new(&site.app, ORIGIN);
+        replay.cookies.insert("authgate".to_owned(), token);
+        assert_eq!(replay.get("/account").await.status, StatusCode::SEE_OTHER);
+    }
+
+    #[tokio::test]
+    async fn slashid_admin_page_is_403_for_other_groups_and_guests_work() {
+        let site = slashid_site().await;
+        let mut browser = Browser::new(&site.app, ORIGIN);
+        site.sign_in(&mut browser, "grace@example.test", "staff")
+            .await;
+        let admin = browser.get("/admin").await;
+        assert_eq!(
+            admin.status,
+            StatusCode::FORBIDDEN,
+            "never a sign-in redirect"
+        );
+        assert!(browser.session().is_some(), "the cookie stays");
+
+        // Signed out: the normal sign-in redirect.
+        let mut stranger = Browser::new(&site.app, ORIGIN);
+        let admin = stranger.get("/admin").await;
+        assert_eq!(admin.status, StatusCode::SEE_OTHER);
+
+        // A guest: an anonymous person.
+        let guest = stranger.post("/signin/guest", &[]).await;
+        assert_eq!(guest.location(), "/account");
+        let account = stranger.follow(&guest).await;
+        account.assert_shows("You are signed in as a guest.");
+        account.assert_shows("a guest account");
+    }
+}

@@ -8,6 +8,7 @@
 //! ```sh
 //! cargo run --release --example ssr_site --features dev-upstream,axum-extra
 //! AUTHGATE_UPSTREAM=webcom cargo run --release --example ssr_site --features dev-upstream,axum-extra,webcom
+//! AUTHGATE_UPSTREAM=slashid cargo run --release --example ssr_site --features dev-upstream,axum-extra,slashid
 //! ```
 
 mod site;
@@ -109,6 +110,48 @@ async fn run() -> Result<(), Box<dyn Error>> {
             let app = site::webcom_app(config, client, SiteOptions::default())
                 .map_err(|err| format!("WEBCOM_URL / WEBCOM_APP_ID: {err}"))?;
             (app, None, note)
+        }
+        #[cfg(feature = "slashid")]
+        UpstreamSetting::SlashIdDev => {
+            let dev = site::spawn_slashid_dev().await?;
+            let client = site::slashid_dev_client(&dev);
+            let note = format!(
+                "embedded SlashID dev server at {}, organization {} (on its login page choose an e-mail and groups; try `admin`)",
+                dev.url(),
+                dev.org_id()
+            );
+            let app = site::slashid_app(config, client, site::SiteOptions::for_slashid_dev())
+                .map_err(|err| format!("the SlashID dev server's client: {err}"))?;
+            (app, Some(Box::new(dev)), note)
+        }
+        #[cfg(feature = "slashid")]
+        UpstreamSetting::SlashId {
+            url,
+            org_id,
+            api_key,
+            client_id,
+        } => {
+            let mut client = authgate::slashid::Client::builder(url, org_id);
+            if let Some(key) = api_key {
+                client = client.with_api_key(key);
+            }
+            if let Some(id) = client_id {
+                client = client.with_hosted_login(id);
+            }
+            let note = format!(
+                "SlashID at {}, organization {org_id}; allow {} as the hosted login's redirect URI",
+                url.trim_end_matches('/'),
+                config.callback_url()
+            );
+            let app = site::slashid_app(config, client, SiteOptions::default())
+                .map_err(|err| format!("SLASHID_URL / SLASHID_ORG_ID: {err}"))?;
+            (app, None, note)
+        }
+        #[cfg(not(feature = "slashid"))]
+        UpstreamSetting::SlashIdDev | UpstreamSetting::SlashId { .. } => {
+            return Err("AUTHGATE_UPSTREAM=slashid needs the slashid feature: \
+                 cargo run --release --example ssr_site --features dev-upstream,axum-extra,slashid"
+                .into());
         }
         #[cfg(not(feature = "webcom"))]
         UpstreamSetting::WebcomDev | UpstreamSetting::Webcom { .. } => {

@@ -13,6 +13,8 @@ mod render;
 pub(crate) mod settings;
 mod sign_in;
 mod sign_up;
+#[cfg(feature = "slashid")]
+mod slashid;
 #[cfg(feature = "webcom")]
 mod webcom;
 
@@ -44,6 +46,9 @@ pub(crate) struct Site {
     /// The Webcom client, when the site runs on Orange Webcom.
     #[cfg(feature = "webcom")]
     pub(crate) webcom: Option<authgate::webcom::Client>,
+    /// The SlashID client, when the site runs on SlashID.
+    #[cfg(feature = "slashid")]
+    pub(crate) slashid: Option<authgate::slashid::Client>,
     pub(crate) templates: render::Templates,
     /// The dev upstream's outbox page, when the dev upstream is in use.
     pub(crate) outbox_url: Option<String>,
@@ -67,6 +72,13 @@ pub(crate) struct SiteOptions {
 }
 
 impl SiteOptions {
+    /// The options for a site backed by the SlashID dev server (it sends
+    /// nothing, so no outbox).
+    #[cfg(feature = "slashid")]
+    pub(crate) fn for_slashid_dev() -> Self {
+        Self::default()
+    }
+
     /// The options for a site backed by this Webcom dev server.
     #[cfg(feature = "webcom")]
     pub(crate) fn for_webcom_dev(dev: &authgate::dev::webcom::WebcomDev) -> Self {
@@ -226,6 +238,50 @@ pub(crate) fn webcom_app_with_layer(
     serve(layer, webcom::routes(), site)
 }
 
+/// The site on SlashID (`AUTHGATE_UPSTREAM=slashid`): hosted login and
+/// guests, groups, organizations and an admin-only page
+/// (`site/slashid.rs`). One `AuthEvents` goes to the layer, as on the
+/// other backends.
+#[cfg(feature = "slashid")]
+pub(crate) fn slashid_app(
+    config: AuthConfig,
+    client: authgate::slashid::ClientBuilder,
+    options: SiteOptions,
+) -> Result<App, ConfigError> {
+    let events = options.events.auth_events();
+    let client = client.build()?;
+    let layer = AuthLayer::new(config.with_events(events), client.clone());
+    let mut site = Site::new(&layer, None, options);
+    site.slashid = Some(client);
+    Ok(serve(layer, slashid::routes(), site))
+}
+
+/// Starts the embedded SlashID dev server the way the example uses it: a
+/// second organization to switch to.
+#[cfg(feature = "slashid")]
+pub(crate) async fn spawn_slashid_dev() -> io::Result<authgate::dev::slashid::SlashIdDev> {
+    authgate::dev::slashid::SlashIdDev::builder()
+        .with_organization(SECOND_ORG, "Second organization")
+        .spawn()
+        .await
+}
+
+/// The dev server's second organization.
+#[cfg(feature = "slashid")]
+pub(crate) const SECOND_ORG: &str = "dev-org-2";
+
+/// The SlashID client for the dev server: hosted login, both
+/// organizations.
+#[cfg(feature = "slashid")]
+pub(crate) fn slashid_dev_client(
+    dev: &authgate::dev::slashid::SlashIdDev,
+) -> authgate::slashid::ClientBuilder {
+    authgate::slashid::Client::builder(dev.url(), dev.org_id())
+        .with_hosted_login(dev.client_id())
+        .with_accepted_organizations([SECOND_ORG])
+        .with_api_key(dev.api_key())
+}
+
 /// What every site has, on either backend: `/`, the stylesheet, the 404
 /// page and the security headers; then the auth layer around it all.
 fn serve(layer: AuthLayer, pages: Router<Arc<Site>>, site: Site) -> App {
@@ -246,6 +302,10 @@ impl Site {
         if self.webcom.is_some() {
             return "webcom";
         }
+        #[cfg(feature = "slashid")]
+        if self.slashid.is_some() {
+            return "slashid";
+        }
         "altogic"
     }
 
@@ -254,6 +314,8 @@ impl Site {
             altogic,
             #[cfg(feature = "webcom")]
             webcom: None,
+            #[cfg(feature = "slashid")]
+            slashid: None,
             templates: render::Templates::new(),
             outbox_url: options.outbox_url,
             events: options.events,

@@ -75,6 +75,22 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("sessions.html", include_str!("../templates/sessions.html")),
     (
+        "slashid_signin.html",
+        include_str!("../templates/slashid_signin.html"),
+    ),
+    (
+        "slashid_account.html",
+        include_str!("../templates/slashid_account.html"),
+    ),
+    (
+        "slashid_organizations.html",
+        include_str!("../templates/slashid_organizations.html"),
+    ),
+    (
+        "slashid_admin.html",
+        include_str!("../templates/slashid_admin.html"),
+    ),
+    (
         "webcom_signin.html",
         include_str!("../templates/webcom_signin.html"),
     ),
@@ -232,6 +248,13 @@ impl Backend for () {
 impl Backend for altogic::Client {
     fn of(site: &Site) -> Option<&Self> {
         site.altogic.as_ref()
+    }
+}
+
+#[cfg(feature = "slashid")]
+impl Backend for authgate::slashid::Client {
+    fn of(site: &Site) -> Option<&Self> {
+        site.slashid.as_ref()
     }
 }
 

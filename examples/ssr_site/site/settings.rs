@@ -21,6 +21,17 @@ pub(crate) enum UpstreamSetting {
     WebcomDev,
     /// A Webcom(-compatible) server (`WEBCOM_URL`, `WEBCOM_APP_ID`).
     Webcom { url: String, app_id: String },
+    /// The embedded SlashID dev server (`AUTHGATE_UPSTREAM=slashid`).
+    SlashIdDev,
+    /// A SlashID organization (`SLASHID_URL`, `SLASHID_ORG_ID`, and
+    /// optionally `SLASHID_API_KEY` and `SLASHID_CLIENT_ID` for hosted
+    /// login).
+    SlashId {
+        url: String,
+        org_id: String,
+        api_key: Option<String>,
+        client_id: Option<String>,
+    },
 }
 
 impl fmt::Debug for UpstreamSetting {
@@ -28,6 +39,19 @@ impl fmt::Debug for UpstreamSetting {
         match self {
             Self::Dev => f.write_str("Dev"),
             Self::WebcomDev => f.write_str("WebcomDev"),
+            Self::SlashIdDev => f.write_str("SlashIdDev"),
+            Self::SlashId {
+                url,
+                org_id,
+                api_key,
+                client_id,
+            } => f
+                .debug_struct("SlashId")
+                .field("url", url)
+                .field("org_id", org_id)
+                .field("api_key", &api_key.as_ref().map(|_| "<redacted>"))
+                .field("client_id", client_id)
+                .finish(),
             Self::Webcom { url, app_id } => f
                 .debug_struct("Webcom")
                 .field("url", url)
@@ -101,9 +125,24 @@ impl Settings {
                     );
                 }
             },
+            Some("slashid") => match (get("SLASHID_URL"), get("SLASHID_ORG_ID")) {
+                (None, None) => UpstreamSetting::SlashIdDev,
+                (Some(url), Some(org_id)) => UpstreamSetting::SlashId {
+                    url,
+                    org_id,
+                    api_key: get("SLASHID_API_KEY"),
+                    client_id: get("SLASHID_CLIENT_ID"),
+                },
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(
+                        "set both SLASHID_URL and SLASHID_ORG_ID to use SlashID, or neither to use the embedded SlashID dev server"
+                            .to_owned(),
+                    );
+                }
+            },
             Some(other) => {
                 return Err(format!(
-                    "AUTHGATE_UPSTREAM must be `altogic` (the default) or `webcom`; got {other:?}"
+                    "AUTHGATE_UPSTREAM must be `altogic` (the default), `webcom` or `slashid`; got {other:?}"
                 ));
             }
         };
