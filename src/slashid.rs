@@ -693,6 +693,40 @@ impl Client {
         ))
     }
 
+    /// The claims of a token container (the SDK's `tokenContainerClaims`),
+    /// its signature checked against the key set; `None` for a plain user
+    /// token. The inner `user_token` is left out (it is the session token;
+    /// [`grant_for_token`](Self::grant_for_token) checks it in full).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidSession`] for a container that does not verify;
+    /// an outage error when the key set cannot be fetched.
+    pub async fn token_container_claims(
+        &self,
+        token: &SessionToken,
+    ) -> Result<Option<Map<String, Value>>, Error> {
+        let is_container = jwt::peek_claims(token.expose())
+            .is_some_and(|claims| claims.contains_key("user_token"));
+        if !is_container {
+            return Ok(None);
+        }
+        let inner = &self.inner;
+        // As in `verify`: the container's own `iss` and `aud` are not
+        // documented, so its signature and times are what is checked.
+        let expect = Expect {
+            issuer: None,
+            audience: None,
+            leeway: inner.leeway,
+            now: SystemTime::now(),
+        };
+        let mut claims: Map<String, Value> = jwt::verify(&inner.jwks, token.expose(), &expect)
+            .await
+            .map_err(jwt_error)?;
+        claims.remove("user_token");
+        Ok(Some(claims))
+    }
+
     /// The groups of a token (the SDK's `getGroups()`), verified locally.
     pub async fn get_groups(&self, token: &SessionToken) -> Result<Vec<String>, Error> {
         let verified = self.verify(token.expose()).await.map_err(jwt_error)?;

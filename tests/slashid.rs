@@ -561,6 +561,32 @@ async fn token_containers_are_unwrapped() {
     assert!(validity.valid);
     let grant = h.client.grant_for_token(&token(&container)).await.unwrap();
     assert_eq!(grant.user.unwrap().id, person);
+    // The container's own claims (the SDK's `tokenContainerClaims`),
+    // verified, without the inner token; none for a plain user token.
+    let claims = h
+        .client
+        .token_container_claims(&token(&container))
+        .await
+        .unwrap()
+        .expect("a container");
+    assert!(claims.get("user_token").is_none());
+    assert!(claims.get("exp").is_some());
+    let plain = h.dev.issue_token("ada@example.com");
+    assert!(
+        h.client
+            .token_container_claims(&token(&plain))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut forged = container.clone();
+    forged.push('x');
+    assert!(
+        h.client
+            .token_container_claims(&token(&forged))
+            .await
+            .is_err()
+    );
 }
 
 // ---------------------------------------------------------------------------

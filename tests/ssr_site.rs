@@ -2416,16 +2416,35 @@ mod slashid_site {
         /// Signs in through the layer and SlashID's hosted login page as
         /// `email` in `groups`.
         async fn sign_in(&self, browser: &mut Browser, email: &str, groups: &str) {
-            let start = browser
-                .get("/auth/signin/slashid?return_to=%2Faccount")
+            let landing = self
+                .hosted_login(
+                    browser,
+                    "/auth/signin/slashid?return_to=%2Faccount",
+                    email,
+                    groups,
+                )
                 .await;
+            assert_eq!(landing, format!("{ORIGIN}/account?notice=signed-in"));
+            assert!(browser.session().is_some());
+        }
+
+        /// Goes through SlashID's hosted login from `start`; where the
+        /// landing sends the browser.
+        async fn hosted_login(
+            &self,
+            browser: &mut Browser,
+            start: &str,
+            email: &str,
+            groups: &str,
+        ) -> String {
+            let start = browser.get(start).await;
             assert_eq!(start.status, StatusCode::SEE_OTHER, "{}", start.body);
             let authorize = start.location().to_owned();
             assert!(authorize.starts_with(self.dev.url()), "{authorize}");
             let url = url::Url::parse(&authorize).unwrap();
             let mut form: Vec<(String, String)> = url
                 .query_pairs()
-                .filter(|(key, _)| key != "scope")
+                .filter(|(key, _)| key != "scope" && key != "prompt")
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect();
             form.push(("email".to_owned(), email.to_owned()));
@@ -2440,11 +2459,7 @@ mod slashid_site {
                 .await
                 .unwrap();
             let landing = browser.landing(back).await;
-            assert_eq!(
-                landing.location(),
-                format!("{ORIGIN}/account?notice=signed-in")
-            );
-            assert!(browser.session().is_some());
+            landing.location().to_owned()
         }
     }
 
@@ -2536,5 +2551,51 @@ mod slashid_site {
         let account = stranger.follow(&guest).await;
         account.assert_shows("You are signed in as a guest.");
         account.assert_shows("a guest account");
+    }
+
+    /// Issue 13 point 7, step-up on the server: a page that wants a recent
+    /// sign-in sends an older session through hosted login again with
+    /// `prompt=login`, and back.
+    #[tokio::test]
+    async fn slashid_a_page_that_wants_a_recent_sign_in_asks_again() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+        let site = slashid_site().await;
+        let mut browser = Browser::new(&site.app, ORIGIN);
+        site.sign_in(&mut browser, "ada@example.test", "").await;
+        let fresh = browser.get("/account/security").await;
+        assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
+        fresh.assert_shows("within the last five minutes");
+
+        // The same person's token, issued ten minutes ago.
+        let token = browser.session().unwrap().to_owned();
+        let payload = token.split('.').nth(1).unwrap();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        let old = claims["iat"].as_u64().unwrap() - 600;
+        claims["iat"] = old.into();
+        claims["nbf"] = old.into();
+        let older = site.dev.sign_claims(&claims);
+        browser.cookies.insert("authgate".to_owned(), older);
+        let stale = browser.get("/account/security").await;
+        let again = "/auth/signin/slashid?prompt=login&return_to=%2Faccount%2Fsecurity";
+        assert_eq!(stale.location(), again);
+        let authorize = browser.get(again).await;
+        assert!(
+            authorize.location().contains("prompt=login"),
+            "{}",
+            authorize.location()
+        );
+        let landing = site
+            .hosted_login(&mut browser, again, "ada@example.test", "")
+            .await;
+        assert_eq!(
+            landing,
+            format!("{ORIGIN}/account/security?notice=signed-in")
+        );
+        let page = browser.get("/account/security").await;
+        assert_eq!(page.status, StatusCode::OK);
+        page.assert_shows("within the last five minutes");
     }
 }

@@ -87,6 +87,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/slashid_organizations.html"),
     ),
     (
+        "slashid_security.html",
+        include_str!("../templates/slashid_security.html"),
+    ),
+    (
         "slashid_admin.html",
         include_str!("../templates/slashid_admin.html"),
     ),

@@ -41,6 +41,7 @@ pub(crate) fn routes() -> Router<Arc<Site>> {
             "/account/organizations",
             get(organizations).post(switch_organization),
         )
+        .route("/account/security", get(security))
         .merge(admin)
 }
 
@@ -227,6 +228,49 @@ async fn switch_organization(
             )
         }
     }
+}
+
+/// How recent a sign-in `/account/security` wants.
+const STEP_UP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// `GET /account/security`: a page that wants a recent sign-in (the
+/// server's side of SlashID's step-up, the seed's browser-only `mfa()`).
+/// A token issued more than five minutes ago sends the browser through
+/// SlashID's hosted login again (`prompt=login`), back to this page.
+async fn security(view: View, user: Result<CurrentUser, CurrentUserRejection>) -> Response {
+    let user = match user {
+        Ok(user) => user,
+        Err(CurrentUserRejection::UpstreamUnavailable(rejection)) => {
+            return unavailable(&view, rejection.retry_after());
+        }
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Ok(claims) = slashid::UserClaims::of(&user) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    if !claims.is_recent(STEP_UP_MAX_AGE, None, std::time::SystemTime::now()) {
+        return Redirect::to("/auth/signin/slashid?prompt=login&return_to=%2Faccount%2Fsecurity")
+            .into_response();
+    }
+    let methods = claims.authenticated_methods.join(", ");
+    view.page(
+        StatusCode::OK,
+        "slashid_security.html",
+        context! { methods, signed_in_at => claims.issued_at.map(readable) },
+    )
+}
+
+/// `2026-11-30 18:26 UTC`.
+fn readable(at: std::time::SystemTime) -> String {
+    let at = time::OffsetDateTime::from(at);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute()
+    )
 }
 
 /// `GET /admin`: only the `admin` group gets here; anyone else signed in
