@@ -515,6 +515,15 @@ impl RequestAuth {
         resolution
     }
 
+    /// The signed-in user, if this request has resolved one already (no
+    /// lookup: for pages drawn after an extractor ran).
+    pub(crate) fn resolved_user(&self) -> Option<Arc<User>> {
+        self.lock()
+            .resolution
+            .as_ref()
+            .and_then(|resolution| resolution.state.user().cloned())
+    }
+
     /// True when the request's cookie named a session that has ended (the
     /// upstream said it is invalid, or it was revoked here): the cookie is
     /// being removed. A malformed cookie is not an ended session.

@@ -65,6 +65,7 @@ fn layer_page(
     message: &str,
     retry_after: Option<u32>,
 ) -> String {
+    let user = auth.resolved_user();
     auth.shared.render_page(&PageContext {
         kind,
         status,
@@ -77,6 +78,7 @@ fn layer_page(
         retry_after,
         form_action: None,
         accounts: None,
+        user: user.as_deref(),
     })
 }
 

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
-use crate::upstream::LandingKind;
+use crate::upstream::{LandingKind, User};
 
 /// What a page of the layer is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +95,10 @@ pub struct PageContext<'a> {
     /// The account signed in now and the one the link signs in to (their
     /// e-mail, phone or name, as the upstream has them).
     pub accounts: Option<(&'a str, &'a str)>,
+    /// The signed-in user, when the request had resolved one before the
+    /// page was drawn (a guard's 403); `None` otherwise, which does not
+    /// mean nobody is signed in. For the page's header.
+    pub user: Option<&'a User>,
 }
 
 /// An app's page renderer: the HTML document of a page.
@@ -212,6 +216,7 @@ mod tests {
             retry_after: None,
             form_action: None,
             accounts: None,
+            user: None,
         };
         let html = default_page(&page);
         for part in [

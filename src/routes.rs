@@ -203,6 +203,8 @@ impl Page {
                     .accounts
                     .as_ref()
                     .map(|(now, next)| (now.as_str(), next.as_str())),
+                // The auth routes resolve no user before their pages.
+                user: None,
             };
             *self.response.body_mut() = Bytes::from(shared.render_page(&context));
         }

@@ -2539,6 +2539,10 @@ mod slashid_site {
             "never a sign-in redirect"
         );
         assert!(browser.session().is_some(), "the cookie stays");
+        // The layer's page knows who is signed in: the header says so.
+        admin.assert_shows("Not allowed");
+        admin.assert_shows(r#"id="nav-account">grace@example.test</a>"#);
+        admin.assert_lacks(r#"href="/signin">Sign in</a>"#);
 
         // Signed out: the normal sign-in redirect.
         let mut stranger = Browser::new(&site.app, ORIGIN);

@@ -227,6 +227,8 @@ impl Templates {
             link_text => page.link.map(|link| link.text),
             account_now => page.accounts.map(|(now, _)| now),
             account_next => page.accounts.map(|(_, next)| next),
+            // The header shows who is signed in, when the layer knows.
+            user => page.user.map(Value::from_serialize),
         };
         self.render("layer_page.html", ctx).unwrap_or_else(|err| {
             tracing::error!(error = %err, "ssr_site: the layer page could not be rendered");
