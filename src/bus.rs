@@ -61,7 +61,7 @@ pub const DEFAULT_CHANNEL: &str = "authgate:revocations";
 /// use authgate::AuthConfig;
 /// use authgate::bus::RedisBus;
 ///
-/// let bus = RedisBus::new("redis://127.0.0.1:6379/")?;
+/// let bus = RedisBus::new("redis://redis.internal/")?;
 /// let config = AuthConfig::new("https://app.example")?
 ///     .with_key([7u8; 64])?
 ///     .with_revocation_bus(bus);

@@ -135,7 +135,7 @@ impl AuthLayer {
     #[cfg_attr(not(feature = "test-util"), doc = "```ignore")]
     /// # use authgate::{AuthConfig, AuthLayer, test::MemoryUpstream};
     /// use axum_extra::extract::cookie::Key;
-    /// # let config = AuthConfig::new("http://localhost:3000")?.with_key([7u8; 64])?;
+    /// # let config = AuthConfig::new("https://app.example")?.with_key([7u8; 64])?;
     /// let layer = AuthLayer::new(config, MemoryUpstream::default());
     /// let key: Key = layer.cookie_jar_key();
     /// // Put `key` in the app's state with `impl FromRef<AppState> for Key`.
