@@ -2,7 +2,7 @@
 //!
 //! | route | what it does |
 //! |---|---|
-//! | `GET /auth/signin/{provider}?return_to=&prompt=login` | a fresh flow id (the OAuth `state`), the upstream's start (URL and its own per-flow data), a sealed flow cookie per flow (provider, validated `return_to`, the upstream's data), 303 to the upstream |
+//! | `GET /auth/signin/{provider}?return_to=&prompt=login&max_age=` | a fresh flow id (the OAuth `state`), the upstream's start (URL and its own per-flow data), a sealed flow cookie per flow (provider, validated `return_to`, the upstream's data), 303 to the upstream |
 //! | `GET /auth/callback` | the upstream's landings: grant exchange → session cookie → 303 to the validated `return_to`; password reset → encrypted reset cookie → 303 to the reset page; e-mail changed → 303 with a notice; failure → an escaped error page |
 //! | `GET /auth/continue`, `POST /auth/continue` | an e-mail link's landing (magic link, address confirmation) waits in an encrypted cookie until the user clicks "Continue" (a same-origin `POST`), so mail scanners that open links neither spend them nor get a session (SECURITY.md T-B6.4; [`AuthConfig::with_email_link_confirmation`](crate::AuthConfig::with_email_link_confirmation)) |
 //! | `POST /auth/signout?scope=this\|all\|others&return_to=` | cross-site check, upstream sign-out, cookie cleared with mirrored attributes even if the upstream fails, tombstone, 303 |
@@ -347,6 +347,13 @@ async fn sign_in(shared: &Shared, provider: &str, parts: &Parts) -> Page {
     if single_param(&params, "prompt") == Some("login") {
         start.prompt = Prompt::Login;
     }
+    // A malformed `max_age` is dropped, not refused: the provider then
+    // decides, as without one (the page asking for it still checks
+    // `auth_time`).
+    start.max_age = single_param(&params, "max_age")
+        .filter(|v| !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_secs);
     let redirect = match shared.resolver.upstream().start_sign_in(start).await {
         Ok(redirect) => redirect,
         Err(err) => {

@@ -645,6 +645,10 @@ impl Upstream for Custom {
             if start.prompt == Prompt::Login {
                 url.query_pairs_mut().append_pair("prompt", "login");
             }
+            if let Some(max_age) = start.max_age {
+                url.query_pairs_mut()
+                    .append_pair("max_age", &max_age.as_secs().to_string());
+            }
             let data = FlowData::new(&CustomFlow {
                 verifier,
                 redirect_uri,
@@ -955,12 +959,33 @@ async fn sign_in_with_prompt_login_reaches_the_upstream_and_unknown_providers_do
         Some("login")
     );
     assert_eq!(h.upstream.starts(), 1);
+    assert_eq!(query_param(location(&response), "max_age"), None);
+
+    // `max_age` in whole seconds reaches the upstream; anything else is
+    // dropped (the provider decides), never an error page.
+    let response = h.get("/auth/signin/beta?max_age=300", None).await;
+    assert_eq!(
+        query_param(location(&response), "max_age").as_deref(),
+        Some("300")
+    );
+    for bad in ["-1", "1e3", "99999999999", "", "5%00"] {
+        let response = h
+            .get(&format!("/auth/signin/beta?max_age={bad}"), None)
+            .await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "max_age={bad}");
+        assert_eq!(
+            query_param(location(&response), "max_age"),
+            None,
+            "max_age={bad}"
+        );
+    }
+    assert_eq!(h.upstream.starts(), 7);
 
     // Not in the declared providers: refused by the core.
     let response = h.get("/auth/signin/gamma", None).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert!(set_cookies(response.headers()).is_empty(), "no flow cookie");
-    assert_eq!(h.upstream.starts(), 1, "gamma never reached the upstream");
+    assert_eq!(h.upstream.starts(), 7, "gamma never reached the upstream");
 }
 
 // ---------------------------------------------------------------------------

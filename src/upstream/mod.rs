@@ -165,6 +165,10 @@ pub struct User {
     /// A guest or anonymous user (Webcom guests, SlashID anonymous
     /// persons).
     pub anonymous: bool,
+    /// When the user last authenticated at the provider, in seconds since
+    /// the Unix epoch (OpenID Connect Core 1.0 §2 `auth_time`), if the
+    /// upstream says. See [`User::authenticated_within`].
+    pub auth_time: Option<u64>,
     /// The upstream's whole user object.
     pub raw: RawJson,
 }
@@ -189,6 +193,20 @@ impl User {
             .or(self.email.as_deref())
             .or(self.phone.as_deref())
             .unwrap_or(&self.id)
+    }
+
+    /// Whether the user authenticated at the provider no longer than
+    /// `max_age` ago ([`auth_time`](Self::auth_time)); `false` when the
+    /// upstream did not say. A page that wants a recent sign-in sends an
+    /// older session to `{prefix}/signin/{provider}?prompt=login`.
+    pub fn authenticated_within(&self, max_age: std::time::Duration) -> bool {
+        let Some(auth_time) = self.auth_time else {
+            return false;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        now.saturating_sub(auth_time) <= max_age.as_secs()
     }
 
     /// An estimate of the bytes this user takes in the cache.
@@ -757,6 +775,11 @@ pub struct SignInStart<'a> {
     pub callback_url: &'a Url,
     /// Whether the user must authenticate again.
     pub prompt: Prompt,
+    /// The longest time since the user last authenticated at the provider
+    /// that this sign-in accepts (`?max_age=` on the start route, whole
+    /// seconds; OpenID Connect Core 1.0 §3.1.2.1 `max_age`). `None`: the
+    /// provider decides.
+    pub max_age: Option<std::time::Duration>,
 }
 
 impl<'a> SignInStart<'a> {
@@ -767,6 +790,7 @@ impl<'a> SignInStart<'a> {
             flow,
             callback_url,
             prompt: Prompt::Default,
+            max_age: None,
         }
     }
 }
@@ -1006,5 +1030,27 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<SessionRevocation, Error>> {
         let _ = logout_token;
         Box::pin(std::future::ready(Err(Error::unsupported())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::User;
+
+    #[test]
+    fn authenticated_within_reads_auth_time_and_is_false_without_it() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut user = User::new("u1", serde_json::json!({}));
+        assert!(!user.authenticated_within(Duration::from_secs(3600)));
+        user.auth_time = Some(now - 100);
+        assert!(user.authenticated_within(Duration::from_secs(300)));
+        assert!(!user.authenticated_within(Duration::from_secs(60)));
+        // A clock skewed into the future counts as just now.
+        user.auth_time = Some(now + 30);
+        assert!(user.authenticated_within(Duration::ZERO));
     }
 }
