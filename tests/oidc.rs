@@ -30,7 +30,7 @@ use url::Url;
 /// A running `oidc-provider`; killed when dropped.
 struct OpenIdProvider {
     issuer: String,
-    _child: Child,
+    child: Child,
 }
 
 /// Where the fixture lives, and its Node 22.
@@ -89,10 +89,7 @@ impl OpenIdProvider {
         let ready: Value = serde_json::from_str(&line).unwrap();
         let issuer = ready["issuer"].as_str().unwrap().to_owned();
         assert!(issuer.starts_with("http://127.0.0.1:"), "{issuer}");
-        Some(Self {
-            issuer,
-            _child: child,
-        })
+        Some(Self { issuer, child })
     }
 }
 
@@ -672,7 +669,15 @@ struct Site {
     op: OpenIdProvider,
     origin: String,
     client: oidc::Client,
+    config: AuthConfig,
     browser: Browser,
+}
+
+fn app(config: AuthConfig, client: oidc::Client) -> authgate::AuthService<axum::Router> {
+    let router = axum::Router::new()
+        .route("/account", axum::routing::get(page))
+        .route("/", axum::routing::get(|| async { "home" }));
+    AuthLayer::new(config, client).layer(router)
 }
 
 async fn page(user: CurrentUser) -> String {
@@ -736,15 +741,13 @@ async fn site(setup: Setup) -> Option<Site> {
         .unwrap()
         .with_failure_cooldown(Duration::from_millis(1));
     let config = (setup.config)(config);
-    let router = axum::Router::new()
-        .route("/account", axum::routing::get(page))
-        .route("/", axum::routing::get(|| async { "home" }));
-    let app = AuthLayer::new(config, client.clone()).layer(router);
-    tokio::spawn(async move { axum::serve(listener, tower::make::Shared::new(app)).await });
+    let service = app(config.clone(), client.clone());
+    tokio::spawn(async move { axum::serve(listener, tower::make::Shared::new(service)).await });
     Some(Site {
         op,
         origin,
         client,
+        config,
         browser: Browser::new(),
     })
 }
@@ -752,6 +755,16 @@ async fn site(setup: Setup) -> Option<Site> {
 impl Site {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.origin)
+    }
+
+    /// Another instance of the same app (same key and origin, its own
+    /// cache) on another port: its base URL.
+    async fn second_instance(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let service = app(self.config.clone(), self.client.clone());
+        tokio::spawn(async move { axum::serve(listener, tower::make::Shared::new(service)).await });
+        base
     }
 
     /// What the provider saw (its `/_test/stats`).
@@ -825,10 +838,17 @@ impl Site {
 
     /// `/account` with a given session cookie (not the browser's jar).
     async fn account_with(&self, session: &str) -> (u16, Option<String>, String) {
+        self.account_at(&self.origin, session).await
+    }
+
+    /// `/account` at an instance's base URL with a given session cookie:
+    /// the status, the new session cookie value if one is set (empty for a
+    /// removal), the body.
+    async fn account_at(&self, base: &str, session: &str) -> (u16, Option<String>, String) {
         let response = self
             .browser
             .http
-            .get(self.url("/account"))
+            .get(format!("{base}/account"))
             .header("accept", "text/html")
             .header("cookie", format!("{SESSION}={session}"))
             .send()
@@ -977,4 +997,144 @@ async fn a_large_token_set_is_chunked_and_one_over_the_ceiling_fails_clearly() {
     assert!(sessions.is_empty(), "no session cookie: {sessions:?}");
     // The session the provider just made is ended there (RFC 7009).
     assert_eq!(site.requests("POST /token/revocation").await, 1);
+}
+
+/// Point 4, R10: a session is refreshed when its access token is due,
+/// once under 50 concurrent requests, each of which gets the same new
+/// cookie; the old cookie inside the successor window is served and
+/// healed; and a session whose access token has already expired is
+/// refreshed too.
+#[tokio::test]
+async fn fifty_concurrent_requests_at_expiry_refresh_once_and_get_the_same_cookie() {
+    let Some(mut site) = site(Setup {
+        access_ttl: 4,
+        margin: Duration::from_secs(1),
+        // The user cached at sign-in is fresh for this long (capped by the
+        // access token's expiry); lookups then follow the refresh point.
+        config: |c| c.with_cache_ttl(Duration::from_secs(1)),
+        ..Setup::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let first = site.sign_in("dora").await;
+    assert_eq!(site.account_with(&first).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        site.account_with(&first).await.0,
+        200,
+        "a lookup, no refresh"
+    );
+    assert_eq!(site.grants("refresh_token ok").await, 0);
+    // Past the refresh point (expiry minus the margin), before expiry.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let answers = futures_util::future::join_all((0..50).map(|_| site.account_with(&first))).await;
+    let refreshes = site.grants("refresh_token ok").await;
+    assert_eq!(
+        refreshes,
+        1,
+        "one refresh for 50 concurrent requests: {:?} {}",
+        answers[0],
+        site.stats().await
+    );
+    let second = answers[0].1.clone().expect("a new cookie");
+    assert!(!second.is_empty() && second != first);
+    for (status, set, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(set.as_deref(), Some(second.as_str()), "the same new cookie");
+        assert!(body.starts_with("Hello dora"));
+    }
+    eprintln!("figures: refreshes for 50 concurrent requests at expiry: {refreshes}");
+
+    // The old cookie, inside the successor window: served, and healed.
+    let (status, set, _) = site.account_with(&first).await;
+    assert_eq!(status, 200);
+    assert_eq!(set.as_deref(), Some(second.as_str()), "healed");
+    eprintln!("figures: successor-window hit served and healed: 1");
+    // The new one is simply served.
+    let (status, set, _) = site.account_with(&second).await;
+    assert_eq!((status, set), (200, None));
+    assert_eq!(site.grants("refresh_token ok").await, 1);
+
+    // After the access token has expired: refreshed all the same.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let (status, set, body) = site.account_with(&second).await;
+    assert_eq!(status, 200, "{body}");
+    let third = set.expect("rotated again");
+    assert!(!third.is_empty() && third != second);
+    assert_eq!(site.grants("refresh_token ok").await, 2);
+    assert_eq!(site.grants("refresh_token error").await, 0);
+}
+
+/// SEAM.md §4.3, R1: another instance that still has the old cookie
+/// refreshes with the spent refresh token and gets `invalid_grant`: while
+/// the access token lives, that is an outage (the cookie is kept); once it
+/// has expired, the session is over.
+#[tokio::test]
+async fn invalid_grant_signs_out_only_after_the_access_token_expired() {
+    let Some(mut site) = site(Setup {
+        access_ttl: 6,
+        margin: Duration::from_secs(4),
+        config: |c| c.with_cache_ttl(Duration::from_secs(1)),
+        ..Setup::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let old = site.sign_in("eve").await;
+    let rotator = site.second_instance().await;
+    let other = site.second_instance().await;
+    // Instances B and C know the session (a lookup each; both will look
+    // again at the refresh point, expiry minus the margin).
+    assert_eq!(site.account_at(&rotator, &old).await.0, 200);
+    assert_eq!(site.account_at(&other, &old).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    // B rotates it.
+    let (status, set, _) = site.account_at(&rotator, &old).await;
+    assert_eq!(status, 200);
+    assert!(set.is_some_and(|s| !s.is_empty()), "rotated");
+    assert_eq!(site.grants("refresh_token ok").await, 1);
+    // C, with the old cookie, refreshes with the spent token: refused,
+    // but the access token still lives: kept, the cached user served.
+    let (status, set, body) = site.account_at(&other, &old).await;
+    assert_eq!(site.grants("refresh_token error").await, 1, "invalid_grant");
+    assert!(set.is_none(), "the cookie is kept: {set:?}");
+    assert_eq!(status, 200, "served stale: {body}");
+    // Once the old access token has expired, the same answer is final.
+    tokio::time::sleep(Duration::from_millis(4200)).await;
+    let (status, set, _) = site.account_at(&other, &old).await;
+    assert_eq!(status, 303, "signed out");
+    assert_eq!(set.as_deref(), Some(""), "the cookie is removed");
+}
+
+/// R1: the provider down (killed) never signs anyone out, before or after
+/// the access token expires.
+#[tokio::test]
+async fn the_provider_down_keeps_the_cookie() {
+    let Some(mut site) = site(Setup {
+        access_ttl: 3,
+        margin: Duration::from_secs(1),
+        ..Setup::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let session = site.sign_in("finn").await;
+    site.op.child.start_kill().unwrap();
+    let _ = site.op.child.wait().await;
+    for wait in [2200, 2000] {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let (status, set, body) = site.account_with(&session).await;
+        assert!(
+            set.is_none(),
+            "after {wait} ms: the cookie is kept ({set:?})"
+        );
+        assert!(
+            status == 200 || status == 503,
+            "served stale or unavailable, never signed out: {status} {body}"
+        );
+    }
 }
