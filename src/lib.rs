@@ -30,6 +30,9 @@ pub mod events;
 mod extract;
 mod guard;
 mod layer;
+#[cfg(feature = "oidc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oidc")))]
+pub mod oidc;
 pub mod pages;
 pub mod redirect;
 pub mod rejection;

@@ -30,7 +30,7 @@ use url::Url;
 /// A running `oidc-provider`; killed when dropped.
 struct OpenIdProvider {
     issuer: String,
-    _child: Child,
+    child: Child,
 }
 
 /// Where the fixture lives, and its Node 22.
@@ -45,6 +45,11 @@ impl OpenIdProvider {
     /// `None` (with the reason printed) when it is not installed and CI
     /// does not require it.
     async fn start(clients: &Value) -> Option<Self> {
+        Self::start_with(clients, &[]).await
+    }
+
+    /// [`start`](Self::start) with more environment (`OIDC_ACCESS_TOKEN_TTL`).
+    async fn start_with(clients: &Value, env: &[(&str, &str)]) -> Option<Self> {
         let (dir, node) = fixture();
         let installed = node.is_file() && dir.join("node_modules/oidc-provider").is_dir();
         if !installed {
@@ -59,6 +64,7 @@ impl OpenIdProvider {
             .arg(dir.join("provider.mjs"))
             .current_dir(&dir)
             .env("OIDC_CLIENTS", clients.to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             // AUTHGATE_OIDC_LOG=1 shows the provider's own log lines
@@ -83,10 +89,7 @@ impl OpenIdProvider {
         let ready: Value = serde_json::from_str(&line).unwrap();
         let issuer = ready["issuer"].as_str().unwrap().to_owned();
         assert!(issuer.starts_with("http://127.0.0.1:"), "{issuer}");
-        Some(Self {
-            issuer,
-            _child: child,
-        })
+        Some(Self { issuer, child })
     }
 }
 
@@ -122,11 +125,12 @@ impl Browser {
             .await
             .unwrap();
         for line in response.headers().get_all("set-cookie") {
-            let Some((pair, _)) = line.to_str().unwrap().split_once(';') else {
-                continue;
-            };
-            if let Some((name, value)) = pair.split_once('=') {
-                self.cookies.insert(name.to_owned(), value.to_owned());
+            let cookie = cookie::Cookie::parse(line.to_str().unwrap().to_owned()).unwrap();
+            if cookie.value().is_empty() || cookie.max_age() == Some(time::Duration::ZERO) {
+                self.cookies.remove(cookie.name());
+            } else {
+                self.cookies
+                    .insert(cookie.name().to_owned(), cookie.value().to_owned());
             }
         }
         response
@@ -140,6 +144,15 @@ impl Browser {
     async fn post(&mut self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
         let request = self.http.post(url).form(form);
         self.send(request).await
+    }
+
+    /// The `Cookie` header this browser sends.
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -168,6 +181,23 @@ fn form_action(html: &str, base: &str) -> String {
     Url::parse(base).unwrap().join(&action).unwrap().to_string()
 }
 
+/// The hidden inputs of a page's forms, as (name, value).
+fn hidden_inputs(html: &str) -> Vec<(String, String)> {
+    let attr = |tag: &str, name: &str| {
+        let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
+        let end = start + tag[start..].find('"')?;
+        Some(tag[start..end].to_owned())
+    };
+    html.split("<input")
+        .skip(1)
+        .filter_map(|tag| {
+            let tag = &tag[..tag.find('>')?];
+            (attr(tag, "type")? == "hidden").then_some(())?;
+            Some((attr(tag, "name")?, attr(tag, "value")?))
+        })
+        .collect()
+}
+
 /// The claims of a JWT, unverified (the verifier is the library's job; the
 /// fixture test only reads them).
 fn claims(jwt: &str) -> Value {
@@ -191,13 +221,27 @@ async fn sign_in(browser: &mut Browser, authorize: &str, login: &str, back_to: &
         assert_eq!(response.status(), 200, "{next}");
         let page = response.text().await.unwrap();
         let action = form_action(&page, &next);
+        let hidden = hidden_inputs(&page);
         let form: Vec<(&str, &str)> = if page.contains("name=\"login\"") {
             vec![("prompt", "login"), ("login", login), ("password", "any")]
+        } else if page.contains("name=\"xsrf\"") {
+            // Signing in as someone else ends the provider's session first
+            // (a self-submitting form).
+            hidden
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect()
         } else {
             vec![("prompt", "consent")]
         };
         let posted = browser.post(&action, &form).await;
-        assert!(posted.status().is_redirection(), "{}", posted.status());
+        if !posted.status().is_redirection() {
+            panic!(
+                "{action} {}: {}\n{page}",
+                posted.status(),
+                posted.text().await.unwrap()
+            );
+        }
         next = location(&posted, &action);
         if next.starts_with(back_to) {
             return next;
@@ -588,4 +632,509 @@ async fn the_real_provider_posts_a_back_channel_logout_token() {
     assert!(logout["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object());
     assert!(logout.get("nonce").is_none(), "a logout token has no nonce");
     assert!(logout["iat"].is_number() && logout["jti"].is_string());
+}
+
+// ---------------------------------------------------------------------------
+// authgate::oidc against the real provider: an app wrapped in `AuthLayer`,
+// served on 127.0.0.1:0 (the provider posts back-channel logouts to it),
+// driven over HTTP by `Browser`.
+
+use authgate::oidc::{self, ClientAuth};
+use authgate::upstream::{Revocation, SessionStorage, SignOutScope, Upstream as _};
+use authgate::{AuthConfig, AuthLayer, CurrentUser, ErrorKind};
+
+const SECRET: &str = "a-client-secret-of-at-least-32-bytes";
+const SESSION: &str = "authgate";
+
+/// One client registration at the provider for an app at `origin`.
+fn registration(origin: &str, client_id: &str, auth: &str) -> Value {
+    let mut client = json!({
+        "client_id": client_id,
+        "redirect_uris": [format!("{origin}/auth/callback")],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_method": auth,
+        "post_logout_redirect_uris": [format!("{origin}/")],
+        "backchannel_logout_uri": format!("{origin}/auth/backchannel-logout"),
+        "backchannel_logout_session_required": true,
+        "require_auth_time": true,
+    });
+    if auth != "none" {
+        client["client_secret"] = json!(SECRET);
+    }
+    client
+}
+
+/// An app on 127.0.0.1:0 and the provider that serves it.
+struct Site {
+    op: OpenIdProvider,
+    origin: String,
+    client: oidc::Client,
+    config: AuthConfig,
+    browser: Browser,
+}
+
+fn app(config: AuthConfig, client: oidc::Client) -> authgate::AuthService<axum::Router> {
+    let router = axum::Router::new()
+        .route("/account", axum::routing::get(page))
+        .route("/", axum::routing::get(|| async { "home" }));
+    AuthLayer::new(config, client).layer(router)
+}
+
+async fn page(user: CurrentUser) -> String {
+    format!(
+        "Hello {} <{}> groups=[{}] auth_time={}",
+        user.id,
+        user.email.as_deref().unwrap_or("-"),
+        user.groups.join(","),
+        user.auth_time.unwrap_or(0)
+    )
+}
+
+struct Setup {
+    client_id: &'static str,
+    auth: ClientAuth,
+    access_ttl: u64,
+    margin: Duration,
+    tune: fn(oidc::ClientBuilder) -> oidc::ClientBuilder,
+    config: fn(AuthConfig) -> AuthConfig,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            client_id: "app",
+            auth: ClientAuth::Basic,
+            access_ttl: 3600,
+            margin: Duration::from_secs(60),
+            tune: |b| b,
+            config: |c| c,
+        }
+    }
+}
+
+/// Starts the site: the listener first (its port is in the client's
+/// registration), then the provider, then the app.
+async fn site(setup: Setup) -> Option<Site> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let method = match setup.auth {
+        ClientAuth::Basic => "client_secret_basic",
+        ClientAuth::Post => "client_secret_post",
+        _ => "none",
+    };
+    let clients = json!([registration(&origin, setup.client_id, method)]);
+    let ttl = setup.access_ttl.to_string();
+    let op = OpenIdProvider::start_with(&clients, &[("OIDC_ACCESS_TOKEN_TTL", &ttl)]).await?;
+    let mut builder = oidc::Client::builder(&op.issuer, setup.client_id)
+        .with_client_auth(setup.auth)
+        .with_scopes(&["openid", "email", "profile", "groups"])
+        .with_refresh_margin(setup.margin)
+        .with_jwks_min_refetch(Duration::ZERO)
+        .with_timeout(Duration::from_secs(2));
+    if setup.auth != ClientAuth::None {
+        builder = builder.with_client_secret(SECRET);
+    }
+    let client = (setup.tune)(builder).build().unwrap();
+    let config = AuthConfig::new(&origin)
+        .unwrap()
+        .with_key([9u8; 64])
+        .unwrap()
+        .with_failure_cooldown(Duration::from_millis(1));
+    let config = (setup.config)(config);
+    let service = app(config.clone(), client.clone());
+    tokio::spawn(async move { axum::serve(listener, tower::make::Shared::new(service)).await });
+    Some(Site {
+        op,
+        origin,
+        client,
+        config,
+        browser: Browser::new(),
+    })
+}
+
+impl Site {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
+
+    /// Another instance of the same app (same key and origin, its own
+    /// cache) on another port: its base URL.
+    async fn second_instance(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let service = app(self.config.clone(), self.client.clone());
+        tokio::spawn(async move { axum::serve(listener, tower::make::Shared::new(service)).await });
+        base
+    }
+
+    /// What the provider saw (its `/_test/stats`).
+    async fn stats(&self) -> Value {
+        self.browser
+            .http
+            .get(format!("{}/_test/stats", self.op.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn grants(&self, key: &str) -> u64 {
+        self.stats().await["grants"][key].as_u64().unwrap_or(0)
+    }
+
+    async fn requests(&self, key: &str) -> u64 {
+        self.stats().await["requests"][key].as_u64().unwrap_or(0)
+    }
+
+    /// Every request the provider saw but the tests' own.
+    async fn traffic(&self) -> Value {
+        let mut requests = self.stats().await["requests"].clone();
+        requests.as_object_mut().unwrap().remove("GET /_test/stats");
+        requests
+    }
+
+    /// `/auth/signin/oidc{query}` → the provider's authorization URL.
+    async fn start(&mut self, query: &str) -> String {
+        let url = self.url(&format!("/auth/signin/oidc{query}"));
+        let response = self.browser.get(&url).await;
+        assert_eq!(response.status(), 303, "the start route redirects");
+        location(&response, &url)
+    }
+
+    /// Signs in at the provider from `authorize` and returns the landing
+    /// URL at the app (not visited).
+    async fn at_provider(&mut self, authorize: &str, login: &str) -> String {
+        let back = self.url("/auth/callback");
+        sign_in(&mut self.browser, authorize, login, &back).await
+    }
+
+    /// Visits a landing: its response.
+    async fn land(&mut self, landing: &str) -> reqwest::Response {
+        self.browser.get(landing).await
+    }
+
+    /// A whole sign-in through the layer's routes; the session cookie.
+    async fn sign_in(&mut self, login: &str) -> String {
+        let authorize = self.start("?return_to=%2Faccount").await;
+        let landing = self.at_provider(&authorize, login).await;
+        let landed = self.land(&landing).await;
+        assert_eq!(landed.status(), 303, "{}", landed.text().await.unwrap());
+        assert_eq!(location(&landed, &landing), self.url("/account"));
+        assert!(
+            self.browser
+                .cookies
+                .keys()
+                .any(|k| k.starts_with(SESSION) && !k.contains("-flow")),
+            "a session cookie"
+        );
+        self.session().unwrap_or_default()
+    }
+
+    fn session(&self) -> Option<String> {
+        self.browser.cookies.get(SESSION).cloned()
+    }
+
+    /// `/account` with a given session cookie (not the browser's jar).
+    async fn account_with(&self, session: &str) -> (u16, Option<String>, String) {
+        self.account_at(&self.origin, session).await
+    }
+
+    /// `/account` at an instance's base URL with a given session cookie:
+    /// the status, the new session cookie value if one is set (empty for a
+    /// removal), the body.
+    async fn account_at(&self, base: &str, session: &str) -> (u16, Option<String>, String) {
+        let response = self
+            .browser
+            .http
+            .get(format!("{base}/account"))
+            .header("accept", "text/html")
+            .header("cookie", format!("{SESSION}={session}"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let set = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| cookie::Cookie::parse(v.to_str().unwrap().to_owned()).unwrap())
+            .find(|c| c.name() == SESSION)
+            .map(|c| c.value().to_owned());
+        (status, set, response.text().await.unwrap())
+    }
+
+    async fn account(&mut self) -> (u16, String) {
+        let url = self.url("/account");
+        let response = self.browser.get(&url).await;
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    /// `POST /auth/signout` from the app's own page.
+    async fn sign_out(&mut self) -> reqwest::Response {
+        let request = self
+            .browser
+            .http
+            .post(self.url("/auth/signout"))
+            .header("origin", &self.origin)
+            .header("sec-fetch-site", "same-origin");
+        self.browser.send(request).await
+    }
+}
+
+/// Point 2, 6, T-B1, T-B2: sign-in through `/auth/signin/oidc`, the
+/// provider's login and consent forms and `/auth/callback`, for each
+/// client authentication (`client_secret_basic`, `client_secret_post`,
+/// and a public client); `CurrentUser` on a protected page.
+#[tokio::test]
+async fn sign_in_through_the_layer_with_each_client_authentication() {
+    for (client_id, auth, userinfo) in [
+        ("basic", ClientAuth::Basic, false),
+        ("post", ClientAuth::Post, true),
+        ("public", ClientAuth::None, false),
+    ] {
+        let tune: fn(oidc::ClientBuilder) -> oidc::ClientBuilder = if userinfo {
+            |b| b.with_userinfo(true)
+        } else {
+            |b| b
+        };
+        let Some(mut site) = site(Setup {
+            client_id,
+            auth,
+            tune,
+            ..Setup::default()
+        })
+        .await
+        else {
+            return;
+        };
+        let caps = site.client.capabilities();
+        assert_eq!(caps.storage, SessionStorage::Sealed);
+        assert_eq!(caps.revocation, Revocation::UntilExpiry);
+        assert!(caps.supports_sign_out(SignOutScope::This));
+        let authorize = site.start("").await;
+        assert!(authorize.starts_with(&op_auth(&site)), "{authorize}");
+        for (name, value) in [
+            ("client_id", client_id),
+            ("response_type", "code"),
+            ("code_challenge_method", "S256"),
+        ] {
+            assert_eq!(query(&authorize, name).as_deref(), Some(value), "{name}");
+        }
+        assert_eq!(query(&authorize, "code_challenge").unwrap().len(), 43);
+        assert!(query(&authorize, "nonce").unwrap().len() >= 43);
+        assert!(query(&authorize, "state").unwrap().len() >= 43);
+        assert_eq!(
+            query(&authorize, "redirect_uri").unwrap(),
+            site.url("/auth/callback")
+        );
+        assert!(
+            !authorize.contains("verifier"),
+            "the verifier never travels"
+        );
+        let landing = site.at_provider(&authorize, "admin-ada").await;
+        assert_eq!(
+            query(&landing, "iss").as_deref(),
+            Some(site.op.issuer.as_str())
+        );
+        let landed = site.land(&landing).await;
+        assert_eq!(landed.status(), 303, "{client_id}");
+        let (status, body) = site.account().await;
+        assert_eq!(status, 200, "{client_id}: {body}");
+        assert!(
+            body.starts_with("Hello admin-ada <admin-ada@example.test> groups=[admin]"),
+            "{client_id}: {body}"
+        );
+        assert_eq!(site.grants("authorization_code ok").await, 1, "{client_id}");
+        let userinfo_calls = site.requests("GET /me").await;
+        assert_eq!(userinfo_calls > 0, userinfo, "{client_id}: userinfo");
+        // A warm request asks the provider nothing.
+        let before = site.traffic().await;
+        assert_eq!(site.account().await.0, 200);
+        assert_eq!(site.traffic().await, before);
+    }
+}
+
+fn op_auth(site: &Site) -> String {
+    format!("{}/auth?", site.op.issuer)
+}
+
+/// T-C4: a token set over the cookie budget is chunked; one over the
+/// ceiling fails the sign-in with the fixed page, and no cookie.
+#[tokio::test]
+async fn a_large_token_set_is_chunked_and_one_over_the_ceiling_fails_clearly() {
+    let Some(mut site) = site(Setup::default()).await else {
+        return;
+    };
+    site.sign_in("big3000-ann").await;
+    assert!(
+        site.browser.cookies.contains_key(&format!("{SESSION}__0"))
+            && site.browser.cookies.contains_key(&format!("{SESSION}__1")),
+        "two chunks: {:?}",
+        site.browser.cookies.keys()
+    );
+    let (status, body) = site.account().await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("Hello big3000-ann"));
+
+    let mut other = site.browser.cookies.clone();
+    other.retain(|k, _| !k.starts_with(SESSION));
+    site.browser.cookies = other;
+    let authorize = site.start("?prompt=login").await;
+    let landing = site.at_provider(&authorize, "big9000-bob").await;
+    let landed = site.land(&landing).await;
+    assert_eq!(landed.status(), 500);
+    let page = landed.text().await.unwrap();
+    assert!(page.contains("too large"), "{page}");
+    let sessions: Vec<&String> = site
+        .browser
+        .cookies
+        .keys()
+        .filter(|k| *k == SESSION || k.starts_with(&format!("{SESSION}__")))
+        .collect();
+    assert!(sessions.is_empty(), "no session cookie: {sessions:?}");
+    // The session the provider just made is ended there (RFC 7009).
+    assert_eq!(site.requests("POST /token/revocation").await, 1);
+}
+
+/// Point 4, R10: a session is refreshed when its access token is due,
+/// once under 50 concurrent requests, each of which gets the same new
+/// cookie; the old cookie inside the successor window is served and
+/// healed; and a session whose access token has already expired is
+/// refreshed too.
+#[tokio::test]
+async fn fifty_concurrent_requests_at_expiry_refresh_once_and_get_the_same_cookie() {
+    let Some(mut site) = site(Setup {
+        access_ttl: 4,
+        margin: Duration::from_secs(1),
+        // The user cached at sign-in is fresh for this long (capped by the
+        // access token's expiry); lookups then follow the refresh point.
+        config: |c| c.with_cache_ttl(Duration::from_secs(1)),
+        ..Setup::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let first = site.sign_in("dora").await;
+    assert_eq!(site.account_with(&first).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        site.account_with(&first).await.0,
+        200,
+        "a lookup, no refresh"
+    );
+    assert_eq!(site.grants("refresh_token ok").await, 0);
+    // Past the refresh point (expiry minus the margin), before expiry.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let answers = futures_util::future::join_all((0..50).map(|_| site.account_with(&first))).await;
+    let refreshes = site.grants("refresh_token ok").await;
+    assert_eq!(
+        refreshes,
+        1,
+        "one refresh for 50 concurrent requests: {:?} {}",
+        answers[0],
+        site.stats().await
+    );
+    let second = answers[0].1.clone().expect("a new cookie");
+    assert!(!second.is_empty() && second != first);
+    for (status, set, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(set.as_deref(), Some(second.as_str()), "the same new cookie");
+        assert!(body.starts_with("Hello dora"));
+    }
+    eprintln!("figures: refreshes for 50 concurrent requests at expiry: {refreshes}");
+
+    // The old cookie, inside the successor window: served, and healed.
+    let (status, set, _) = site.account_with(&first).await;
+    assert_eq!(status, 200);
+    assert_eq!(set.as_deref(), Some(second.as_str()), "healed");
+    eprintln!("figures: successor-window hit served and healed: 1");
+    // The new one is simply served.
+    let (status, set, _) = site.account_with(&second).await;
+    assert_eq!((status, set), (200, None));
+    assert_eq!(site.grants("refresh_token ok").await, 1);
+
+    // After the access token has expired: refreshed all the same.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let (status, set, body) = site.account_with(&second).await;
+    assert_eq!(status, 200, "{body}");
+    let third = set.expect("rotated again");
+    assert!(!third.is_empty() && third != second);
+    assert_eq!(site.grants("refresh_token ok").await, 2);
+    assert_eq!(site.grants("refresh_token error").await, 0);
+}
+
+/// SEAM.md §4.3, R1: another instance that still has the old cookie
+/// refreshes with the spent refresh token and gets `invalid_grant`: while
+/// the access token lives, that is an outage (the cookie is kept); once it
+/// has expired, the session is over.
+#[tokio::test]
+async fn invalid_grant_signs_out_only_after_the_access_token_expired() {
+    let Some(mut site) = site(Setup {
+        access_ttl: 6,
+        margin: Duration::from_secs(4),
+        config: |c| c.with_cache_ttl(Duration::from_secs(1)),
+        ..Setup::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let old = site.sign_in("eve").await;
+    let rotator = site.second_instance().await;
+    let other = site.second_instance().await;
+    // Instances B and C know the session (a lookup each; both will look
+    // again at the refresh point, expiry minus the margin).
+    assert_eq!(site.account_at(&rotator, &old).await.0, 200);
+    assert_eq!(site.account_at(&other, &old).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    // B rotates it.
+    let (status, set, _) = site.account_at(&rotator, &old).await;
+    assert_eq!(status, 200);
+    assert!(set.is_some_and(|s| !s.is_empty()), "rotated");
+    assert_eq!(site.grants("refresh_token ok").await, 1);
+    // C, with the old cookie, refreshes with the spent token: refused,
+    // but the access token still lives: kept, the cached user served.
+    let (status, set, body) = site.account_at(&other, &old).await;
+    assert_eq!(site.grants("refresh_token error").await, 1, "invalid_grant");
+    assert!(set.is_none(), "the cookie is kept: {set:?}");
+    assert_eq!(status, 200, "served stale: {body}");
+    // Once the old access token has expired, the same answer is final.
+    tokio::time::sleep(Duration::from_millis(4200)).await;
+    let (status, set, _) = site.account_at(&other, &old).await;
+    assert_eq!(status, 303, "signed out");
+    assert_eq!(set.as_deref(), Some(""), "the cookie is removed");
+}
+
+/// R1: the provider down (killed) never signs anyone out, before or after
+/// the access token expires.
+#[tokio::test]
+async fn the_provider_down_keeps_the_cookie() {
+    let Some(mut site) = site(Setup {
+        access_ttl: 3,
+        margin: Duration::from_secs(1),
+        ..Setup::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let session = site.sign_in("finn").await;
+    site.op.child.start_kill().unwrap();
+    let _ = site.op.child.wait().await;
+    for wait in [2200, 2000] {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let (status, set, body) = site.account_with(&session).await;
+        assert!(
+            set.is_none(),
+            "after {wait} ms: the cookie is kept ({set:?})"
+        );
+        assert!(
+            status == 200 || status == 503,
+            "served stale or unavailable, never signed out: {status} {body}"
+        );
+    }
 }
