@@ -1130,10 +1130,17 @@ impl Client {
             .user_with_userinfo(&discovered, verified.claims, &tokens.access_token)
             .await?;
         let session = session_of(tokens, None);
+        // The sign-in's cache entry lasts until the refresh point, like a
+        // lookup's.
+        let recheck = session.expires_at.map(|at| {
+            at.checked_sub(self.inner.refresh_margin)
+                .unwrap_or(UNIX_EPOCH)
+        });
         let mut grant =
             Grant::from_session(session, SignInMethod::OAuth(self.inner.provider.clone()))
                 .with_user(user);
         grant.session_id = sid;
+        grant.recheck_at = recheck;
         Ok(CallbackOutcome::SignedIn(grant))
     }
 
@@ -1190,7 +1197,10 @@ impl Client {
         verified: IdToken,
     ) -> Result<Valid, Error> {
         let sid = verified.text("sid").map(str::to_owned);
-        let issued_at = verified.time("iat");
+        // For user-wide revocations (a back-channel logout by `sub`): when
+        // the user signed in, which a refresh keeps (`auth_time`, Core
+        // §12.2), else when this ID token was issued.
+        let issued_at = verified.time("auth_time").or_else(|| verified.time("iat"));
         let user = self
             .user_with_userinfo(discovered, verified.claims, &session.token)
             .await?;
