@@ -1138,3 +1138,358 @@ async fn the_provider_down_keeps_the_cookie() {
         );
     }
 }
+
+/// Point 5, T-D1: sign-out revokes the refresh token at the provider (RFC
+/// 7009), clears the cookie and sends the browser through the provider's
+/// end_session_endpoint (RP-Initiated Logout 1.0) with `id_token_hint`
+/// and the validated `post_logout_redirect_uri`, back to the app.
+#[tokio::test]
+async fn sign_out_revokes_and_logs_out_at_the_provider_and_comes_back() {
+    let Some(mut site) = site(Setup::default()).await else {
+        return;
+    };
+    let session = site.sign_in("gus").await;
+    let signed_out = site.sign_out().await;
+    assert_eq!(signed_out.status(), 303);
+    let end = location(&signed_out, &site.url("/auth/signout"));
+    assert!(
+        end.starts_with(&format!("{}/session/end?", site.op.issuer)),
+        "{end}"
+    );
+    assert!(query(&end, "id_token_hint").is_some());
+    assert_eq!(query(&end, "client_id").as_deref(), Some("app"));
+    assert_eq!(
+        query(&end, "post_logout_redirect_uri").unwrap(),
+        site.url("/")
+    );
+    assert!(site.session().is_none(), "the cookie is cleared");
+    assert_eq!(site.requests("POST /token/revocation").await, 1);
+    // The old cookie is refused here (tombstoned until its expiry).
+    let (status, _, _) = site.account_with(&session).await;
+    assert_eq!(status, 303);
+
+    // The browser at the provider: confirm, and back to the app.
+    let page = site.browser.get(&end).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let action = form_action(&html, &end);
+    let hidden = hidden_inputs(&html);
+    let mut form: Vec<(&str, &str)> = hidden
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    form.push(("logout", "yes"));
+    let done = site.browser.post(&action, &form).await;
+    assert!(done.status().is_redirection(), "{}", done.status());
+    let back = location(&done, &action);
+    assert!(back.starts_with(&site.url("/")), "{back}");
+    let home = site.browser.get(&back).await;
+    assert_eq!(home.text().await.unwrap(), "home");
+    // The provider's session is over: a new sign-in shows the login form.
+    let authorize = site.start("").await;
+    let login = site.browser.get(&authorize).await;
+    let next = location(&login, &authorize);
+    let form_page = site.browser.get(&next).await.text().await.unwrap();
+    assert!(form_page.contains("name=\"login\""), "login again");
+}
+
+/// T-B1: a forged `state`, a replayed landing and a replayed code never
+/// sign anyone in; the forged state never reaches the token endpoint.
+#[tokio::test]
+async fn forged_state_and_replayed_codes_are_refused() {
+    let Some(mut site) = site(Setup::default()).await else {
+        return;
+    };
+    let authorize = site.start("").await;
+    let landing = site.at_provider(&authorize, "hal").await;
+    let code = query(&landing, "code").unwrap();
+    let iss = site.op.issuer.clone();
+    let mut forged = Url::parse(&site.url("/auth/callback")).unwrap();
+    forged
+        .query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", "forged-state-forged-state-forged-state-0000")
+        .append_pair("iss", &iss);
+    let refused = site.land(forged.as_str()).await;
+    assert_eq!(refused.status(), 400);
+    assert!(site.session().is_none());
+    assert_eq!(site.requests("POST /token").await, 0, "no exchange");
+
+    // The real landing: signed in, once.
+    assert_eq!(site.land(&landing).await.status(), 303);
+    let session = site.session().unwrap();
+    // The same landing again: the flow is spent (no exchange), and the
+    // session made a moment ago is kept (T-B1.7).
+    let replay = site.land(&landing).await;
+    assert_eq!(replay.status(), 400);
+    assert_eq!(site.requests("POST /token").await, 1);
+    assert_eq!(site.session().as_deref(), Some(session.as_str()));
+
+    // The code again under a new flow of this browser: the provider
+    // refuses it (single use, RFC 6749 §4.1.2).
+    let again = site.start("").await;
+    let state = query(&again, "state").unwrap();
+    let mut replayed = Url::parse(&site.url("/auth/callback")).unwrap();
+    replayed
+        .query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &state)
+        .append_pair("iss", &iss);
+    let refused = site.land(replayed.as_str()).await;
+    assert_eq!(site.grants("authorization_code error").await, 1);
+    // This browser is signed in: back to the app with a notice, and the
+    // session is kept.
+    assert_eq!(refused.status(), 303);
+    let back = location(&refused, replayed.as_str());
+    assert!(back.contains("notice=replayed-grant"), "{back}");
+    assert_eq!(site.session().as_deref(), Some(session.as_str()));
+}
+
+/// Signs in from an authorization URL altered by `tamper`: the landing's
+/// answer at the app.
+async fn tampered_sign_in(
+    site: &mut Site,
+    tamper: impl Fn(&str, &str) -> Option<String>,
+) -> reqwest::Response {
+    let authorize = site.start("").await;
+    let mut url = Url::parse(&authorize).unwrap();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = tamper(&k, &v).unwrap_or_else(|| v.into_owned());
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    let landing = site.at_provider(url.as_str(), "ivy").await;
+    site.land(&landing).await
+}
+
+/// T-B2 and OpenID Connect Core §3.1.3.7: a `nonce` the flow did not make
+/// and a PKCE challenge of another verifier are refused; no session.
+#[tokio::test]
+async fn a_wrong_nonce_and_a_pkce_mismatch_are_refused() {
+    let Some(mut site) = site(Setup::default()).await else {
+        return;
+    };
+    let wrong_nonce = tampered_sign_in(&mut site, |k, _| {
+        (k == "nonce").then(|| "a-nonce-the-attacker-chose".to_owned())
+    })
+    .await;
+    assert_eq!(wrong_nonce.status(), 400);
+    let page = wrong_nonce.text().await.unwrap();
+    assert!(page.contains("refused"), "{page}");
+    assert_eq!(
+        site.grants("authorization_code ok").await,
+        1,
+        "exchanged, then refused"
+    );
+    assert!(site.session().is_none());
+
+    let other_verifier = URL_SAFE_NO_PAD.encode(Sha256::digest(b"the attacker's verifier"));
+    let mismatch = tampered_sign_in(&mut site, |k, _| {
+        (k == "code_challenge").then(|| other_verifier.clone())
+    })
+    .await;
+    assert_eq!(mismatch.status(), 400);
+    assert_eq!(
+        site.grants("authorization_code error").await,
+        1,
+        "invalid_grant"
+    );
+    assert!(site.session().is_none());
+}
+
+/// OpenID Connect Core §3.1.3.7 items 3–5: an ID token the provider made
+/// for another client does not verify for this one.
+#[tokio::test]
+async fn an_id_token_for_another_client_is_refused() {
+    let listener_origin = "http://127.0.0.1:9"; // allow-fixed-port: a string, nothing binds it
+    let clients = json!([
+        registration(listener_origin, "app", "client_secret_basic"),
+        registration(listener_origin, "other", "client_secret_basic"),
+    ]);
+    let Some(op) = OpenIdProvider::start(&clients).await else {
+        return;
+    };
+    let mut browser = Browser::new();
+    let document = discovery(&browser.http, &op.issuer).await;
+    let redirect = format!("{listener_origin}/auth/callback");
+    let theirs = code_flow(&mut browser, &document, ("other", SECRET), &redirect, "jo").await;
+    let ours = code_flow(&mut browser, &document, ("app", SECRET), &redirect, "jo").await;
+    let client = oidc::Client::builder(&op.issuer, "app")
+        .with_client_secret(SECRET)
+        .build()
+        .unwrap();
+    let user = client
+        .verify_id_token(&ours.id_token, Some("n"))
+        .await
+        .unwrap();
+    assert_eq!(user.id, "jo");
+    let err = client
+        .verify_id_token(&theirs.id_token, Some("n"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidSession, "aud");
+    let err = client
+        .verify_id_token(&ours.id_token, Some("another nonce"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidSession, "nonce");
+    // A signature made by nobody: the payload of ours under theirs.
+    let parts: Vec<&str> = ours.id_token.split('.').collect();
+    let theirs_sig = theirs.id_token.split('.').nth(2).unwrap();
+    let forged = format!("{}.{}.{theirs_sig}", parts[0], parts[1]);
+    assert!(client.verify_id_token(&forged, Some("n")).await.is_err());
+}
+
+/// RFC 9207, RFC 9700 §4.4 (mix-up): a landing whose `iss` names another
+/// provider, or that lacks `iss` from a provider that sends it, is
+/// refused before any code exchange.
+#[tokio::test]
+async fn a_landing_from_another_provider_is_refused() {
+    let Some(mut site) = site(Setup::default()).await else {
+        return;
+    };
+    // A second, honest provider with the same client registration.
+    let clients = json!([registration(&site.origin, "app", "client_secret_basic")]);
+    let Some(other) = OpenIdProvider::start(&clients).await else {
+        return;
+    };
+    let authorize = site.start("").await;
+    let elsewhere = authorize.replace(&site.op.issuer, &other.issuer);
+    let landing = site.at_provider(&elsewhere, "kim").await;
+    assert_eq!(
+        query(&landing, "iss").as_deref(),
+        Some(other.issuer.as_str())
+    );
+    let refused = site.land(&landing).await;
+    assert_eq!(refused.status(), 400);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("No sign-in with this provider"), "{page}");
+    assert_eq!(site.requests("POST /token").await, 0);
+
+    // The same landing without `iss`: refused too (RFC 9207 §2.4).
+    let authorize = site.start("").await;
+    let landing = site.at_provider(&authorize, "kim").await;
+    let mut stripped = Url::parse(&landing).unwrap();
+    let pairs: Vec<(String, String)> = stripped
+        .query_pairs()
+        .filter(|(k, _)| k != "iss")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    stripped.query_pairs_mut().clear().extend_pairs(pairs);
+    assert_eq!(site.land(stripped.as_str()).await.status(), 400);
+    assert_eq!(site.requests("POST /token").await, 0);
+    drop(other);
+}
+
+/// T-B4: a provider `error` shows authgate's fixed message and never the
+/// provider's text.
+#[tokio::test]
+async fn a_provider_error_shows_a_fixed_message() {
+    let Some(mut site) = site(Setup::default()).await else {
+        return;
+    };
+    let authorize = site.start("").await;
+    let state = query(&authorize, "state").unwrap();
+    let mut landing = Url::parse(&site.url("/auth/callback")).unwrap();
+    landing
+        .query_pairs_mut()
+        .append_pair("error", "access_denied")
+        .append_pair("error_description", "<script>alert(1)</script> evil text")
+        .append_pair("state", &state)
+        .append_pair("iss", &site.op.issuer);
+    let refused = site.land(landing.as_str()).await;
+    assert_eq!(refused.status(), 400);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("cancelled at the sign-in provider"), "{page}");
+    assert!(!page.contains("script") && !page.contains("evil"), "{page}");
+}
+
+/// Point 6: `?prompt=login` and `?max_age=` reach the provider, the
+/// provider asks for the login again, and `auth_time` is on the user.
+#[tokio::test]
+async fn prompt_login_and_max_age_reach_the_provider_and_auth_time_is_on_the_user() {
+    let Some(mut site) = site(Setup::default()).await else {
+        return;
+    };
+    site.sign_in("lou").await;
+    let (_, body) = site.account().await;
+    let first: u64 = body.rsplit("auth_time=").next().unwrap().parse().unwrap();
+    assert!(first > 0, "{body}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let authorize = site
+        .start("?prompt=login&max_age=0&return_to=%2Faccount")
+        .await;
+    assert_eq!(query(&authorize, "prompt").as_deref(), Some("login"));
+    assert_eq!(query(&authorize, "max_age").as_deref(), Some("0"));
+    // The provider shows its login form although its session is alive.
+    let response = site.browser.get(&authorize).await;
+    let interaction = location(&response, &authorize);
+    let html = site.browser.get(&interaction).await.text().await.unwrap();
+    assert!(html.contains("name=\"login\""), "asked to log in again");
+    let landing = site.at_provider(&authorize, "lou").await;
+    assert_eq!(site.land(&landing).await.status(), 303);
+    let (status, body) = site.account().await;
+    assert_eq!(status, 200);
+    let second: u64 = body.rsplit("auth_time=").next().unwrap().parse().unwrap();
+    assert!(
+        second > first,
+        "a new authentication: {first} then {second}"
+    );
+}
+
+/// Point 1: the provider rotates its signing key in the middle of a
+/// session; the session's ID token, signed with the old key (still
+/// published), keeps verifying on lookups, and a new sign-in's ID token,
+/// signed with the new key, is verified after one key-set refetch.
+#[tokio::test]
+async fn a_key_rotation_mid_session_keeps_the_session() {
+    let Some(mut site) = site(Setup {
+        config: |c| c.with_cache_ttl(Duration::from_millis(200)),
+        ..Setup::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let session = site.sign_in("max").await;
+    let jwks_before = site.requests("GET /jwks").await;
+    let rotated: Value = site
+        .browser
+        .http
+        .post(format!("{}/_test/rotate-keys", site.op.issuer))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rotated["kids"].as_array().unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A lookup (the cache entry is stale): the old ID token, the old key.
+    let (status, _, body) = site.account_with(&session).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        site.requests("GET /jwks").await,
+        jwks_before,
+        "the cached set"
+    );
+    // A new sign-in: signed with the new key, one refetch.
+    let keep = std::mem::replace(&mut site.browser, Browser::new());
+    site.sign_in("nia").await;
+    assert_eq!(site.account().await.0, 200);
+    assert_eq!(
+        site.requests("GET /jwks").await,
+        jwks_before + 1,
+        "one refetch"
+    );
+    site.browser = keep;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        site.account_with(&session).await.0,
+        200,
+        "the old session still"
+    );
+}
