@@ -145,15 +145,6 @@ impl Browser {
         let request = self.http.post(url).form(form);
         self.send(request).await
     }
-
-    /// The `Cookie` header this browser sends.
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(name, value)| format!("{name}={value}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
 }
 
 fn location(response: &reqwest::Response, base: &str) -> String {
