@@ -377,8 +377,15 @@ impl Resolver {
 
     /// Puts a freshly signed-in user in the cache, so the next request does
     /// not need the upstream; the session's expiry caps the deadlines.
-    pub(crate) fn prime(&self, key: &[u8], user: User, expires_at: Option<SystemTime>) {
-        self.inner.store(key, Arc::new(user), expires_at, None);
+    pub(crate) fn prime(
+        &self,
+        key: &[u8],
+        user: User,
+        expires_at: Option<SystemTime>,
+        session_id: Option<&str>,
+    ) {
+        self.inner
+            .store(key, Arc::new(user), expires_at, None, session_id);
     }
 
     /// Forgets the cached user of a session (the next request asks the
@@ -425,12 +432,7 @@ impl Resolver {
     /// respect.
     pub(crate) fn revoke_user(&self, user_id: &str, keep: Option<&[u8]>) {
         let inner = &self.inner;
-        let settings = &inner.settings;
-        let horizon = match inner.revocation {
-            Revocation::UntilExpiry => inner.session_max_age,
-            // Long enough for any lookup that started before it to end.
-            _ => settings.fresh_ttl + settings.stale_window + HARD_LOOKUP_TIMEOUT,
-        };
+        let horizon = self.user_revocation_horizon();
         inner
             .cache
             .mark_user(user_id, keep, Instant::now() + horizon);
@@ -442,6 +444,30 @@ impl Resolver {
                 at: unix_secs(now),
                 until: unix_secs(now + horizon),
             });
+        }
+    }
+
+    /// Ends an upstream session by its id (a back-channel logout, OpenID
+    /// Connect Back-Channel Logout 1.0 §2.7): every cookie of it cached
+    /// here is signed out, and a lookup that completes with that id later
+    /// (one in flight, a cookie not seen yet) is refused, for as long as a
+    /// session may live.
+    pub(crate) fn revoke_session_id(&self, session_id: &str) {
+        let inner = &self.inner;
+        let until = Instant::now() + self.user_revocation_horizon();
+        inner.cache.mark_session_id(session_id, until);
+    }
+
+    /// How long a user-wide or session-id mark must last: until every
+    /// session it ends has expired (or, for an upstream that ends sessions
+    /// itself, until any lookup that started before it has ended).
+    fn user_revocation_horizon(&self) -> Duration {
+        let inner = &self.inner;
+        let settings = &inner.settings;
+        match inner.revocation {
+            Revocation::UntilExpiry => inner.session_max_age,
+            // Long enough for any lookup that started before it to end.
+            _ => settings.fresh_ttl + settings.stale_window + HARD_LOOKUP_TIMEOUT,
         }
     }
 
@@ -573,6 +599,7 @@ impl Inner {
         user: Arc<User>,
         expires_at: Option<SystemTime>,
         recheck_at: Option<SystemTime>,
+        session_id: Option<&str>,
     ) -> bool {
         if !self.register_remote(key) {
             // Revoked on another instance: never cached or served here.
@@ -603,7 +630,7 @@ impl Inner {
             stale_until = stale_until.min(end);
         }
         self.cache
-            .insert_session(key, user, fresh_until, stale_until, expires_at)
+            .insert_session(key, user, fresh_until, stale_until, expires_at, session_id)
     }
 
     async fn fetch(self: Arc<Self>, key: Box<[u8]>, session: Session) -> Fetched {
@@ -696,9 +723,20 @@ impl Inner {
     /// the lookup every waiting request shares: they all set the same new
     /// cookie, and the old one is marked with its successor.
     fn admit(&self, key: &[u8], valid: Valid) -> Fetched {
+        let session_id = valid.session_id.as_deref();
+        if session_id.is_some_and(|sid| self.cache.session_revoked(sid)) {
+            // Ended by a back-channel logout: neither served nor rotated.
+            return self.invalid(key);
+        }
         let user = Arc::new(valid.user);
         let Some(next) = valid.rotated else {
-            if !self.store(key, user.clone(), valid.expires_at, valid.recheck_at) {
+            if !self.store(
+                key,
+                user.clone(),
+                valid.expires_at,
+                valid.recheck_at,
+                session_id,
+            ) {
                 return Fetched::Invalid;
             }
             return Fetched::Valid {
@@ -710,7 +748,13 @@ impl Inner {
             Ok(wire) => wire,
             Err(err) => {
                 tracing::error!(token = %self.fingerprint(key), error = %err, "authgate: the rotated session does not fit the cookie; the old one stays");
-                if !self.store(key, user.clone(), valid.expires_at, valid.recheck_at) {
+                if !self.store(
+                    key,
+                    user.clone(),
+                    valid.expires_at,
+                    valid.recheck_at,
+                    session_id,
+                ) {
                     return Fetched::Invalid;
                 }
                 return Fetched::Valid {
@@ -723,12 +767,14 @@ impl Inner {
             cookie_until: SystemTime::now() + self.codec.max_age(&next),
             wire: wire.into(),
             user: user.clone(),
+            session_id: session_id.map(Into::into),
         });
         self.store(
             successor.wire.as_bytes(),
             user.clone(),
             valid.expires_at,
             valid.recheck_at,
+            session_id,
         );
         self.cache.mark_token(
             key,

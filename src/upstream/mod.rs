@@ -468,6 +468,14 @@ impl Grant {
         self
     }
 
+    /// With the upstream's id of the session (OpenID Connect `sid`), which
+    /// a back-channel logout names.
+    #[must_use]
+    pub fn with_session_id(mut self, id: impl Into<String>) -> Self {
+        self.session_id = Some(id.into());
+        self
+    }
+
     /// The session token.
     pub fn token(&self) -> &SessionToken {
         &self.session.token
@@ -503,10 +511,16 @@ pub struct Valid {
     /// core seals it once and sets it on every waiting request; the old
     /// cookie stays served for a short successor window (SECURITY.md R10).
     pub rotated: Option<Session>,
-    /// The upstream's session id (OpenID Connect `sid`).
+    /// The upstream's session id (OpenID Connect `sid`): a back-channel
+    /// logout naming it ends every cookie of this session here.
     pub session_id: Option<String>,
-    /// When the session was issued (a JWT's `iat`), for user-wide
-    /// revocations ("every session of this user issued before T").
+    /// When the session was issued (a JWT's `iat`; for a session that is
+    /// refreshed, when the user signed in, kept across refreshes), for
+    /// user-wide revocations ("every session of this user issued before
+    /// T"). An upstream that cannot end sessions itself
+    /// ([`Revocation::UntilExpiry`]) must give it, or a user-wide
+    /// revocation (a back-channel logout by `sub`) only ends the sessions
+    /// cached or in flight when it lands.
     pub issued_at: Option<SystemTime>,
 }
 
