@@ -95,7 +95,8 @@
 //! configured, one call per lookup). The answer is cached until the
 //! access token's expiry minus [`ClientBuilder::with_refresh_margin`]
 //! (default 60 s), with `sid` as the session id (back-channel logout) and
-//! `iat` as the issue time.
+//! `auth_time` (else `iat`) as the issue time (a back-channel logout by
+//! `sub` ends the sessions signed in before it).
 //!
 //! **Refresh** (§12; RFC 6749 §6): a lookup at or after that point with a
 //! refresh token refreshes it (`grant_type=refresh_token`) and hands the
@@ -1133,7 +1134,9 @@ impl Client {
         let mut grant =
             Grant::from_session(session, SignInMethod::OAuth(self.inner.provider.clone()))
                 .with_user(user);
-        grant.session_id = sid;
+        if let Some(sid) = sid {
+            grant = grant.with_session_id(sid);
+        }
         Ok(CallbackOutcome::SignedIn(grant))
     }
 
@@ -1190,7 +1193,9 @@ impl Client {
         verified: IdToken,
     ) -> Result<Valid, Error> {
         let sid = verified.text("sid").map(str::to_owned);
-        let issued_at = verified.time("iat");
+        // When the user signed in, kept across refreshes (Core §12.2: a
+        // refreshed ID token keeps `auth_time`); else the token's `iat`.
+        let issued_at = verified.time("auth_time").or_else(|| verified.time("iat"));
         let user = self
             .user_with_userinfo(discovered, verified.claims, &session.token)
             .await?;

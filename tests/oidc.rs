@@ -1484,3 +1484,61 @@ async fn a_key_rotation_mid_session_keeps_the_session() {
         "the old session still"
     );
 }
+
+/// Point 5: a logout at the provider (not through the app) reaches the
+/// app by back-channel: the provider posts a logout token to
+/// `/auth/backchannel-logout`, authgate verifies it and signs that session
+/// out here; another user's session stays.
+#[tokio::test]
+async fn a_back_channel_logout_from_the_real_provider_signs_the_session_out() {
+    let Some(mut site) = site(Setup::default()).await else {
+        return;
+    };
+    let ours = site.sign_in("olga").await;
+    let keep = std::mem::replace(&mut site.browser, Browser::new());
+    let theirs = site.sign_in("pia").await;
+    site.browser = keep;
+    assert_eq!(site.account_with(&ours).await.0, 200);
+
+    // The user logs out at the provider itself.
+    let end = format!("{}/session/end", site.op.issuer);
+    let page = site.browser.get(&end).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let action = form_action(&html, &end);
+    let hidden = hidden_inputs(&html);
+    let mut form: Vec<(&str, &str)> = hidden
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    form.push(("logout", "yes"));
+    let done = site.browser.post(&action, &form).await;
+    assert!(done.status().is_redirection(), "{}", done.status());
+
+    let mut signed_out = false;
+    for _ in 0..50 {
+        if site.account_with(&ours).await.0 == 303 {
+            signed_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(signed_out, "the back-channel logout signed the session out");
+    assert_eq!(
+        site.account_with(&theirs).await.0,
+        200,
+        "another user's session stays"
+    );
+
+    // A forged logout token is refused (400), nothing reflected.
+    let forged = site
+        .browser
+        .http
+        .post(site.url("/auth/backchannel-logout"))
+        .form(&[("logout_token", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJwaWEifQ.")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    assert_eq!(site.account_with(&theirs).await.0, 200);
+}
