@@ -545,16 +545,8 @@ impl ClientBuilder {
         if !scopes.iter().any(|s| s == "openid") {
             scopes.insert(0, "openid".to_owned());
         }
-        let http = match self.http {
-            Some(http) => http,
-            None => reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(self.timeout)
-                .connect_timeout(self.connect_timeout)
-                .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|_| ConfigError::HttpClient)?,
-        };
+        let http =
+            crate::upstream::wire::http_client(self.http, self.timeout, self.connect_timeout)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,

@@ -307,19 +307,15 @@ async fn the_real_provider_runs_a_code_flow_with_pkce_state_nonce_and_iss() {
 
     // The authorization request (RFC 6749 §4.1.1, RFC 7636 S256).
     let verifier = "a-pkce-code-verifier-of-43-characters-or-more-0123";
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    let mut authorize = Url::parse(discovery["authorization_endpoint"].as_str().unwrap()).unwrap();
-    authorize
-        .query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", "authgate-basic")
-        .append_pair("redirect_uri", redirect_uri)
-        .append_pair("scope", "openid email profile groups offline_access")
-        .append_pair("prompt", "consent")
-        .append_pair("state", "the-state")
-        .append_pair("nonce", "the-nonce")
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256");
+    let mut authorize = authorize_url(
+        &discovery,
+        "authgate-basic",
+        redirect_uri,
+        "openid email profile groups offline_access",
+        ("the-state", "the-nonce"),
+        verifier,
+    );
+    authorize.query_pairs_mut().append_pair("prompt", "consent");
     let back = sign_in(
         &mut browser,
         authorize.as_str(),
@@ -333,21 +329,9 @@ async fn the_real_provider_runs_a_code_flow_with_pkce_state_nonce_and_iss() {
     let code = query(&back, "code").expect("a code");
 
     // The token request with client_secret_basic (RFC 6749 §2.3.1).
-    let tokens: Value = http
-        .post(discovery["token_endpoint"].as_str().unwrap())
-        .basic_auth(
-            "authgate-basic",
-            Some("a-client-secret-of-at-least-32-bytes"),
-        )
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", redirect_uri),
-            ("code_verifier", verifier),
-        ])
-        .send()
+    let client = ("authgate-basic", "a-client-secret-of-at-least-32-bytes");
+    let tokens: Value = exchange(&http, &discovery, client, &code, redirect_uri, verifier)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -373,21 +357,7 @@ async fn the_real_provider_runs_a_code_flow_with_pkce_state_nonce_and_iss() {
     assert!(claims["auth_time"].is_number());
 
     // The same code again: refused (RFC 6749 §4.1.2, single use).
-    let replay = http
-        .post(discovery["token_endpoint"].as_str().unwrap())
-        .basic_auth(
-            "authgate-basic",
-            Some("a-client-secret-of-at-least-32-bytes"),
-        )
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", redirect_uri),
-            ("code_verifier", verifier),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let replay = exchange(&http, &discovery, client, &code, redirect_uri, verifier).await;
     assert_eq!(replay.status(), 400);
     let error: Value = replay.json().await.unwrap();
     assert_eq!(error["error"], "invalid_grant");
@@ -411,6 +381,53 @@ async fn discovery(http: &reqwest::Client, issuer: &str) -> Value {
         .unwrap()
 }
 
+/// An authorization request (RFC 6749 §4.1.1) with PKCE S256 (RFC 7636)
+/// and `(state, nonce)`.
+fn authorize_url(
+    discovery: &Value,
+    client_id: &str,
+    redirect_uri: &str,
+    scope: &str,
+    (state, nonce): (&str, &str),
+    verifier: &str,
+) -> Url {
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let mut authorize = Url::parse(discovery["authorization_endpoint"].as_str().unwrap()).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", client_id)
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("scope", scope)
+        .append_pair("state", state)
+        .append_pair("nonce", nonce)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    authorize
+}
+
+/// A code exchange with `client_secret_basic` (RFC 6749 §4.1.3, §2.3.1).
+async fn exchange(
+    http: &reqwest::Client,
+    discovery: &Value,
+    client: (&str, &str),
+    code: &str,
+    redirect_uri: &str,
+    verifier: &str,
+) -> reqwest::Response {
+    http.post(discovery["token_endpoint"].as_str().unwrap())
+        .basic_auth(client.0, Some(client.1))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A whole code flow for `login` with a confidential client
 /// (`client_secret_basic`), returning the ID token.
 async fn code_flow(
@@ -421,36 +438,28 @@ async fn code_flow(
     login: &str,
 ) -> SignedIn {
     let verifier = "another-pkce-code-verifier-of-43-characters-or-more";
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    let mut authorize = Url::parse(discovery["authorization_endpoint"].as_str().unwrap()).unwrap();
-    authorize
-        .query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", client.0)
-        .append_pair("redirect_uri", redirect_uri)
-        .append_pair("scope", "openid email")
-        .append_pair("state", "s")
-        .append_pair("nonce", "n")
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256");
+    let authorize = authorize_url(
+        discovery,
+        client.0,
+        redirect_uri,
+        "openid email",
+        ("s", "n"),
+        verifier,
+    );
     let back = sign_in(browser, authorize.as_str(), login, redirect_uri).await;
     let code = query(&back, "code").expect("a code");
-    let tokens: Value = browser
-        .http
-        .post(discovery["token_endpoint"].as_str().unwrap())
-        .basic_auth(client.0, Some(client.1))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", redirect_uri),
-            ("code_verifier", verifier),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tokens: Value = exchange(
+        &browser.http,
+        discovery,
+        client,
+        &code,
+        redirect_uri,
+        verifier,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     let id_token = tokens["id_token"].as_str().expect("an ID token").to_owned();
     let claims = claims(&id_token);
     SignedIn { id_token, claims }
