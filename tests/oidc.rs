@@ -1551,3 +1551,163 @@ async fn a_back_channel_logout_from_the_real_provider_signs_the_session_out() {
     assert_eq!(forged.status(), 400);
     assert_eq!(site.account_with(&theirs).await.0, 200);
 }
+
+// ---------------------------------------------------------------------------
+// Discovery against a scripted document (no Node needed).
+
+/// A discovery document server on 127.0.0.1:0 that names `issuer` (or
+/// answers `status`), counting its requests.
+async fn document_server(
+    issuer: Option<&str>,
+    status: u16,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let named = issuer.map_or_else(|| base.clone(), str::to_owned);
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let document = json!({
+        "issuer": named,
+        "authorization_endpoint": format!("{base}/auth"),
+        "token_endpoint": format!("{base}/token"),
+        "jwks_uri": format!("{base}/jwks"),
+    });
+    let router = axum::Router::new().route(
+        "/.well-known/openid-configuration",
+        axum::routing::get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let document = document.clone();
+            async move {
+                (
+                    http::StatusCode::from_u16(status).unwrap(),
+                    axum::Json(document),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (base, calls)
+}
+
+/// Point 1, OpenID Connect Discovery §4.3: a document that names another
+/// issuer is refused; failures are outages, retried with backoff (one
+/// fetch for a burst of sign-in starts), and the start route answers 503.
+#[tokio::test]
+async fn discovery_refuses_another_issuer_and_backs_off() {
+    use std::sync::atomic::Ordering;
+    let (base, calls) = document_server(Some("https://evil.example"), 200).await;
+    let client = oidc::Client::builder(&base, "app").build().unwrap();
+    let err = client.metadata().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "another issuer");
+    assert!(err.is_transient(), "an outage, never a sign-out");
+    for _ in 0..5 {
+        assert!(client.metadata().await.is_err());
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "backoff: one fetch");
+    // Through the layer: the start route is unavailable, not a redirect.
+    let config = AuthConfig::new("http://127.0.0.1:1") // allow-fixed-port: an origin string, nothing binds it
+        .unwrap()
+        .with_key([9u8; 64])
+        .unwrap();
+    let app = app(config, client);
+    let start = tower::ServiceExt::oneshot(
+        app,
+        http::Request::get("/auth/signin/oidc")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(start.status(), 503);
+
+    let (base, _) = document_server(None, 503).await;
+    let client = oidc::Client::builder(&base, "app").build().unwrap();
+    let err = client.metadata().await.unwrap_err();
+    assert!(err.is_transient());
+
+    let (base, calls) = document_server(None, 200).await;
+    let client = oidc::Client::builder(&base, "app").build().unwrap();
+    let metadata = client.metadata().await.unwrap();
+    assert_eq!(metadata.issuer, base);
+    assert!(!metadata.iss_parameter_supported);
+    client.metadata().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "cached");
+}
+
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// T-G1: a sign-in, a refused landing, a refresh and a sign-out, traced
+/// at TRACE level: no code, cookie, ID token or client secret in the log
+/// (raw or percent-encoded), nor in the client's `Debug`.
+#[tokio::test(flavor = "current_thread")]
+async fn no_token_reaches_the_logs() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let Some(mut site) = site(Setup {
+        access_ttl: 3,
+        margin: Duration::from_secs(1),
+        config: |c| c.with_cache_ttl(Duration::from_millis(500)),
+        ..Setup::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let mut secrets = vec![SECRET.to_owned()];
+    let authorize = site.start("").await;
+    secrets.push(query(&authorize, "nonce").unwrap());
+    let landing = site.at_provider(&authorize, "quinn").await;
+    secrets.push(query(&landing, "code").unwrap());
+    let mut forged = Url::parse(&landing).unwrap();
+    forged.set_query(Some(&format!(
+        "code={}&state=forged&iss={}",
+        query(&landing, "code").unwrap(),
+        site.op.issuer
+    )));
+    assert_eq!(site.land(forged.as_str()).await.status(), 400);
+    assert_eq!(site.land(&landing).await.status(), 303);
+    let first = site.session().unwrap();
+    secrets.push(first.clone());
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let (status, set, _) = site.account_with(&first).await;
+    assert_eq!(status, 200);
+    let second = set.expect("refreshed");
+    secrets.push(second.clone());
+    site.browser.cookies.insert(SESSION.to_owned(), second);
+    let out = site.sign_out().await;
+    let end = location(&out, &site.url("/auth/signout"));
+    secrets.push(query(&end, "id_token_hint").unwrap());
+    assert!(!format!("{:?}", site.client).contains(SECRET));
+
+    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("authgate"), "something was logged");
+    for secret in &secrets {
+        let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        for form in [secret.as_str(), encoded.as_str()] {
+            assert!(
+                !log.contains(form),
+                "a secret in the log: {}…",
+                &form[..8.min(form.len())]
+            );
+        }
+    }
+}
