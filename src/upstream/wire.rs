@@ -28,6 +28,15 @@ pub(crate) fn is_json_media_type(value: &[u8]) -> bool {
 /// The HTTP client of an upstream: the app's own (`given`, which must not
 /// follow redirects), else one with these timeouts, redirects off
 /// (SECURITY.md T-E1) and authgate's user agent.
+#[cfg_attr(
+    not(any(
+        feature = "altogic",
+        feature = "webcom",
+        feature = "slashid",
+        feature = "oidc"
+    )),
+    allow(dead_code)
+)]
 pub(crate) fn http_client(
     given: Option<reqwest::Client>,
     timeout: std::time::Duration,
