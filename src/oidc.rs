@@ -95,7 +95,8 @@
 //! configured, one call per lookup). The answer is cached until the
 //! access token's expiry minus [`ClientBuilder::with_refresh_margin`]
 //! (default 60 s), with `sid` as the session id (back-channel logout) and
-//! `iat` as the issue time.
+//! `auth_time` (else `iat`) as the issue time (a back-channel logout by
+//! `sub` ends the sessions signed in before it).
 //!
 //! **Refresh** (§12; RFC 6749 §6): a lookup at or after that point with a
 //! refresh token refreshes it (`grant_type=refresh_token`) and hands the
@@ -544,16 +545,8 @@ impl ClientBuilder {
         if !scopes.iter().any(|s| s == "openid") {
             scopes.insert(0, "openid".to_owned());
         }
-        let http = match self.http {
-            Some(http) => http,
-            None => reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(self.timeout)
-                .connect_timeout(self.connect_timeout)
-                .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|_| ConfigError::HttpClient)?,
-        };
+        let http =
+            crate::upstream::wire::http_client(self.http, self.timeout, self.connect_timeout)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -1139,8 +1132,10 @@ impl Client {
         let mut grant =
             Grant::from_session(session, SignInMethod::OAuth(self.inner.provider.clone()))
                 .with_user(user);
-        grant.session_id = sid;
         grant.recheck_at = recheck;
+        if let Some(sid) = sid {
+            grant = grant.with_session_id(sid);
+        }
         Ok(CallbackOutcome::SignedIn(grant))
     }
 

@@ -524,16 +524,8 @@ impl ClientBuilder {
                     && u.fragment().is_none()
             })
             .ok_or_else(|| invalid("slashid base URL", trimmed))?;
-        let http = match self.http {
-            Some(http) => http,
-            None => reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(self.timeout)
-                .connect_timeout(self.connect_timeout)
-                .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|_| ConfigError::HttpClient)?,
-        };
+        let http =
+            crate::upstream::wire::http_client(self.http, self.timeout, self.connect_timeout)?;
         let jwks_url = join(&base, &[".well-known", "jwks.json"])
             .map_err(|_| invalid("slashid base URL", trimmed))?;
         let jwks = Jwks::new(

@@ -25,6 +25,35 @@ pub(crate) fn is_json_media_type(value: &[u8]) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// The HTTP client of an upstream: the app's own (`given`, which must not
+/// follow redirects), else one with these timeouts, redirects off
+/// (SECURITY.md T-E1) and authgate's user agent.
+#[cfg_attr(
+    not(any(
+        feature = "altogic",
+        feature = "webcom",
+        feature = "slashid",
+        feature = "oidc"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn http_client(
+    given: Option<reqwest::Client>,
+    timeout: std::time::Duration,
+    connect_timeout: std::time::Duration,
+) -> Result<reqwest::Client, crate::error::ConfigError> {
+    match given {
+        Some(http) => Ok(http),
+        None => reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(connect_timeout)
+            .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|_| crate::error::ConfigError::HttpClient),
+    }
+}
+
 /// An answer read whole: its status, whether it says it is JSON, its body.
 #[cfg(feature = "jwt")]
 pub(crate) struct Answer {

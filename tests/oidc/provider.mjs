@@ -17,7 +17,9 @@
 //
 // Test control (this fixture only): POST /_test/rotate-keys adds a new
 // signing key and makes it current; the old one stays in the key set, so
-// tokens it signed still verify. Answers {"kids": [new, …old]}.
+// tokens it signed still verify. Answers {"kids": [new, …old]}. (It starts
+// a new provider instance: login sessions survive it, refresh tokens
+// issued before it do not.)
 // GET /_test/stats answers what the provider saw: {"grants": {"<grant_type>
 // ok|error": n}, "requests": {"<METHOD> <path>": n}}.
 //
@@ -124,7 +126,7 @@ server.listen(0, '127.0.0.1', () => {
     p.on('grant.success', (ctx) => count(stats.grants, `${ctx.oidc.params.grant_type} ok`));
     p.on('grant.error', (ctx, err) => {
       count(stats.grants, `${ctx.oidc?.params?.grant_type} error`);
-      process.stderr.write(`grant.error ${err}\n`);
+      process.stderr.write(`grant.error ${err} ${err.error_description} ${err.error_detail}\n`);
     });
   };
   report(provider);
