@@ -9,6 +9,7 @@
 //                   "token_endpoint_auth_method":"client_secret_basic"}]
 //   OIDC_ACCESS_TOKEN_TTL  seconds an access token lives (default 3600)
 //   OIDC_ID_TOKEN_TTL      seconds an ID token lives (default 3600)
+//   OIDC_REVOCATION        "off": no revocation endpoint (RFC 7009)
 //
 // Refresh tokens: issued to every client allowed the refresh_token grant
 // (as Keycloak does; offline_access is not needed), and rotated at every
@@ -75,7 +76,7 @@ function makeProvider(issuer) {
       devInteractions: { enabled: true },
       backchannelLogout: { enabled: true },
       rpInitiatedLogout: { enabled: true },
-      revocation: { enabled: true },
+      revocation: { enabled: process.env.OIDC_REVOCATION !== 'off' },
     },
     pkce: { required: () => true },
     // oidc-provider refuses outgoing requests to special-use addresses (an
