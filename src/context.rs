@@ -194,6 +194,7 @@ impl Shared {
                 wire.as_bytes(),
                 user,
                 grant.session.expires_at,
+                grant.recheck_at,
                 grant.session_id.as_deref(),
             );
         }

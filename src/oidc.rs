@@ -1123,9 +1123,16 @@ impl Client {
             .user_with_userinfo(&discovered, verified.claims, &tokens.access_token)
             .await?;
         let session = session_of(tokens, None);
+        // The sign-in's cache entry lasts until the refresh point, like a
+        // lookup's.
+        let recheck = session.expires_at.map(|at| {
+            at.checked_sub(self.inner.refresh_margin)
+                .unwrap_or(UNIX_EPOCH)
+        });
         let mut grant =
             Grant::from_session(session, SignInMethod::OAuth(self.inner.provider.clone()))
                 .with_user(user);
+        grant.recheck_at = recheck;
         if let Some(sid) = sid {
             grant = grant.with_session_id(sid);
         }
@@ -1185,8 +1192,9 @@ impl Client {
         verified: IdToken,
     ) -> Result<Valid, Error> {
         let sid = verified.text("sid").map(str::to_owned);
-        // When the user signed in, kept across refreshes (Core §12.2: a
-        // refreshed ID token keeps `auth_time`); else the token's `iat`.
+        // For user-wide revocations (a back-channel logout by `sub`): when
+        // the user signed in, which a refresh keeps (`auth_time`, Core
+        // §12.2), else when this ID token was issued.
         let issued_at = verified.time("auth_time").or_else(|| verified.time("iat"));
         let user = self
             .user_with_userinfo(discovered, verified.claims, &session.token)

@@ -382,10 +382,11 @@ impl Resolver {
         key: &[u8],
         user: User,
         expires_at: Option<SystemTime>,
+        recheck_at: Option<SystemTime>,
         session_id: Option<&str>,
     ) {
         self.inner
-            .store(key, Arc::new(user), expires_at, None, session_id);
+            .store(key, Arc::new(user), expires_at, recheck_at, session_id);
     }
 
     /// Forgets the cached user of a session (the next request asks the

@@ -436,6 +436,10 @@ pub struct Grant {
     /// The upstream's id of the session, if it has one (OpenID Connect
     /// `sid`).
     pub session_id: Option<String>,
+    /// When to ask the upstream about the new session first (a refresh
+    /// point before the access token expires): the sign-in's cache entry
+    /// is fresh until then at most. `None`: the configured cache TTL.
+    pub recheck_at: Option<SystemTime>,
 }
 
 impl Grant {
@@ -451,6 +455,7 @@ impl Grant {
             user: None,
             method,
             session_id: None,
+            recheck_at: None,
         }
     }
 
@@ -473,6 +478,14 @@ impl Grant {
     #[must_use]
     pub fn with_session_id(mut self, id: impl Into<String>) -> Self {
         self.session_id = Some(id.into());
+        self
+    }
+
+    /// With the time to ask the upstream about the session first (see
+    /// [`Grant::recheck_at`]).
+    #[must_use]
+    pub fn with_recheck_at(mut self, at: SystemTime) -> Self {
+        self.recheck_at = Some(at);
         self
     }
 
