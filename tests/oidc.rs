@@ -1486,12 +1486,15 @@ async fn prompt_login_and_max_age_reach_the_provider_and_auth_time_is_on_the_use
 
 /// Point 1: the provider rotates its signing key in the middle of a
 /// session; the session's ID token, signed with the old key (still
-/// published), keeps verifying on lookups, and a new sign-in's ID token,
-/// signed with the new key, is verified after one key-set refetch.
+/// published), keeps verifying on lookups; its refresh brings an ID token
+/// signed with the new key, verified after one key-set refetch; a new
+/// sign-in verifies without another.
 #[tokio::test]
 async fn a_key_rotation_mid_session_keeps_the_session() {
     let Some(mut site) = site(Setup {
-        config: |c| c.with_cache_ttl(Duration::from_millis(200)),
+        access_ttl: 4,
+        margin: Duration::from_secs(2),
+        config: |c| c.with_cache_ttl(Duration::from_millis(500)),
         ..Setup::default()
     })
     .await
@@ -1511,30 +1514,38 @@ async fn a_key_rotation_mid_session_keeps_the_session() {
         .await
         .unwrap();
     assert_eq!(rotated["kids"].as_array().unwrap().len(), 2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     // A lookup (the cache entry is stale): the old ID token, the old key.
-    let (status, _, body) = site.account_with(&session).await;
-    assert_eq!(status, 200, "{body}");
+    let (status, set, body) = site.account_with(&session).await;
+    assert_eq!((status, set), (200, None), "{body}");
     assert_eq!(
         site.requests("GET /jwks").await,
         jwks_before,
         "the cached set"
     );
-    // A new sign-in: signed with the new key, one refetch.
-    let keep = std::mem::replace(&mut site.browser, Browser::new());
-    site.sign_in("nia").await;
-    assert_eq!(site.account().await.0, 200);
+    // Past the refresh point: a new ID token, signed with the new key.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (status, set, body) = site.account_with(&session).await;
+    assert_eq!(status, 200, "{body}");
+    let next = set.expect("refreshed");
+    assert!(!next.is_empty());
+    assert_eq!(site.grants("refresh_token ok").await, 1);
     assert_eq!(
         site.requests("GET /jwks").await,
         jwks_before + 1,
         "one refetch"
     );
+    // A new sign-in: the new key is known now.
+    let keep = std::mem::replace(&mut site.browser, Browser::new());
+    site.sign_in("nia").await;
+    assert_eq!(site.account().await.0, 200);
+    assert_eq!(site.requests("GET /jwks").await, jwks_before + 1);
     site.browser = keep;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
-        site.account_with(&session).await.0,
+        site.account_with(&next).await.0,
         200,
-        "the old session still"
+        "the refreshed session"
     );
 }
 
