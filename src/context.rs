@@ -179,7 +179,7 @@ impl Shared {
             // The replaced session is ended here at once and upstream in
             // the background: it must not keep working elsewhere, and the
             // new sign-in must not wait for it (issue 10 point 4).
-            resolver.revoke(&previous.key, previous.session.expires_at);
+            resolver.revoke_session(&previous.key, &previous.session);
             self.end_in_background(previous.session.clone());
         }
         resolver.emit(AuthEvent::SignedIn {
@@ -261,9 +261,9 @@ impl Shared {
             _ => {}
         }
         if scope != SignOutScope::Others {
-            resolver.revoke(&current.key, current.session.expires_at);
+            resolver.revoke_session(&current.key, &current.session);
             if let Some((wire, session)) = &successor {
-                resolver.revoke(wire.as_bytes(), session.expires_at);
+                resolver.revoke_session(wire.as_bytes(), session);
             }
         }
         resolver.emit(AuthEvent::SignedOut {

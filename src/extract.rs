@@ -475,7 +475,7 @@ impl Auth {
     pub fn sign_out_locally(&self) {
         if let Some(current) = self.current() {
             let resolver = &self.inner.shared.resolver;
-            resolver.revoke(&current.key, current.session.expires_at);
+            resolver.revoke_session(&current.key, &current.session);
             resolver.emit(AuthEvent::SignedOut {
                 user_id: None,
                 scope: SignOutScope::This,

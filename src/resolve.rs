@@ -401,6 +401,18 @@ impl Resolver {
         self.inner.cache.remove_user_sessions(user_id, None);
     }
 
+    /// Forgets a signed-out session and tombstones it: until its token
+    /// expires, or, when a refresh token can renew it (the upstream may
+    /// still honour that, e.g. without RFC 7009 revocation), for the
+    /// configured session max age.
+    pub(crate) fn revoke_session(&self, key: &[u8], session: &Session) {
+        if session.refresh_token.is_some() {
+            self.revoke(key, Some(SystemTime::now() + self.inner.session_max_age));
+        } else {
+            self.revoke(key, session.expires_at);
+        }
+    }
+
     /// Forgets a signed-out session and tombstones it for as long as the
     /// upstream's revocation horizon says.
     pub(crate) fn revoke(&self, key: &[u8], expires_at: Option<SystemTime>) {

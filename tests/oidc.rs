@@ -102,9 +102,12 @@ struct Browser {
 
 impl Browser {
     fn new() -> Self {
+        // No pooled connections: Node closes idle ones after 5 s, and a
+        // request racing that close fails (hyper's IncompleteMessage).
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
+            .pool_max_idle_per_host(0)
             .build()
             .unwrap();
         Self {
@@ -691,6 +694,8 @@ async fn page(user: CurrentUser) -> String {
 }
 
 struct Setup {
+    /// More environment for the provider.
+    env: &'static [(&'static str, &'static str)],
     client_id: &'static str,
     auth: ClientAuth,
     access_ttl: u64,
@@ -702,6 +707,7 @@ struct Setup {
 impl Default for Setup {
     fn default() -> Self {
         Self {
+            env: &[],
             client_id: "app",
             auth: ClientAuth::Basic,
             access_ttl: 3600,
@@ -724,7 +730,9 @@ async fn site(setup: Setup) -> Option<Site> {
     };
     let clients = json!([registration(&origin, setup.client_id, method)]);
     let ttl = setup.access_ttl.to_string();
-    let op = OpenIdProvider::start_with(&clients, &[("OIDC_ACCESS_TOKEN_TTL", &ttl)]).await?;
+    let mut env = vec![("OIDC_ACCESS_TOKEN_TTL", ttl.as_str())];
+    env.extend(setup.env.iter().copied());
+    let op = OpenIdProvider::start_with(&clients, &env).await?;
     let mut builder = oidc::Client::builder(&op.issuer, setup.client_id)
         .with_client_auth(setup.auth)
         .with_scopes(&["openid", "email", "profile", "groups"])
@@ -1193,6 +1201,42 @@ async fn sign_out_revokes_and_logs_out_at_the_provider_and_comes_back() {
     assert!(form_page.contains("name=\"login\""), "login again");
 }
 
+/// T-D1, T-H2: without a revocation endpoint the provider's refresh
+/// token outlives the sign-out, so the signed-out cookie stays refused
+/// past its access token's expiry (until the session max age), not
+/// refreshed back to life.
+#[tokio::test]
+async fn a_signed_out_cookie_stays_refused_after_its_access_token_expired() {
+    let Some(mut site) = site(Setup {
+        env: &[("OIDC_REVOCATION", "off")],
+        access_ttl: 2,
+        margin: Duration::from_secs(1),
+        config: |c| c.with_cache_ttl(Duration::from_millis(500)),
+        ..Setup::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let session = site.sign_in("rex").await;
+    let out = site.sign_out().await;
+    assert_eq!(out.status(), 303);
+    assert_eq!(
+        site.requests("POST /token/revocation").await,
+        0,
+        "none offered"
+    );
+    assert_eq!(site.account_with(&session).await.0, 303);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, set, body) = site.account_with(&session).await;
+    assert_eq!(status, 303, "still signed out: {body}");
+    assert!(
+        set.is_none_or(|s| s.is_empty()),
+        "not refreshed back to life"
+    );
+    assert_eq!(site.grants("refresh_token ok").await, 0);
+}
+
 /// T-B1: a forged `state`, a replayed landing and a replayed code never
 /// sign anyone in; the forged state never reaches the token endpoint.
 #[tokio::test]
@@ -1442,12 +1486,15 @@ async fn prompt_login_and_max_age_reach_the_provider_and_auth_time_is_on_the_use
 
 /// Point 1: the provider rotates its signing key in the middle of a
 /// session; the session's ID token, signed with the old key (still
-/// published), keeps verifying on lookups, and a new sign-in's ID token,
-/// signed with the new key, is verified after one key-set refetch.
+/// published), keeps verifying on lookups; its refresh brings an ID token
+/// signed with the new key, verified after one key-set refetch; a new
+/// sign-in verifies without another.
 #[tokio::test]
 async fn a_key_rotation_mid_session_keeps_the_session() {
     let Some(mut site) = site(Setup {
-        config: |c| c.with_cache_ttl(Duration::from_millis(200)),
+        access_ttl: 4,
+        margin: Duration::from_secs(2),
+        config: |c| c.with_cache_ttl(Duration::from_millis(500)),
         ..Setup::default()
     })
     .await
@@ -1467,30 +1514,38 @@ async fn a_key_rotation_mid_session_keeps_the_session() {
         .await
         .unwrap();
     assert_eq!(rotated["kids"].as_array().unwrap().len(), 2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     // A lookup (the cache entry is stale): the old ID token, the old key.
-    let (status, _, body) = site.account_with(&session).await;
-    assert_eq!(status, 200, "{body}");
+    let (status, set, body) = site.account_with(&session).await;
+    assert_eq!((status, set), (200, None), "{body}");
     assert_eq!(
         site.requests("GET /jwks").await,
         jwks_before,
         "the cached set"
     );
-    // A new sign-in: signed with the new key, one refetch.
-    let keep = std::mem::replace(&mut site.browser, Browser::new());
-    site.sign_in("nia").await;
-    assert_eq!(site.account().await.0, 200);
+    // Past the refresh point: a new ID token, signed with the new key.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (status, set, body) = site.account_with(&session).await;
+    assert_eq!(status, 200, "{body}");
+    let next = set.expect("refreshed");
+    assert!(!next.is_empty());
+    assert_eq!(site.grants("refresh_token ok").await, 1);
     assert_eq!(
         site.requests("GET /jwks").await,
         jwks_before + 1,
         "one refetch"
     );
+    // A new sign-in: the new key is known now.
+    let keep = std::mem::replace(&mut site.browser, Browser::new());
+    site.sign_in("nia").await;
+    assert_eq!(site.account().await.0, 200);
+    assert_eq!(site.requests("GET /jwks").await, jwks_before + 1);
     site.browser = keep;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
-        site.account_with(&session).await.0,
+        site.account_with(&next).await.0,
         200,
-        "the old session still"
+        "the refreshed session"
     );
 }
 

@@ -9,6 +9,7 @@
 //                   "token_endpoint_auth_method":"client_secret_basic"}]
 //   OIDC_ACCESS_TOKEN_TTL  seconds an access token lives (default 3600)
 //   OIDC_ID_TOKEN_TTL      seconds an ID token lives (default 3600)
+//   OIDC_REVOCATION        "off": no revocation endpoint (RFC 7009)
 //
 // Refresh tokens: issued to every client allowed the refresh_token grant
 // (as Keycloak does; offline_access is not needed), and rotated at every
@@ -18,8 +19,7 @@
 // Test control (this fixture only): POST /_test/rotate-keys adds a new
 // signing key and makes it current; the old one stays in the key set, so
 // tokens it signed still verify. Answers {"kids": [new, …old]}. (It starts
-// a new provider instance: login sessions survive it, refresh tokens
-// issued before it do not.)
+// a new provider instance on the same store: sessions and tokens survive.)
 // GET /_test/stats answers what the provider saw: {"grants": {"<grant_type>
 // ok|error": n}, "requests": {"<METHOD> <path>": n}}.
 //
@@ -34,6 +34,7 @@
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import Provider from 'oidc-provider';
+import { createMemoryAdapter } from 'oidc-provider/lib/adapters/memory_adapter.js';
 
 const clients = JSON.parse(process.env.OIDC_CLIENTS ?? '[]');
 const accessTokenTtl = Number(process.env.OIDC_ACCESS_TOKEN_TTL ?? 3600);
@@ -49,18 +50,25 @@ function newKey() {
   return { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), use: 'sig', alg: 'RS256' };
 }
 
+// One store for every provider instance this process makes (a key rotation
+// makes a new one), so grants, sessions and tokens survive the rotation:
+// oidc-provider's own memory adapter, whose default is a store per
+// instance.
+const sharedAdapter = createMemoryAdapter();
+
 // Newest first: the provider signs with the first key.
 const keys = [newKey()];
 
 function makeProvider(issuer) {
   return new Provider(issuer, {
     clients,
+    adapter: sharedAdapter,
     jwks: { keys },
     // Profile claims in the ID token too (as Keycloak and Auth0 do), not
     // only at userinfo.
     conformIdTokenClaims: false,
-    // Fixed, so the provider's own sessions survive a key rotation (the
-    // in-memory adapter is shared by every instance in this process).
+    // Fixed, so the provider's own sessions survive a key rotation (with
+    // the shared store above).
     cookies: { keys: ['authgate-test-provider-cookie-key'] },
     // Consent is given once per client and scope; offline_access gets a
     // refresh token.
@@ -75,7 +83,7 @@ function makeProvider(issuer) {
       devInteractions: { enabled: true },
       backchannelLogout: { enabled: true },
       rpInitiatedLogout: { enabled: true },
-      revocation: { enabled: true },
+      revocation: { enabled: process.env.OIDC_REVOCATION !== 'off' },
     },
     pkce: { required: () => true },
     // oidc-provider refuses outgoing requests to special-use addresses (an
