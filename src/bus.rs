@@ -1,5 +1,5 @@
 //! The revocation bus: sign-outs reach every instance of the app, over
-//! Redis (feature `redis`).
+//! Redis (feature `redis`), with an optional shared user cache.
 //!
 //! Each instance of an app keeps its own user cache. Without a bus, a
 //! session signed out on instance A keeps working on B and C until their
@@ -7,32 +7,72 @@
 //! token expires). With [`RedisBus`] given to
 //! [`AuthConfig::with_revocation_bus`](crate::AuthConfig::with_revocation_bus),
 //! every revocation the layer records — a session signed out, a user
-//! signed out everywhere or of all other sessions — is published on a Redis
-//! pub/sub channel, and every instance applies the others' (SECURITY.md
-//! §5):
+//! signed out everywhere or of all other sessions, a session rotated by a
+//! refresh — is published on a Redis pub/sub channel and written as a key,
+//! and every instance applies the others' (SECURITY.md §5):
 //!
 //! - Sessions are named by their keyed hash, HMAC-SHA256 with the app key
 //!   (the instances share it), never by a token: anyone who can read Redis
-//!   (`MONITOR`, logs) learns nothing to sign in with.
+//!   (`MONITOR`, logs) learns nothing to sign in with. Cookie values (a
+//!   rotation's successor) and users (the shared cache) are sealed with
+//!   AES-256-GCM under keys derived from the app key, each under its own
+//!   label, with the Redis key as associated data (a value moved to
+//!   another key does not open).
 //! - A lookup in flight when a revocation arrives does not cache or serve
 //!   the session: the instance remembers revoked hashes until their end.
 //! - Pub/sub delivers at most once (Redis docs, "Pub/Sub", delivery
 //!   semantics): when the subscription is lost (a dropped connection, no
 //!   answer to the periodic `PING`), the instance forgets every cached user
-//!   (its tombstones stay) and subscribes again with backoff, so nothing it
-//!   may have missed is served from its cache.
-//! - Malformed, oversized, foreign or unknown messages are ignored: they
-//!   cannot flush a cache or sign anyone out.
+//!   (its tombstones stay) and subscribes again with backoff (50 ms
+//!   doubling to 10 s), so nothing it may have missed is served from its
+//!   cache. What it missed stays readable in the tombstone keys.
+//! - Before serving a user stale (the upstream failing), an instance reads
+//!   the session's and the user's tombstone keys; so does an instance whose
+//!   upstream cannot revoke ([`Revocation::UntilExpiry`](crate::upstream::Revocation))
+//!   before it trusts a fresh "valid".
+//! - Malformed, oversized, foreign or unknown messages and values are
+//!   ignored: they cannot flush a cache or sign anyone in. (Whoever can
+//!   write to Redis can sign sessions *out*, or hold sign-outs back, as
+//!   with any bus: keep Redis private.)
 //! - Redis down: sign-out still clears the cookie and signs out upstream;
-//!   the failed publish is logged. The other instances then see the
-//!   sign-out when their cache entry expires (at most the cache's fresh TTL
-//!   plus its stale window) or, for upstreams that revoke, at their next
-//!   lookup.
+//!   the failed write is logged and [`AuthEvent::RevocationBusFailed`]
+//!   emitted. A failed or late read (past [`RedisBus::with_read_timeout`])
+//!   makes the instance skip Redis for one second and go on as without the
+//!   bus: stale users are served within the stale window, shared-cache
+//!   misses go to the upstream. The other instances then see a sign-out
+//!   when their cache entry expires (at most the cache's fresh TTL, plus
+//!   its stale window during an upstream outage) or, for upstreams that
+//!   revoke, at their next lookup.
 //!
-//! Message (JSON, at most [`MAX_MESSAGE`] bytes): `{"v":1,"origin":"<instance
-//! id>","kind":"session","hash":"<64 hex>","until":<unix s>}` or
-//! `{"v":1,"origin":…,"kind":"user","user":"<id>","keep":"<64 hex>"|null,
-//! "at":<unix s>,"until":<unix s>}`.
+//! # Messages
+//!
+//! JSON, at most [`MAX_MESSAGE`] bytes, `v` 1, `origin` the sending
+//! instance's random id (its own messages are skipped); hashes are 64
+//! lowercase hex digits, times Unix seconds:
+//!
+//! - `{"v":1,"origin":…,"kind":"session","hash":"<hex>","until":<s>}`
+//! - `{"v":1,"origin":…,"kind":"user","user":"<id>","keep":"<hex>"|null,"at":<s>,"until":<s>}`
+//!   (`at` is rounded down on the wire and read as the end of its second)
+//! - `{"v":1,"origin":…,"kind":"rotated","hash":"<hex>","until":<s>}`
+//!
+//! # Keys
+//!
+//! Under the channel's name, each with a TTL (`SET … PX`) that covers its
+//! horizon, written in the same pipeline before the message (so a key
+//! exists when its message arrives):
+//!
+//! | key | value | TTL |
+//! |---|---|---|
+//! | `<channel>:s:<hex>` | the tombstone's end, Unix seconds | the revocation horizon: the session's end for an upstream that cannot revoke, else the fresh TTL plus the stale window |
+//! | `<channel>:u:<user id>` | `{"at_ms":<ms>,"keep":"<hex>"\|null}` | the user-wide horizon |
+//! | `<channel>:r:<hex>` (old session) | the successor, sealed: cookie value, user, deadlines | the 30 s successor window |
+//! | `<channel>:c:<hex>` (shared cache) | `<user id>\0<sealed user and deadlines>` | min(fresh TTL, session end) |
+//!
+//! A sign-out deletes its session's `c` key; a user-wide one cannot find
+//! the user's values, and its `u` key keeps every value resolved before
+//! it from serving. Reads before an upstream lookup are one round trip (a
+//! Lua script computes the user's `u` key from the value's prefix, so the
+//! bus needs a standalone Redis, not a cluster).
 
 use std::fmt;
 use std::sync::Arc;
@@ -689,7 +729,15 @@ impl Publisher {
     }
 
     fn open_shared(&self, key: &str, value: &[u8]) -> Option<SharedUser> {
-        let sealed: SharedValue = Self::open(self.shared.as_ref()?, key, "user", value)?;
+        // `<user id>\0<sealed>`: the id in clear lets the read script
+        // fetch the user's tombstone in the same round trip; it must be
+        // the sealed user's.
+        let split = value.iter().position(|&b| b == 0)?;
+        let (user_id, sealed) = (&value[..split], &value[split + 1..]);
+        let sealed: SharedValue = Self::open(self.shared.as_ref()?, key, "user", sealed)?;
+        if sealed.u.id.as_bytes() != user_id {
+            return None;
+        }
         let now = SystemTime::now();
         let fresh_until = at_ms(sealed.f);
         let expires_at = sealed.e.map(at_ms);
@@ -818,10 +866,13 @@ impl Fanout for Publisher {
         let Some(sealed) = keys.seal(&key, "user", &value, ttl) else {
             return;
         };
+        if entry.user.id.contains('\0') {
+            return;
+        }
         self.send(Job {
             ops: vec![Op::Set {
                 key,
-                value: sealed,
+                value: format!("{}\0{sealed}", entry.user.id),
                 ttl_ms,
             }],
             message: None,
@@ -846,51 +897,70 @@ impl Fanout for Publisher {
 
     fn prefetch(&self, hash: [u8; 32], successor: bool) -> BoxFuture<'_, Option<Prefetched>> {
         async move {
-            let session_key = self.names.session(&hash);
+            if !self.link.usable() {
+                return None;
+            }
             let successor_key = self.names.successor(&hash);
             let cached_key = self.names.cached(&hash);
-            let mut keys = vec![session_key];
-            if successor {
-                keys.push(successor_key.clone());
-            }
-            if self.shared.is_some() {
-                keys.push(cached_key.clone());
-            }
-            let values = self.mget(&keys).await?;
+            // One round trip: the tombstone, the successor, the shared
+            // value and its user's tombstone.
+            let mut pipeline = redis::pipe();
+            pipeline
+                .cmd("EVAL")
+                .arg(PREFETCH_SCRIPT)
+                .arg(3)
+                .arg(self.names.session(&hash))
+                .arg(&successor_key)
+                .arg(&cached_key)
+                .arg(if successor { "1" } else { "0" })
+                .arg(if self.shared.is_some() { "1" } else { "0" })
+                .arg(self.names.user(""));
+            let (values,): (Vec<Option<Vec<u8>>>,) =
+                self.link.run(&pipeline, self.read_timeout).await?;
+            let [session, next, cached, user]: [Option<Vec<u8>>; 4] = values.try_into().ok()?;
             let mut found = Prefetched {
                 tombstones: Tombstones {
-                    session: Self::session_tombstone(values[0].as_deref()),
+                    session: Self::session_tombstone(session.as_deref()),
                     user: None,
                 },
                 ..Prefetched::default()
             };
-            let mut rest = values.into_iter().skip(1);
             if successor {
-                found.successor = rest
-                    .next()
-                    .flatten()
-                    .and_then(|value| self.open_successor(&successor_key, &value));
+                found.successor =
+                    next.and_then(|value| self.open_successor(&successor_key, &value));
             }
-            if self.shared.is_some() && found.tombstones.session.is_none() {
-                let shared = rest
-                    .next()
-                    .flatten()
-                    .and_then(|value| self.open_shared(&cached_key, &value));
-                if let Some(shared) = shared {
-                    // The user's tombstone decides whether the value may
-                    // serve; unknown means it may not.
-                    let user_key = self.names.user(&shared.user.id);
-                    if let Some(values) = self.mget(&[user_key]).await {
-                        found.tombstones.user = Self::user_tombstone(values[0].as_deref());
-                        found.user = Some(shared);
-                    }
-                }
+            if found.tombstones.session.is_none() {
+                found.user = cached.and_then(|value| self.open_shared(&cached_key, &value));
+                found.tombstones.user = Self::user_tombstone(user.as_deref());
             }
             Some(found)
         }
         .boxed()
     }
 }
+
+/// The read before an upstream lookup, in one round trip (Lua, run by
+/// Redis itself): KEYS = the session's tombstone, successor and shared
+/// value; ARGV = whether to read the successor, whether to read the shared
+/// value, the user tombstones' prefix. The user's tombstone is named by
+/// the id in front of the shared value (checked against the sealed user
+/// when opened). Needs a standalone Redis (the key is computed in the
+/// script), as the bus's client is.
+const PREFETCH_SCRIPT: &str = r"
+local s = redis.call('GET', KEYS[1])
+local r = false
+if ARGV[1] == '1' then r = redis.call('GET', KEYS[2]) end
+local c = false
+local u = false
+if ARGV[2] == '1' then
+  c = redis.call('GET', KEYS[3])
+  if c then
+    local at = string.find(c, '\0', 1, true)
+    if at and at > 1 then u = redis.call('GET', ARGV[3] .. string.sub(c, 1, at - 1)) end
+  end
+end
+return {s, r, c, u}
+";
 
 async fn publish_loop(
     link: Arc<Link>,

@@ -211,6 +211,17 @@ pub(crate) trait Fanout: Send + Sync + 'static {
     }
 }
 
+/// What the tombstones in Redis say of a stale entry.
+enum StaleCheck {
+    /// None applies (or Redis cannot say): serve it stale.
+    Serve,
+    /// The session was signed out: clear the cookie.
+    SignedOut,
+    /// A user-wide revocation may cover it: do not serve it, keep the
+    /// cookie.
+    Refuse,
+}
+
 /// The tombstone keys Redis holds for one session and its user.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Tombstones {
@@ -507,10 +518,11 @@ impl Resolver {
                 // Revocations override stale serving (SECURITY.md R2.5),
                 // those kept in Redis included (§5.4).
                 Some(entry) if Instant::now() < entry.stale_until && !revoked() => {
-                    if self.inner.stale_revoked(key, &entry).await {
-                        return Resolution::invalid();
+                    match self.inner.stale_check(key, &entry).await {
+                        StaleCheck::Serve => Resolution::signed_in(entry.user, true),
+                        StaleCheck::SignedOut => Resolution::invalid(),
+                        StaleCheck::Refuse => Resolution::unavailable(),
                     }
-                    Resolution::signed_in(entry.user, true)
                 }
                 _ => Resolution::unavailable(),
             },
@@ -1148,26 +1160,40 @@ impl Inner {
         self.apply_tombstones(key, hash, &tombstones, issued_at, unix_ms(wall_of(started)))
     }
 
-    /// Before serving a stale entry, with a bus: whether Redis holds a
-    /// tombstone for the session or its user (SECURITY.md §5.4). Redis
-    /// unreachable too: `false`, the entry is served within its stale
-    /// window as without a bus (documented).
-    async fn stale_revoked(&self, key: &[u8], entry: &Entry) -> bool {
+    /// Before serving a stale entry, with a bus: the tombstones Redis
+    /// holds for the session or its user (SECURITY.md §5.4). Redis
+    /// unreachable too: the entry is served within its stale window, as
+    /// without a bus (documented).
+    async fn stale_check(&self, key: &[u8], entry: &Entry) -> StaleCheck {
         let Some(remote) = &self.remote else {
-            return false;
+            return StaleCheck::Serve;
         };
         let hash = self.token_hash(key);
         let Some(tombstones) = remote.fanout.tombstones(hash, &entry.user.id).await else {
             tracing::warn!(token = %self.fingerprint(key), "authgate: Redis is unreachable too; serving a stale user without checking its tombstones");
-            return false;
+            return StaleCheck::Serve;
         };
-        // The entry was stored at least a fresh TTL before it turned
-        // stale: a lower bound, so a doubt counts as revoked.
+        if tombstones.session.is_some() {
+            self.apply_tombstones(key, hash, &tombstones, None, 0);
+            return StaleCheck::SignedOut;
+        }
+        // The entry was stored no earlier than a fresh TTL before it
+        // turned stale: a lower bound, so the user's tombstone may cover
+        // a session signed in again just after it. Not served, but the
+        // cookie is kept (only a definitive answer removes it, R1).
         let stored = entry
             .fresh_until
             .checked_sub(self.settings.fresh_ttl)
             .unwrap_or(entry.fresh_until);
-        self.apply_tombstones(key, hash, &tombstones, None, unix_ms(wall_of(stored)))
+        let covered = tombstones
+            .user
+            .as_ref()
+            .is_some_and(|tomb| tomb.forbids(&hash, None, unix_ms(wall_of(stored))));
+        if covered {
+            StaleCheck::Refuse
+        } else {
+            StaleCheck::Serve
+        }
     }
 
     /// Whether `tombstones` sign out the session `key` (resolved at

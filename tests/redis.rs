@@ -821,10 +821,18 @@ async fn tampered_or_moved_shared_values_are_ignored() {
 
     // A flipped byte, then plain garbage, under Eve's key: each read by a
     // cold instance that has another user cached.
+    let tampered_source = eve_value.clone();
     let mut tampered = eve_value.into_bytes();
-    tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
+    let at = tampered.len() - 10;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    for value in [tampered.as_str(), "garbage", ""] {
+    // Eve's sealed value under Eve's key, but named as another user's (so
+    // the read would skip Eve's tombstone): refused too.
+    let renamed = format!(
+        "someone-else\0{}",
+        tampered_source.split('\0').nth(1).unwrap()
+    );
+    for value in [tampered.as_str(), renamed.as_str(), "garbage", ""] {
         let d = sharing(&redis, upstream.clone());
         assert_eq!(
             d.get(&kit, &kit.session_cookie(&user)).await,
