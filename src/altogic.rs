@@ -192,16 +192,8 @@ impl ClientBuilder {
             }
             None => None,
         };
-        let http = match self.http {
-            Some(http) => http,
-            None => reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(self.timeout)
-                .connect_timeout(self.connect_timeout)
-                .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|_| ConfigError::HttpClient)?,
-        };
+        let http =
+            crate::upstream::wire::http_client(self.http, self.timeout, self.connect_timeout)?;
         let api_base = format!("{trimmed}/_api/rest/v1/auth/");
         Ok(Client {
             user_agent: None,

@@ -54,6 +54,9 @@
 //! - `{"v":1,"origin":…,"kind":"user","user":"<id>","keep":"<hex>"|null,"at":<s>,"until":<s>}`
 //!   (`at` is rounded down on the wire and read as the end of its second)
 //! - `{"v":1,"origin":…,"kind":"rotated","hash":"<hex>","until":<s>}`
+//! - `{"v":1,"origin":…,"kind":"sid","sid":"<provider session id>","until":<s>}`
+//!   (an OpenID Connect back-channel logout by `sid`; one by `sub` alone
+//!   travels as `user`)
 //!
 //! # Keys
 //!
@@ -65,6 +68,7 @@
 //! |---|---|---|
 //! | `<channel>:s:<hex>` | the tombstone's end, Unix seconds | the revocation horizon: the session's end for an upstream that cannot revoke, else the fresh TTL plus the stale window |
 //! | `<channel>:u:<user id>` | `{"at_ms":<ms>,"keep":"<hex>"\|null}` | the user-wide horizon |
+//! | `<channel>:i:<sid>` | the tombstone's end, Unix seconds | the user-wide horizon |
 //! | `<channel>:r:<hex>` (old session) | the successor, sealed: cookie value, user, deadlines | the 30 s successor window |
 //! | `<channel>:c:<hex>` (shared cache) | `<user id>\0<sealed user and deadlines>` | min(fresh TTL, session end) |
 //!
@@ -291,6 +295,11 @@ impl Names {
     fn user(&self, user_id: &str) -> String {
         format!("{}:u:{user_id}", self.0)
     }
+    /// An upstream session ended by a back-channel logout (its `sid`):
+    /// the tombstone's end, in Unix seconds.
+    fn session_id(&self, session_id: &str) -> String {
+        format!("{}:i:{session_id}", self.0)
+    }
     /// A rotated session's sealed successor.
     fn successor(&self, hash: &[u8; 32]) -> String {
         format!("{}:r:{}", self.0, hex(hash))
@@ -402,6 +411,12 @@ enum Message {
         hash: String,
         until: u64,
     },
+    Sid {
+        v: u8,
+        origin: String,
+        sid: String,
+        until: u64,
+    },
 }
 
 fn hex(hash: &[u8; 32]) -> String {
@@ -446,6 +461,12 @@ impl Message {
                 v: 1,
                 origin,
                 hash: hex(&hash),
+                until,
+            },
+            RemoteRevocation::SessionId { session_id, until } => Self::Sid {
+                v: 1,
+                origin,
+                sid: session_id,
                 until,
             },
         }
@@ -497,6 +518,17 @@ impl Message {
                 hash: unhex(&hash)?,
                 until,
             }),
+            Self::Sid {
+                v: 1,
+                origin,
+                sid,
+                until,
+            } if origin != own_origin && !sid.is_empty() && sid.len() <= 512 => {
+                Some(RemoteRevocation::SessionId {
+                    session_id: sid,
+                    until,
+                })
+            }
             _ => None,
         }
     }
@@ -593,6 +625,9 @@ struct SharedValue {
     r: u64,
     /// When the session was issued (ms), if known.
     i: Option<u64>,
+    /// The upstream's session id, if any.
+    #[serde(default)]
+    s: Option<String>,
 }
 
 /// A rotation's successor, sealed.
@@ -613,6 +648,9 @@ struct SuccessorValue {
     a: u64,
     /// The end of the successor window (ms).
     n: u64,
+    /// The upstream's session id, if any.
+    #[serde(default)]
+    s: Option<String>,
 }
 
 fn at_ms(ms: u64) -> SystemTime {
@@ -725,6 +763,7 @@ impl Publisher {
             expires_at: sealed.e.map(at_ms),
             at_ms: sealed.a,
             until: at_ms(sealed.n),
+            session_id: sealed.s,
         })
     }
 
@@ -750,6 +789,7 @@ impl Publisher {
             expires_at,
             resolved_ms: sealed.r,
             issued_at: sealed.i.map(at_ms),
+            session_id: sealed.s,
         })
     }
 }
@@ -793,6 +833,15 @@ impl Fanout for Publisher {
                     });
                 }
             }
+            RemoteRevocation::SessionId { session_id, until } => {
+                if let Some(ttl_ms) = ttl_until(UNIX_EPOCH + Duration::from_secs(*until)) {
+                    ops.push(Op::Set {
+                        key: self.names.session_id(session_id),
+                        value: until.to_string(),
+                        ttl_ms,
+                    });
+                }
+            }
             RemoteRevocation::Rotated { .. } => {}
         }
         self.send(Job {
@@ -817,6 +866,7 @@ impl Fanout for Publisher {
             e: successor.expires_at.map(unix_ms),
             a: successor.at_ms,
             n: unix_ms(successor.until),
+            s: successor.session_id,
         };
         let ttl = Duration::from_millis(ttl_ms) + Duration::from_secs(1);
         let Some(sealed) = self.successors.seal(&key, "successor", &value, ttl) else {
@@ -860,6 +910,7 @@ impl Fanout for Publisher {
             e: entry.expires_at.map(unix_ms),
             r: entry.resolved_ms,
             i: entry.issued_at.map(unix_ms),
+            s: entry.session_id,
         };
         let key = self.names.cached(&hash);
         let ttl = Duration::from_millis(ttl_ms) + Duration::from_secs(1);
@@ -883,13 +934,19 @@ impl Fanout for Publisher {
         &'a self,
         hash: [u8; 32],
         user_id: &'a str,
+        session_id: Option<&'a str>,
     ) -> BoxFuture<'a, Option<Tombstones>> {
         async move {
-            let keys = [self.names.session(&hash), self.names.user(user_id)];
+            let mut keys = vec![self.names.session(&hash), self.names.user(user_id)];
+            if let Some(sid) = session_id {
+                keys.push(self.names.session_id(sid));
+            }
             let values = self.mget(&keys).await?;
             Some(Tombstones {
                 session: Self::session_tombstone(values[0].as_deref()),
                 user: Self::user_tombstone(values[1].as_deref()),
+                session_id: Self::session_tombstone(values.get(2).and_then(Option::as_deref))
+                    .is_some(),
             })
         }
         .boxed()
@@ -922,6 +979,7 @@ impl Fanout for Publisher {
                 tombstones: Tombstones {
                     session: Self::session_tombstone(session.as_deref()),
                     user: None,
+                    session_id: false,
                 },
                 ..Prefetched::default()
             };
@@ -932,6 +990,19 @@ impl Fanout for Publisher {
             if found.tombstones.session.is_none() {
                 found.user = cached.and_then(|value| self.open_shared(&cached_key, &value));
                 found.tombstones.user = Self::user_tombstone(user.as_deref());
+            }
+            // A shared user of an upstream session (OpenID Connect `sid`):
+            // its back-channel logout's tombstone too, one more round trip
+            // for those alone; unknown means the value does not serve.
+            let sid = found.user.as_ref().and_then(|u| u.session_id.clone());
+            if let Some(sid) = sid {
+                match self.mget(&[self.names.session_id(&sid)]).await {
+                    Some(values) => {
+                        found.tombstones.session_id =
+                            Self::session_tombstone(values[0].as_deref()).is_some();
+                    }
+                    None => found.user = None,
+                }
             }
             Some(found)
         }
@@ -1122,7 +1193,11 @@ mod tests {
             hash: [3; 32],
             until: 2_000_000_000,
         };
-        for revocation in [session, user, rotated] {
+        let sid = RemoteRevocation::SessionId {
+            session_id: "sid-1".to_owned(),
+            until: 2_000_000_000,
+        };
+        for revocation in [session, user, rotated, sid] {
             let wire = serde_json::to_vec(&Message::of("a", revocation.clone())).unwrap();
             assert!(!String::from_utf8_lossy(&wire).contains("token"));
             assert_eq!(Message::parse(&wire, "b"), Some(revocation));

@@ -40,9 +40,18 @@ pub(crate) struct Entry {
     /// beside a four-byte weight, so the entry does not grow.
     expires: u32,
     weight: u32,
+    /// The upstream's session id (OpenID Connect `sid`), for a
+    /// back-channel logout; one pointer, `None` for upstreams without.
+    session_id: Option<Box<Box<str>>>,
 }
 
 impl Entry {
+    /// The upstream's session id, if the lookup reported one.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn session_id(&self) -> Option<&str> {
+        self.session_id.as_deref().map(|sid| &**sid)
+    }
+
     /// The session's end, if the lookup reported one.
     pub(crate) fn expires_at(&self) -> Option<SystemTime> {
         (self.expires != 0)
@@ -78,6 +87,8 @@ pub(crate) struct Successor {
     pub(crate) cookie_until: SystemTime,
     /// The user.
     pub(crate) user: Arc<User>,
+    /// The upstream's session id, if it has one.
+    pub(crate) session_id: Option<Box<str>>,
 }
 
 impl std::fmt::Debug for Successor {
@@ -123,6 +134,10 @@ pub(crate) struct Cache {
     /// Consulted only when a lookup completes: never on the warm path.
     user_marks: Mutex<HashMap<Box<str>, UserMark>>,
     max_user_marks: usize,
+    /// Upstream session ids ended by a back-channel logout, until when
+    /// (OpenID Connect Back-Channel Logout 1.0 §2.7); consulted only when a
+    /// lookup completes.
+    session_marks: Mutex<HashMap<Box<str>, Instant>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -173,6 +188,7 @@ impl Cache {
             shard_marks: (max_marks / SHARDS).max(16),
             user_marks: Mutex::new(HashMap::new()),
             max_user_marks: max_marks.max(16),
+            session_marks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -223,12 +239,13 @@ impl Cache {
         fresh_until: Instant,
         stale_until: Instant,
     ) -> bool {
-        self.insert_session(token, user, fresh_until, stale_until, None)
+        self.insert_session(token, user, fresh_until, stale_until, None, None)
     }
 
-    /// Stores a resolved user and its session's end unless the token was
-    /// revoked meanwhile (checked under the same lock, so a sign-out racing
-    /// a lookup wins).
+    /// Stores a resolved user, its session's end and the upstream's
+    /// session id unless the token (or that session id) was revoked
+    /// meanwhile (checked under the same lock, so a sign-out racing a
+    /// lookup wins).
     pub(crate) fn insert_session(
         &self,
         token: &[u8],
@@ -236,6 +253,7 @@ impl Cache {
         fresh_until: Instant,
         stale_until: Instant,
         expires_at: Option<SystemTime>,
+        session_id: Option<&str>,
     ) -> bool {
         let now = Instant::now();
         let weight = u32::try_from(ENTRY_OVERHEAD + token.len() as u64 + u64::from(user.weight()))
@@ -255,7 +273,10 @@ impl Cache {
             .marks
             .get(&*key)
             .is_some_and(|m| m.kind.is_revoked() && now < m.until);
-        if revoked {
+        // Under the shard's lock: a back-channel logout marks first and
+        // then sweeps each shard under its lock, so it either sees this
+        // entry or this insert sees its mark.
+        if revoked || session_id.is_some_and(|sid| self.session_revoked(sid)) {
             return false;
         }
         shard.marks.remove(&*key);
@@ -265,6 +286,7 @@ impl Cache {
             stale_until,
             expires,
             weight,
+            session_id: session_id.map(|sid| Box::new(sid.into())),
         };
         if let Some(old) = shard.users.insert(token.into(), entry) {
             shard.user_bytes -= u64::from(old.weight);
@@ -452,6 +474,75 @@ impl Cache {
         }
     }
 
+    /// Ends an upstream session by its id until `until` (a back-channel
+    /// logout): forgets its cached cookies (a rotated session's old and new
+    /// ones share the id) and refuses lookups that complete afterwards.
+    pub(crate) fn mark_session_id(&self, session_id: &str, until: Instant) {
+        let now = Instant::now();
+        {
+            let mut marks = self
+                .session_marks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if marks.len() >= self.max_user_marks {
+                marks.retain(|_, until| now < *until);
+            }
+            // Full of live marks: the sweep below still ends the cached
+            // sessions; only a lookup in flight could slip through.
+            if marks.len() < self.max_user_marks || marks.contains_key(session_id) {
+                marks.insert(session_id.into(), until);
+            }
+        }
+        for shard in self.shards.iter() {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            let mut freed = 0;
+            let mut ended = Vec::new();
+            shard.users.retain(|token, entry| {
+                let remove = entry
+                    .session_id
+                    .as_deref()
+                    .is_some_and(|sid| **sid == *session_id);
+                if remove {
+                    freed += u64::from(entry.weight);
+                    ended.push(token.clone());
+                }
+                !remove
+            });
+            shard.user_bytes -= freed;
+            for token in ended {
+                let key = mark_key(&token).into_owned().into_boxed_slice();
+                shard.marks.insert(
+                    key,
+                    Mark {
+                        kind: MarkKind::Revoked,
+                        until,
+                    },
+                );
+            }
+            // Old cookies whose successor is an ended session no longer
+            // lead to it.
+            shard.marks.retain(|_, mark| match &mark.kind {
+                MarkKind::Rotated(next) => next.session_id.as_deref() != Some(session_id),
+                _ => true,
+            });
+            if shard.marks.len() > self.shard_marks {
+                shard.evict_marks(self.shard_marks, now);
+            }
+        }
+    }
+
+    /// Whether a back-channel logout ended the upstream session
+    /// `session_id`.
+    pub(crate) fn session_revoked(&self, session_id: &str) -> bool {
+        let marks = self
+            .session_marks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        marks
+            .get(session_id)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+
     /// Forgets every cached user (marks stay): after the revocation bus
     /// lost messages, nothing cached here may be trusted.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -581,14 +672,16 @@ mod tests {
 
     /// The session's end rides in the entry without growing it (the
     /// weight went from eight bytes to four), rounded up to the second so
-    /// a tombstone built from it never ends early.
+    /// a tombstone built from it never ends early. The provider's session
+    /// id (back-channel logout) costs one pointer: 741 → 754 heap bytes
+    /// per cached session in tests/alloc.rs.
     #[test]
     fn entries_keep_the_session_end_without_growing() {
-        assert!(std::mem::size_of::<Entry>() <= 48);
+        assert!(std::mem::size_of::<Entry>() <= 56);
         let cache = Cache::new(1 << 20, 1000);
         let later = Instant::now() + Duration::from_secs(60);
         let end = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
-        assert!(cache.insert_session(b"tok", user("u"), later, later, Some(end)));
+        assert!(cache.insert_session(b"tok", user("u"), later, later, Some(end), None));
         let kept = cache.user(b"tok").unwrap().expires_at().unwrap();
         assert_eq!(
             kept,
@@ -596,6 +689,32 @@ mod tests {
         );
         assert!(cache.insert_user(b"other", user("u"), later, later));
         assert!(cache.user(b"other").unwrap().expires_at().is_none());
+    }
+
+    /// A back-channel logout by `sid` forgets and tombstones that
+    /// session's cookies, refuses a later insert with the same `sid`, and
+    /// leaves other sessions alone.
+    #[tokio::test(start_paused = true)]
+    async fn a_session_id_mark_ends_its_cookies_and_refuses_late_inserts() {
+        let cache = Cache::new(1 << 20, 1000);
+        let later = Instant::now() + Duration::from_secs(60);
+        let insert = |token: &[u8], sid| {
+            cache.insert_session(token, user("u"), later, later, None, Some(sid))
+        };
+        assert!(insert(b"a1", "s1"));
+        assert!(insert(b"b1", "s2"));
+        assert!(cache.insert_user(b"plain", user("u"), later, later));
+        cache.mark_session_id("s1", later);
+        assert!(cache.user(b"a1").is_none());
+        assert!(matches!(
+            cache.mark(b"a1", Instant::now()),
+            Some(MarkKind::Revoked)
+        ));
+        assert!(cache.user(b"b1").is_some() && cache.user(b"plain").is_some());
+        assert!(!insert(b"a2", "s1"), "a lookup completing later is refused");
+        assert!(cache.session_revoked("s1") && !cache.session_revoked("s2"));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(!cache.session_revoked("s1"), "the mark ends at its horizon");
     }
 
     #[tokio::test(start_paused = true)]

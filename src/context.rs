@@ -190,7 +190,13 @@ impl Shared {
             .codec
             .set_lines(&wire, self.codec.max_age(&grant.session), had);
         if let Some(user) = grant.user {
-            resolver.prime(wire.as_bytes(), user, grant.session.expires_at);
+            resolver.prime(
+                wire.as_bytes(),
+                user,
+                grant.session.expires_at,
+                grant.recheck_at,
+                grant.session_id.as_deref(),
+            );
         }
         Ok(lines)
     }

@@ -194,6 +194,16 @@ pub enum AuthEvent {
         /// Whether this instance's cached users were forgotten.
         flushed: bool,
     },
+    /// The provider ended sessions with a verified back-channel logout
+    /// token (OpenID Connect Back-Channel Logout 1.0): the session
+    /// `session_id` (`sid`) or, without one, every session of `user_id`
+    /// (`sub`) is signed out in this instance.
+    BackChannelLogout {
+        /// The user (`sub`), when the token names one.
+        user_id: Option<String>,
+        /// The provider's session id (`sid`), when the token names one.
+        session_id: Option<String>,
+    },
 }
 
 impl fmt::Display for AuthEvent {
@@ -240,6 +250,22 @@ impl fmt::Display for AuthEvent {
             Self::RevocationBusFailed { flushed: true } => {
                 f.write_str("revocation bus: subscription lost; cached users forgotten")
             }
+            Self::BackChannelLogout {
+                user_id,
+                session_id: Some(sid),
+            } => write!(
+                f,
+                "back-channel logout: session {sid} of user {}",
+                user(user_id)
+            ),
+            Self::BackChannelLogout {
+                user_id,
+                session_id: None,
+            } => write!(
+                f,
+                "back-channel logout: every session of user {}",
+                user(user_id)
+            ),
         }
     }
 }

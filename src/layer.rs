@@ -209,6 +209,11 @@ impl<S> AuthService<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AuthService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    // Read only by the back-channel logout route (a size-limited form);
+    // every axum and hyper body qualifies.
+    ReqBody: http_body::Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     ResBody: From<Bytes>,
 {
     type Response = Response<ResBody>;
@@ -221,12 +226,16 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         if let Some(route) = routes::match_route(&self.shared, req.uri().path()) {
-            let (parts, _body) = req.into_parts();
+            let (parts, body) = req.into_parts();
             let shared = self.shared.clone();
+            let future: Pin<Box<dyn Future<Output = Response<Bytes>> + Send>> =
+                if route == routes::Route::BackChannelLogout {
+                    Box::pin(routes::back_channel_logout(shared, parts, body))
+                } else {
+                    Box::pin(routes::handle(shared, route, parts))
+                };
             return ResponseFuture {
-                kind: Kind::Route {
-                    future: Box::pin(routes::handle(shared, route, parts)),
-                },
+                kind: Kind::Route { future },
             };
         }
         let (auth, cookie) = RequestAuth::prepare(&self.shared, req.headers());

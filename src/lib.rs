@@ -8,6 +8,8 @@
 #![cfg_attr(not(feature = "altogic"), doc = "[gated-altogic]: #feature-flags")]
 #![cfg_attr(feature = "webcom", doc = "[gated-webcom]: crate::webcom")]
 #![cfg_attr(not(feature = "webcom"), doc = "[gated-webcom]: #feature-flags")]
+#![cfg_attr(feature = "oidc", doc = "[gated-oidc]: crate::oidc")]
+#![cfg_attr(not(feature = "oidc"), doc = "[gated-oidc]: #feature-flags")]
 #![cfg_attr(feature = "slashid", doc = "[gated-slashid]: crate::slashid")]
 #![cfg_attr(not(feature = "slashid"), doc = "[gated-slashid]: #feature-flags")]
 #![cfg_attr(feature = "dev-upstream", doc = "[gated-dev]: crate::dev")]
@@ -30,6 +32,9 @@ pub mod events;
 mod extract;
 mod guard;
 mod layer;
+#[cfg(feature = "oidc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oidc")))]
+pub mod oidc;
 pub mod pages;
 pub mod redirect;
 pub mod rejection;

@@ -171,6 +171,9 @@ pub(crate) enum RemoteRevocation {
     /// `until` (Unix seconds).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Rotated { hash: [u8; 32], until: u64 },
+    /// The upstream session `session_id` (OpenID Connect `sid`) was ended
+    /// by a back-channel logout, until `until` (Unix seconds).
+    SessionId { session_id: String, until: u64 },
 }
 
 /// Where a resolver sends its revocations (the revocation bus), and the
@@ -199,6 +202,7 @@ pub(crate) trait Fanout: Send + Sync + 'static {
         &'a self,
         _hash: [u8; 32],
         _user_id: &'a str,
+        _session_id: Option<&'a str>,
     ) -> BoxFuture<'a, Option<Tombstones>> {
         futures_util::future::ready(None).boxed()
     }
@@ -230,6 +234,9 @@ pub(crate) struct Tombstones {
     /// The user's sessions issued (or resolved) before `at` are signed
     /// out, but `keep`.
     pub(crate) user: Option<UserTombstone>,
+    /// The upstream session (its `sid`) was ended by a back-channel
+    /// logout.
+    pub(crate) session_id: bool,
 }
 
 /// A user-wide revocation as its Redis key keeps it.
@@ -273,6 +280,8 @@ pub(crate) struct SharedUser {
     pub(crate) resolved_ms: u64,
     /// When the session was issued, if the upstream said.
     pub(crate) issued_at: Option<SystemTime>,
+    /// The upstream's session id, if it has one.
+    pub(crate) session_id: Option<String>,
 }
 
 /// A rotation another instance made: the old session's successor. `Debug`
@@ -293,6 +302,8 @@ pub(crate) struct SharedSuccessor {
     pub(crate) at_ms: u64,
     /// The end of the successor window.
     pub(crate) until: SystemTime,
+    /// The upstream's session id, if it has one.
+    pub(crate) session_id: Option<String>,
 }
 
 impl fmt::Debug for SharedSuccessor {
@@ -565,11 +576,26 @@ impl Resolver {
 
     /// Puts a freshly signed-in user in the cache, so the next request does
     /// not need the upstream; the session's expiry caps the deadlines.
-    pub(crate) fn prime(&self, key: &[u8], user: User, expires_at: Option<SystemTime>) {
+    pub(crate) fn prime(
+        &self,
+        key: &[u8],
+        user: User,
+        expires_at: Option<SystemTime>,
+        recheck_at: Option<SystemTime>,
+        session_id: Option<&str>,
+    ) {
         let user = Arc::new(user);
-        if self.inner.store(key, user.clone(), expires_at, None) {
-            self.inner
-                .share(key, user, expires_at, None, None, SystemTime::now());
+        if self
+            .inner
+            .store(key, user.clone(), expires_at, recheck_at, session_id)
+        {
+            self.inner.share(
+                key,
+                user,
+                (expires_at, recheck_at, None),
+                session_id,
+                SystemTime::now(),
+            );
         }
     }
 
@@ -617,12 +643,7 @@ impl Resolver {
     /// respect.
     pub(crate) fn revoke_user(&self, user_id: &str, keep: Option<&[u8]>) {
         let inner = &self.inner;
-        let settings = &inner.settings;
-        let horizon = match inner.revocation {
-            Revocation::UntilExpiry => inner.session_max_age,
-            // Long enough for any lookup that started before it to end.
-            _ => settings.fresh_ttl + settings.stale_window + HARD_LOOKUP_TIMEOUT,
-        };
+        let horizon = self.user_revocation_horizon();
         inner
             .cache
             .mark_user(user_id, keep, Instant::now() + horizon);
@@ -634,6 +655,38 @@ impl Resolver {
                 at_ms: unix_ms(now),
                 until: unix_secs(now + horizon),
             });
+        }
+    }
+
+    /// Ends an upstream session by its id (a back-channel logout, OpenID
+    /// Connect Back-Channel Logout 1.0 §2.7): every cookie of it cached
+    /// here is signed out, and a lookup that completes with that id later
+    /// (one in flight, a cookie not seen yet) is refused, for as long as a
+    /// session may live.
+    pub(crate) fn revoke_session_id(&self, session_id: &str) {
+        let inner = &self.inner;
+        let horizon = self.user_revocation_horizon();
+        inner
+            .cache
+            .mark_session_id(session_id, Instant::now() + horizon);
+        if let Some(remote) = &inner.remote {
+            remote.fanout.publish(RemoteRevocation::SessionId {
+                session_id: session_id.to_owned(),
+                until: unix_secs(SystemTime::now() + horizon),
+            });
+        }
+    }
+
+    /// How long a user-wide or session-id mark must last: until every
+    /// session it ends has expired (or, for an upstream that ends sessions
+    /// itself, until any lookup that started before it has ended).
+    fn user_revocation_horizon(&self) -> Duration {
+        let inner = &self.inner;
+        let settings = &inner.settings;
+        match inner.revocation {
+            Revocation::UntilExpiry => inner.session_max_age,
+            // Long enough for any lookup that started before it to end.
+            _ => settings.fresh_ttl + settings.stale_window + HARD_LOOKUP_TIMEOUT,
         }
     }
 
@@ -709,6 +762,13 @@ impl Inner {
                     &|token| self.token_hash(token),
                 );
             }
+            RemoteRevocation::SessionId { session_id, until } => {
+                let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
+                if until_wall > wall_now {
+                    self.cache
+                        .mark_session_id(&session_id, instant_at(until_wall, now));
+                }
+            }
             RemoteRevocation::Rotated { hash, until } => {
                 let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
                 if until_wall <= wall_now {
@@ -777,6 +837,7 @@ impl Inner {
         user: Arc<User>,
         expires_at: Option<SystemTime>,
         recheck_at: Option<SystemTime>,
+        session_id: Option<&str>,
     ) -> bool {
         if !self.register_remote(key) {
             // Revoked on another instance: never cached or served here.
@@ -807,7 +868,7 @@ impl Inner {
             stale_until = stale_until.min(end);
         }
         self.cache
-            .insert_session(key, user, fresh_until, stale_until, expires_at)
+            .insert_session(key, user, fresh_until, stale_until, expires_at, session_id)
     }
 
     async fn fetch(self: Arc<Self>, key: Box<[u8]>, session: Session) -> Fetched {
@@ -867,7 +928,13 @@ impl Inner {
                         return self.invalid(key);
                     }
                     if self
-                        .tombstoned(key, &valid.user.id, valid.issued_at, started)
+                        .tombstoned(
+                            key,
+                            &valid.user.id,
+                            valid.session_id.as_deref(),
+                            valid.issued_at,
+                            started,
+                        )
                         .await
                     {
                         return Fetched::Invalid;
@@ -909,18 +976,28 @@ impl Inner {
     /// the lookup every waiting request shares: they all set the same new
     /// cookie, and the old one is marked with its successor.
     fn admit(&self, key: &[u8], valid: Valid, started: Instant) -> Fetched {
+        let session_id = valid.session_id.as_deref();
+        if session_id.is_some_and(|sid| self.cache.session_revoked(sid)) {
+            // Ended by a back-channel logout: neither served nor rotated.
+            return self.invalid(key);
+        }
         let user = Arc::new(valid.user);
         let started = wall_of(started);
         let Some(next) = valid.rotated else {
-            if !self.store(key, user.clone(), valid.expires_at, valid.recheck_at) {
+            if !self.store(
+                key,
+                user.clone(),
+                valid.expires_at,
+                valid.recheck_at,
+                session_id,
+            ) {
                 return Fetched::Invalid;
             }
             self.share(
                 key,
                 user.clone(),
-                valid.expires_at,
-                valid.recheck_at,
-                valid.issued_at,
+                (valid.expires_at, valid.recheck_at, valid.issued_at),
+                session_id,
                 started,
             );
             return Fetched::Valid {
@@ -932,7 +1009,13 @@ impl Inner {
             Ok(wire) => wire,
             Err(err) => {
                 tracing::error!(token = %self.fingerprint(key), error = %err, "authgate: the rotated session does not fit the cookie; the old one stays");
-                if !self.store(key, user.clone(), valid.expires_at, valid.recheck_at) {
+                if !self.store(
+                    key,
+                    user.clone(),
+                    valid.expires_at,
+                    valid.recheck_at,
+                    session_id,
+                ) {
                     return Fetched::Invalid;
                 }
                 return Fetched::Valid {
@@ -945,12 +1028,14 @@ impl Inner {
             cookie_until: SystemTime::now() + self.codec.max_age(&next),
             wire: wire.into(),
             user: user.clone(),
+            session_id: session_id.map(Into::into),
         });
         self.store(
             successor.wire.as_bytes(),
             user.clone(),
             valid.expires_at,
             valid.recheck_at,
+            session_id,
         );
         self.cache.mark_token(
             key,
@@ -971,14 +1056,14 @@ impl Inner {
                     expires_at: valid.expires_at,
                     at_ms: unix_ms(SystemTime::now()),
                     until: SystemTime::now() + ROTATION_GRACE,
+                    session_id: session_id.map(str::to_owned),
                 },
             );
             self.share(
                 successor.wire.as_bytes(),
                 user.clone(),
-                valid.expires_at,
-                valid.recheck_at,
-                None,
+                (valid.expires_at, valid.recheck_at, None),
+                session_id,
                 started,
             );
         }
@@ -994,9 +1079,12 @@ impl Inner {
         &self,
         key: &[u8],
         user: Arc<User>,
-        expires_at: Option<SystemTime>,
-        recheck_at: Option<SystemTime>,
-        issued_at: Option<SystemTime>,
+        (expires_at, recheck_at, issued_at): (
+            Option<SystemTime>,
+            Option<SystemTime>,
+            Option<SystemTime>,
+        ),
+        session_id: Option<&str>,
         resolved: SystemTime,
     ) {
         let Some(remote) = self.remote.as_ref().filter(|r| r.fanout.shares()) else {
@@ -1015,6 +1103,7 @@ impl Inner {
                 expires_at,
                 resolved_ms: unix_ms(resolved),
                 issued_at,
+                session_id: session_id.map(str::to_owned),
             },
         );
     }
@@ -1052,8 +1141,14 @@ impl Inner {
             .user
             .as_ref()
             .is_some_and(|tomb| tomb.forbids(&hash, shared.issued_at, shared.resolved_ms));
+        let ended = found.tombstones.session_id
+            || shared
+                .session_id
+                .as_deref()
+                .is_some_and(|sid| self.cache.session_revoked(sid));
         let started = instant_of(shared.resolved_ms)?;
         if forbidden
+            || ended
             || self
                 .cache
                 .user_revoked(&shared.user.id, key, started, shared.issued_at, &|token| {
@@ -1068,6 +1163,7 @@ impl Inner {
             user.clone(),
             shared.expires_at,
             Some(shared.fresh_until),
+            shared.session_id.as_deref(),
         ) {
             return Some(Fetched::Invalid);
         }
@@ -1102,7 +1198,12 @@ impl Inner {
                 .is_some_and(|until| *until > SystemTime::now())
         };
         let started = instant_of(next.at_ms)?;
+        let ended = next
+            .session_id
+            .as_deref()
+            .is_some_and(|sid| self.cache.session_revoked(sid));
         if revoked
+            || ended
             || self
                 .cache
                 .user_revoked(&next.user.id, wire, started, None, &|token| {
@@ -1116,12 +1217,14 @@ impl Inner {
             wire: next.wire.into(),
             cookie_until: next.cookie_until,
             user: user.clone(),
+            session_id: next.session_id.clone().map(Into::into),
         });
         if !self.store(
             successor.wire.as_bytes(),
             user.clone(),
             next.expires_at,
             next.recheck_at,
+            next.session_id.as_deref(),
         ) {
             return None;
         }
@@ -1144,6 +1247,7 @@ impl Inner {
         &self,
         key: &[u8],
         user_id: &str,
+        session_id: Option<&str>,
         issued_at: Option<SystemTime>,
         started: Instant,
     ) -> bool {
@@ -1154,7 +1258,7 @@ impl Inner {
             return false;
         }
         let hash = self.token_hash(key);
-        let Some(tombstones) = remote.fanout.tombstones(hash, user_id).await else {
+        let Some(tombstones) = remote.fanout.tombstones(hash, user_id, session_id).await else {
             return false;
         };
         self.apply_tombstones(key, hash, &tombstones, issued_at, unix_ms(wall_of(started)))
@@ -1169,11 +1273,15 @@ impl Inner {
             return StaleCheck::Serve;
         };
         let hash = self.token_hash(key);
-        let Some(tombstones) = remote.fanout.tombstones(hash, &entry.user.id).await else {
+        let Some(tombstones) = remote
+            .fanout
+            .tombstones(hash, &entry.user.id, entry.session_id())
+            .await
+        else {
             tracing::warn!(token = %self.fingerprint(key), "authgate: Redis is unreachable too; serving a stale user without checking its tombstones");
             return StaleCheck::Serve;
         };
-        if tombstones.session.is_some() {
+        if tombstones.session.is_some() || tombstones.session_id {
             self.apply_tombstones(key, hash, &tombstones, None, 0);
             return StaleCheck::SignedOut;
         }
@@ -1218,10 +1326,11 @@ impl Inner {
             );
             return true;
         }
-        let forbidden = tombstones
-            .user
-            .as_ref()
-            .is_some_and(|tomb| tomb.forbids(&hash, issued_at, resolved_ms));
+        let forbidden = tombstones.session_id
+            || tombstones
+                .user
+                .as_ref()
+                .is_some_and(|tomb| tomb.forbids(&hash, issued_at, resolved_ms));
         if forbidden {
             self.cache.mark_token(
                 key,

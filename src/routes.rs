@@ -6,6 +6,7 @@
 //! | `GET /auth/callback` | the upstream's landings: grant exchange → session cookie → 303 to the validated `return_to`; password reset → encrypted reset cookie → 303 to the reset page; e-mail changed → 303 with a notice; failure → an escaped error page |
 //! | `GET /auth/continue`, `POST /auth/continue` | an e-mail link's landing (magic link, address confirmation) waits in an encrypted cookie until the user clicks "Continue" (a same-origin `POST`), so mail scanners that open links neither spend them nor get a session (SECURITY.md T-B6.4; [`AuthConfig::with_email_link_confirmation`](crate::AuthConfig::with_email_link_confirmation)) |
 //! | `POST /auth/signout?scope=this\|all\|others&return_to=` | cross-site check, upstream sign-out, cookie cleared with mirrored attributes even if the upstream fails, tombstone, 303 |
+//! | `POST /auth/backchannel-logout` | only when the upstream verifies logout tokens ([`Capabilities::back_channel_logout`](crate::upstream::Capabilities::back_channel_logout)): the provider's `logout_token` (a form body of at most 16 KiB) is verified by the upstream, then the session it names (`sid`) or every session of the user (`sub` alone) is signed out in this instance (OpenID Connect Back-Channel Logout 1.0 §2.5–§2.8); 200 (also when nobody was signed in here), else 400 `{"error":"invalid_request"}` (`temporarily_unavailable` when the provider's keys could not be fetched), `no-store` |
 //!
 //! Callback responses carry `Referrer-Policy: no-referrer` and `no-store`;
 //! `HEAD` never spends a token. Other paths under the prefix go to the app.
@@ -43,6 +44,7 @@ pub(crate) enum Route {
     Callback,
     Continue,
     SignOut,
+    BackChannelLogout,
 }
 
 /// Which of the layer's routes `path` is, if any.
@@ -52,6 +54,9 @@ pub(crate) fn match_route(shared: &Shared, path: &str) -> Option<Route> {
         "/callback" => Some(Route::Callback),
         "/continue" => Some(Route::Continue),
         "/signout" => Some(Route::SignOut),
+        "/backchannel-logout" if shared.capabilities.back_channel_logout => {
+            Some(Route::BackChannelLogout)
+        }
         _ => {
             let provider = rest.strip_prefix("/signin/")?;
             (!provider.is_empty() && !provider.contains('/'))
@@ -241,6 +246,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, route: Route, parts: Parts) -> R
         Route::Callback => callback(&shared, &parts).await,
         Route::Continue => continue_email_link(&shared, &parts).await,
         Route::SignOut => sign_out(&shared, &parts).await,
+        // Answered by `back_channel_logout`, which reads the body.
+        Route::BackChannelLogout => method_not_allowed("POST"),
     };
     page.finish(&shared)
 }
@@ -1117,4 +1124,150 @@ async fn sign_out(shared: &Shared, parts: &Parts) -> Page {
             .insert(CLEAR_SITE_DATA, value.clone());
     }
     page
+}
+
+/// The largest back-channel logout request body read. A logout token is a
+/// signed JWT of well under 2 KiB; more is refused unread.
+pub(crate) const MAX_LOGOUT_BODY: usize = 16 * 1024;
+
+/// How long the provider has to send the body.
+const LOGOUT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long the upstream has to verify a logout token (a key-set fetch
+/// included).
+const LOGOUT_VERIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `POST {prefix}/backchannel-logout` (OpenID Connect Back-Channel Logout
+/// 1.0 §2.5–§2.8): the provider posts `logout_token=<JWT>` as a form; the
+/// upstream verifies it; the session it names (`sid`), or every session of
+/// the user (`sub` alone), is signed out here. A server-to-server call:
+/// no cookies are read or set, and the answer is JSON, never a page.
+pub(crate) async fn back_channel_logout<B>(
+    shared: Arc<Shared>,
+    parts: Parts,
+    body: B,
+) -> Response<Bytes>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt as _;
+
+    if parts.method != Method::POST {
+        let mut response = logout_answer(StatusCode::METHOD_NOT_ALLOWED, None);
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    // §2.5: the token is sent as `application/x-www-form-urlencoded`.
+    let form = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return logout_answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
+    }
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_LOGOUT_BODY as u64) {
+        tracing::warn!("authgate: a back-channel logout body over the limit, refused unread");
+        return logout_answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
+    }
+    let limited = http_body_util::Limited::new(body, MAX_LOGOUT_BODY);
+    let bytes = match tokio::time::timeout(LOGOUT_BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(err)) => {
+            let too_large = err.is::<http_body_util::LengthLimitError>();
+            tracing::warn!(
+                too_large,
+                "authgate: a back-channel logout body could not be read"
+            );
+            return logout_answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
+        }
+        Err(_) => {
+            tracing::warn!("authgate: a back-channel logout body took too long");
+            return logout_answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
+        }
+    };
+    let mut tokens = url::form_urlencoded::parse(&bytes)
+        .filter(|(name, _)| name == "logout_token")
+        .map(|(_, value)| value);
+    let token = match (tokens.next(), tokens.next()) {
+        (Some(token), None) if !token.is_empty() => token,
+        _ => {
+            tracing::warn!("authgate: a back-channel logout without exactly one logout_token");
+            return logout_answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
+        }
+    };
+    let upstream = shared.resolver.upstream();
+    let verified =
+        tokio::time::timeout(LOGOUT_VERIFY_TIMEOUT, upstream.back_channel_logout(&token)).await;
+    let revocation = match verified {
+        Ok(Ok(revocation)) => revocation,
+        Ok(Err(err)) if err.is_transient() => {
+            tracing::warn!(error = %err, "authgate: a back-channel logout could not be verified now");
+            return logout_unavailable();
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "authgate: a back-channel logout token was refused");
+            return logout_answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
+        }
+        Err(_) => {
+            tracing::warn!("authgate: verifying a back-channel logout token timed out");
+            return logout_unavailable();
+        }
+    };
+    let resolver = &shared.resolver;
+    // §2.7: `sid` names one session at the provider (of `sub`, when both
+    // are given); `sub` alone, every session of the user.
+    match (&revocation.sid, &revocation.sub) {
+        (Some(sid), _) => resolver.revoke_session_id(sid),
+        (None, Some(sub)) => resolver.revoke_user(sub, None),
+        (None, None) => {
+            tracing::warn!("authgate: the upstream verified a logout token naming nobody");
+            return logout_answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
+        }
+    }
+    resolver.emit(AuthEvent::BackChannelLogout {
+        user_id: revocation.sub,
+        session_id: revocation.sid,
+    });
+    logout_answer(StatusCode::OK, None)
+}
+
+fn logout_unavailable() -> Response<Bytes> {
+    let mut response = logout_answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some("temporarily_unavailable"),
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
+/// A back-channel logout answer: empty on success, else
+/// `{"error":"<code>"}` (§2.8), never cached.
+fn logout_answer(status: StatusCode, error: Option<&'static str>) -> Response<Bytes> {
+    let body = error.map_or_else(Bytes::new, |code| {
+        Bytes::from(format!("{{\"error\":\"{code}\"}}"))
+    });
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if error.is_some() {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    response
 }

@@ -84,18 +84,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::response::IntoResponse as _;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use sha2::{Digest as _, Sha256};
 use url::Url;
 
 use crate::error::{ConfigError, Error, ErrorKind, UpstreamErrorItem};
 use crate::events::{FlowRejection, SignInMethod};
 use crate::upstream::jwt::{self, Expect, Jwks, JwtError};
-use crate::upstream::wire::{is_json_media_type, strict_json};
+use crate::upstream::wire::{Answer, pkce_challenge, random_token, send, strict_json};
 use crate::upstream::{
     BoxFuture, CallbackOutcome, CallbackParams, Capabilities, Correlation, FlowData, FlowRecord,
     Grant, LandingKind, Lookup, Prompt, RawJson, Revocation, Secret, Session, SessionToken,
@@ -527,16 +524,8 @@ impl ClientBuilder {
                     && u.fragment().is_none()
             })
             .ok_or_else(|| invalid("slashid base URL", trimmed))?;
-        let http = match self.http {
-            Some(http) => http,
-            None => reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(self.timeout)
-                .connect_timeout(self.connect_timeout)
-                .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|_| ConfigError::HttpClient)?,
-        };
+        let http =
+            crate::upstream::wire::http_client(self.http, self.timeout, self.connect_timeout)?;
         let jwks_url = join(&base, &[".well-known", "jwks.json"])
             .map_err(|_| invalid("slashid base URL", trimmed))?;
         let jwks = Jwks::new(
@@ -614,19 +603,6 @@ enum Body<'a> {
     None,
     Json(&'a Value),
     Form(&'a [(&'a str, &'a str)]),
-}
-
-/// PKCE (RFC 7636 §4.1, §4.2): a verifier of 32 random bytes (43
-/// base64url characters) and its S256 challenge.
-fn pkce_verifier() -> String {
-    use rand::RngCore as _;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn pkce_challenge(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
 /// The per-flow data of a hosted login, sealed in the flow cookie.
@@ -717,6 +693,7 @@ impl Client {
         let expect = Expect {
             issuer: None,
             audience: None,
+            expiry: true,
             leeway: inner.leeway,
             now: SystemTime::now(),
         };
@@ -750,6 +727,7 @@ impl Client {
                 let expect = Expect {
                     issuer: None,
                     audience: None,
+                    expiry: true,
                     leeway: inner.leeway,
                     now,
                 };
@@ -766,6 +744,7 @@ impl Client {
         let expect = Expect {
             issuer: Some(&inner.issuer),
             audience: Some(&audiences),
+            expiry: true,
             leeway: inner.leeway,
             now,
         };
@@ -1239,28 +1218,11 @@ impl Client {
             Body::Json(value) => request.json(value),
             Body::Form(pairs) => request.form(pairs),
         };
-        let mut response = request.send().await.map_err(Error::from_reqwest)?;
-        let status = response.status();
-        if status.is_server_error() {
-            return Err(Error::from_status(status));
-        }
-        let json = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|value| is_json_media_type(value.as_bytes()));
-        if response
-            .content_length()
-            .is_some_and(|len| len > inner.body_limit as u64)
-        {
-            return Err(Error::bad_answer("upstream answer too large"));
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(Error::from_reqwest)? {
-            if bytes.len() + chunk.len() > inner.body_limit {
-                return Err(Error::bad_answer("upstream answer too large"));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let Answer {
+            status,
+            json,
+            bytes,
+        } = send(request, inner.body_limit).await?;
         classify(status, json, &bytes)
     }
 
@@ -1273,7 +1235,7 @@ impl Client {
         if start.provider != HOSTED_LOGIN {
             return Err(Error::unsupported());
         }
-        let verifier = pkce_verifier();
+        let verifier = random_token();
         let redirect_uri = start.callback_url.to_string();
         let mut url = join(&self.inner.base, &["oauth2", "authorize"])?;
         url.query_pairs_mut()
@@ -1784,18 +1746,6 @@ impl Upstream for Client {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn pkce_follows_rfc_7636_appendix_b() {
-        // T-B2.
-        assert_eq!(
-            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-        );
-        let verifier = pkce_verifier();
-        assert_eq!(verifier.len(), 43);
-        assert_ne!(verifier, pkce_verifier());
-    }
 
     #[test]
     fn errors_keep_slashid_codes_and_only_session_over_is_invalid() {

@@ -68,8 +68,8 @@ use crate::events::{FlowRejection, SignInMethod};
 use crate::layer::AuthLayer;
 use crate::upstream::{
     BoxFuture, CallbackOutcome, CallbackParams, Capabilities, Correlation, FlowRecord, Grant,
-    LandingKind, Lookup, Revocation, Session, SessionStorage, SessionToken, SignInRedirect,
-    SignInStart, SignOutOutcome, SignOutScope, Upstream, User, Valid,
+    LandingKind, Lookup, Revocation, Session, SessionRevocation, SessionStorage, SessionToken,
+    SignInRedirect, SignInStart, SignOutOutcome, SignOutScope, Upstream, User, Valid,
 };
 
 /// The public origin the kit's default configuration uses.
@@ -128,6 +128,11 @@ struct MemoryState {
     sessions: HashMap<String, (String, Option<SystemTime>)>,
     grants: HashMap<String, String>,
     faults: HashMap<String, Fault>,
+    /// token → the provider's session id and when the user signed in to
+    /// it (with back-channel logout).
+    session_ids: HashMap<String, (String, SystemTime)>,
+    /// logout token → whom it ends (one use).
+    logout_tokens: HashMap<String, SessionRevocation>,
 }
 
 /// How the kit's upstream behaves: which seam v2 features it exercises.
@@ -139,6 +144,7 @@ struct Modes {
     session_lifetime: Option<Duration>,
     rotate_after: Option<Duration>,
     token_len: usize,
+    back_channel_logout: bool,
 }
 
 impl Default for Modes {
@@ -150,6 +156,7 @@ impl Default for Modes {
             session_lifetime: None,
             rotate_after: None,
             token_len: 24,
+            back_channel_logout: false,
         }
     }
 }
@@ -247,9 +254,35 @@ impl MemoryUpstream {
         self
     }
 
+    /// Sessions carry a provider session id (`sid`) and the layer answers
+    /// `{prefix}/backchannel-logout` with logout tokens from
+    /// [`TestKit::logout_token`] (OpenID Connect Back-Channel Logout). Like
+    /// a provider whose ID tokens are verified locally, the kit keeps the
+    /// sessions valid afterwards: only the layer's marks end them.
+    #[must_use]
+    pub fn with_back_channel_logout(mut self) -> Self {
+        self.modes.back_channel_logout = true;
+        self
+    }
+
     /// A new session of `user_id`, as this upstream would hand it out.
     fn mint(&self, state: &mut MemoryState, user_id: &str) -> Session {
+        self.mint_in(state, user_id, None)
+    }
+
+    /// A new session of `user_id` in the provider session `sid` (a new one,
+    /// signed in now, when `None`; with back-channel logout).
+    fn mint_in(
+        &self,
+        state: &mut MemoryState,
+        user_id: &str,
+        sid: Option<(String, SystemTime)>,
+    ) -> Session {
         let token = random_hex(self.modes.token_len);
+        if self.modes.back_channel_logout {
+            let sid = sid.unwrap_or_else(|| (format!("sid-{}", random_hex(8)), SystemTime::now()));
+            state.session_ids.insert(token.clone(), sid);
+        }
         let expires_at = self
             .modes
             .session_lifetime
@@ -275,6 +308,7 @@ impl Upstream for MemoryUpstream {
             .with_storage(self.modes.storage)
             .with_revocation(self.modes.revocation)
             .with_sign_out_scopes(&[SignOutScope::This, SignOutScope::All, SignOutScope::Others])
+            .with_back_channel_logout(self.modes.back_channel_logout)
     }
 
     fn lookup<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<Lookup, Error>> {
@@ -296,9 +330,18 @@ impl Upstream for MemoryUpstream {
                     Some((user, expires)) => {
                         let mut valid = Valid::new(user);
                         valid.expires_at = expires;
+                        // The provider session and its sign-in time, which a
+                        // refresh keeps (a `sub` logout ends sessions signed
+                        // in before it).
+                        if let Some((sid, signed_in)) = state.session_ids.get(token) {
+                            valid.session_id = Some(sid.clone());
+                            valid.issued_at = Some(*signed_in);
+                        }
                         if let Some(after) = self.modes.rotate_after {
                             state.sessions.remove(token);
-                            let next = self.mint(&mut state, &valid.user.id);
+                            // A refresh stays in the provider's session.
+                            let sid = state.session_ids.remove(token);
+                            let next = self.mint_in(&mut state, &valid.user.id, sid);
                             self.rotations.fetch_add(1, Ordering::Relaxed);
                             valid.expires_at = next.expires_at;
                             valid.recheck_at = Some(SystemTime::now() + after);
@@ -376,8 +419,13 @@ impl Upstream for MemoryUpstream {
                 });
             };
             let session = self.mint(&mut state, &user_id);
+            let sid = state
+                .session_ids
+                .get(session.token.expose())
+                .map(|(sid, _)| sid.clone());
             let mut grant = Grant::from_session(session, method);
             grant.user = state.users.get(&user_id).cloned();
+            grant.session_id = sid;
             Ok(CallbackOutcome::SignedIn(grant))
         })
     }
@@ -405,6 +453,18 @@ impl Upstream for MemoryUpstream {
             }
             Ok(SignOutOutcome::Done)
         })
+    }
+
+    /// Accepts each token from [`TestKit::logout_token`] once; anything
+    /// else is refused as a provider's verifier would.
+    fn back_channel_logout<'a>(
+        &'a self,
+        logout_token: &'a str,
+    ) -> BoxFuture<'a, Result<SessionRevocation, Error>> {
+        let found = self.state().logout_tokens.remove(logout_token);
+        Box::pin(std::future::ready(found.ok_or_else(|| {
+            Error::invalid_input("not a logout token of this provider")
+        })))
     }
 }
 
@@ -550,6 +610,33 @@ impl TestKit {
             .grants
             .insert(code.clone(), user.user.id.clone());
         code
+    }
+
+    /// A logout token, as the provider would post to
+    /// `{prefix}/backchannel-logout` (with
+    /// [`MemoryUpstream::with_back_channel_logout`]): it ends the provider
+    /// session of `session_cookie` (a value from
+    /// [`session_cookie`](Self::session_cookie) or a response), or every
+    /// session of `user` when no cookie is given. Usable once.
+    pub fn logout_token(&self, user: &TestUser, session_cookie: Option<&str>) -> String {
+        let sid = session_cookie
+            .and_then(|value| self.codec.decode(value.as_bytes()))
+            .and_then(|session| {
+                self.upstream
+                    .state()
+                    .session_ids
+                    .get(session.token.expose())
+                    .map(|(sid, _)| sid.clone())
+            });
+        let token = format!("logout.{}", random_token());
+        self.upstream.state().logout_tokens.insert(
+            token.clone(),
+            SessionRevocation {
+                sid,
+                sub: Some(user.user.id.clone()),
+            },
+        );
+        token
     }
 
     /// Requests without a session.

@@ -93,7 +93,7 @@ use url::Url;
 
 use crate::error::{ConfigError, Error, ErrorKind, UpstreamErrorItem};
 use crate::events::{AuthEvent, AuthEvents, FlowRejection, SignInMethod};
-use crate::upstream::wire::{is_json_media_type, strict_json};
+use crate::upstream::wire::{Answer, send, strict_json};
 use crate::upstream::{
     BoxFuture, CallbackOutcome, CallbackParams, Capabilities, Correlation, FlowData, FlowRecord,
     Grant, LandingKind, Lookup, Prompt, RawJson, Revocation, Secret, Session, SessionToken,
@@ -707,16 +707,8 @@ impl ClientBuilder {
             }
             code_mode.insert(provider, parsed);
         }
-        let http = match self.http {
-            Some(http) => http,
-            None => reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(self.timeout)
-                .connect_timeout(self.connect_timeout)
-                .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|_| ConfigError::HttpClient)?,
-        };
+        let http =
+            crate::upstream::wire::http_client(self.http, self.timeout, self.connect_timeout)?;
         Ok(Client {
             context: None,
             inner: Arc::new(Inner {
@@ -1299,29 +1291,12 @@ impl Client {
             Body::Json(value) => request.json(value),
             Body::Form(pairs) => request.form(pairs),
         };
-        let mut response = request.send().await.map_err(Error::from_reqwest)?;
-        let status = response.status();
-        if status.is_server_error() {
-            // Not read: the SDK ignores a 5xx body (§2.4).
-            return Err(Error::from_status(status));
-        }
-        let json = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|value| is_json_media_type(value.as_bytes()));
-        if response
-            .content_length()
-            .is_some_and(|len| len > inner.body_limit as u64)
-        {
-            return Err(Error::bad_answer("upstream answer too large"));
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(Error::from_reqwest)? {
-            if bytes.len() + chunk.len() > inner.body_limit {
-                return Err(Error::bad_answer("upstream answer too large"));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        // A 5xx is an outage, its body not read: the SDK ignores it (§2.4).
+        let Answer {
+            status,
+            json,
+            bytes,
+        } = send(request, inner.body_limit).await?;
         classify(status, json, &bytes)
     }
 }

@@ -883,3 +883,44 @@ async fn with_redis_down_the_shared_cache_falls_back_to_the_upstream() {
     );
     assert!(a.saw_bus_failure(false, Duration::from_secs(5)).await);
 }
+
+/// OpenID Connect back-channel logout (`sid`) on A reaches B: the
+/// provider session's cookies cached on B are refused within 100 ms, the
+/// user's other sessions stay, and the `sid` is a tombstone key too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_back_channel_logout_by_sid_on_one_instance_reaches_the_others() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = MemoryUpstream::default().with_back_channel_logout();
+    let (kit, user) = kit_and_user(&upstream);
+    let a = instance(&redis, upstream.clone());
+    let b = instance(&redis, upstream.clone());
+    redis.wait_subscribers(2).await;
+    let laptop = kit.session_cookie(&user);
+    let phone = kit.session_cookie(&user);
+    for cookie in [&laptop, &phone] {
+        assert_eq!(a.get(&kit, cookie).await, StatusCode::OK);
+        assert_eq!(b.get(&kit, cookie).await, StatusCode::OK);
+    }
+
+    let token = kit.logout_token(&user, Some(&laptop));
+    let start = Instant::now();
+    let request = http::Request::post("/auth/backchannel-logout")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(format!("logout_token={token}")))
+        .unwrap();
+    let response = a.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let delay = refused_after(&b, &kit, &laptop, start).await;
+    assert!(delay < Duration::from_millis(100), "{delay:?}");
+    assert_eq!(
+        b.get(&kit, &phone).await,
+        StatusCode::OK,
+        "the other session"
+    );
+    let keys = redis.wait_keys("i", 1).await;
+    assert_eq!(keys.len(), 1);
+    let ttl: i64 = redis.query(&["TTL", &keys[0]]).await.unwrap();
+    assert!(ttl > 300, "{ttl}");
+}

@@ -812,3 +812,251 @@ async fn a_session_ended_elsewhere_is_told_apart_from_no_session() {
         "a malformed cookie ended nothing"
     );
 }
+
+// ---------------------------------------------------------------------------
+// OpenID Connect Back-Channel Logout 1.0 (SECURITY.md §5 item 7): the
+// route, the `sid`/`sub` marks, and hostile requests. The kit's provider
+// keeps every session valid afterwards (like a locally verified ID token),
+// so only the layer's marks can end them.
+
+fn back_channel_kit() -> (TestKit, App) {
+    let upstream = MemoryUpstream::default()
+        .with_sealed_sessions()
+        .with_revocation_until_expiry()
+        .with_back_channel_logout();
+    let kit = TestKit::with_upstream(config(), upstream);
+    let app = app(&kit);
+    (kit, app)
+}
+
+/// The provider's POST: a form with `logout_token`, no cookies, cross-site.
+fn logout_post(body: impl Into<Body>) -> http::Request<Body> {
+    http::Request::post("/auth/backchannel-logout")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.into())
+        .unwrap()
+}
+
+async fn post_logout_token(app: &App, token: &str) -> Response<Body> {
+    let form = format!("logout_token={token}");
+    send(app, logout_post(form)).await
+}
+
+async fn account_status(app: &App, kit: &TestKit, cookie: &str) -> StatusCode {
+    send(app, kit.with_session_cookie(cookie).get("/account"))
+        .await
+        .status()
+}
+
+/// `sid`: the logout ends the one session the provider names, cached here
+/// or not, and not the user's other sessions; the token is good once; the
+/// answer is an empty, uncacheable 200 (§2.8).
+#[tokio::test]
+async fn back_channel_logout_by_sid_ends_that_session_only() {
+    let (kit, app) = back_channel_kit();
+    let user = kit.user("ada@example.test");
+    let laptop = kit.session_cookie(&user);
+    let phone = kit.session_cookie(&user);
+    let unseen = kit.session_cookie(&user);
+    assert_eq!(account_status(&app, &kit, &laptop).await, StatusCode::OK);
+    assert_eq!(account_status(&app, &kit, &phone).await, StatusCode::OK);
+
+    let token = kit.logout_token(&user, Some(&laptop));
+    let response = post_logout_token(&app, &token).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert!(response.headers().get(SET_COOKIE).is_none());
+    assert_eq!(body(response).await, "");
+
+    let lookups = kit.upstream_lookups();
+    let response = send(&app, kit.with_session_cookie(&laptop).get("/account")).await;
+    assert_ne!(response.status(), StatusCode::OK, "the named session ends");
+    assert_eq!(kit.session_change(&response), SessionChange::Cleared);
+    assert_eq!(kit.upstream_lookups(), lookups, "refused from the mark");
+    assert_eq!(account_status(&app, &kit, &phone).await, StatusCode::OK);
+    assert_eq!(account_status(&app, &kit, &unseen).await, StatusCode::OK);
+
+    // A session of the ended provider session never seen here yet is
+    // refused when its lookup completes.
+    let token = kit.logout_token(&user, Some(&unseen));
+    assert_eq!(
+        post_logout_token(&app, &token).await.status(),
+        StatusCode::OK
+    );
+    assert_ne!(account_status(&app, &kit, &unseen).await, StatusCode::OK);
+    assert_eq!(account_status(&app, &kit, &phone).await, StatusCode::OK);
+
+    // Replayed: the provider's verifier refuses it.
+    let response = post_logout_token(&app, &token).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(body(response).await, r#"{"error":"invalid_request"}"#);
+}
+
+/// `sub` alone: every session of the user ends, cached or in flight;
+/// another user keeps theirs; a sign-in after the logout works.
+#[tokio::test(start_paused = true)]
+async fn back_channel_logout_by_sub_ends_every_session_of_the_user_and_a_lookup_in_flight() {
+    let (kit, app) = back_channel_kit();
+    let ada = kit.user("ada@example.test");
+    let bob = kit.user("bob@example.test");
+    let warm = kit.session_cookie(&ada);
+    let held = kit.session_cookie(&ada);
+    let bobs = kit.session_cookie(&bob);
+    assert_eq!(account_status(&app, &kit, &warm).await, StatusCode::OK);
+    assert_eq!(account_status(&app, &kit, &bobs).await, StatusCode::OK);
+
+    kit.fail(&ada, Fault::Delay(Duration::from_secs(2)));
+    let in_flight = {
+        let app = app.clone();
+        let request = kit.with_session_cookie(&held).get("/account");
+        tokio::spawn(async move { app.oneshot(request).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The kit reports when each provider session signed in (`iat` is
+    // whole seconds, and a session of the logout's own second is spared):
+    // let a real second pass.
+    std::thread::sleep(Duration::from_millis(1100));
+    let token = kit.logout_token(&ada, None);
+    assert_eq!(
+        post_logout_token(&app, &token).await.status(),
+        StatusCode::OK
+    );
+
+    let response = in_flight.await.unwrap();
+    assert_ne!(
+        response.status(),
+        StatusCode::OK,
+        "the held answer is refused"
+    );
+    kit.heal(&ada);
+    assert_ne!(account_status(&app, &kit, &warm).await, StatusCode::OK);
+    assert_eq!(account_status(&app, &kit, &bobs).await, StatusCode::OK);
+    let fresh = kit.session_cookie(&ada);
+    assert_eq!(
+        account_status(&app, &kit, &fresh).await,
+        StatusCode::OK,
+        "a sign-in after the logout is served"
+    );
+}
+
+/// R10 with back-channel logout: the provider session keeps its `sid`
+/// across a refresh, so the logout ends the new cookie and the old one
+/// whose successor it was.
+#[tokio::test(start_paused = true)]
+async fn back_channel_logout_ends_a_rotated_session_old_and_new_cookie() {
+    let upstream = MemoryUpstream::default()
+        .with_sealed_sessions()
+        .with_revocation_until_expiry()
+        .with_back_channel_logout()
+        .with_rotation(Duration::from_secs(300));
+    let kit = TestKit::with_upstream(config(), upstream);
+    let app = app(&kit);
+    let user = kit.user("ada@example.test");
+    let old = kit.session_cookie(&user);
+    let response = send(&app, kit.with_session_cookie(&old).get("/account")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let new = set_value(&kit, &response);
+
+    let token = kit.logout_token(&user, Some(&new));
+    assert_eq!(
+        post_logout_token(&app, &token).await.status(),
+        StatusCode::OK
+    );
+    for (name, cookie) in [("new", &new), ("old, inside the successor window", &old)] {
+        let response = send(&app, kit.with_session_cookie(cookie).get("/account")).await;
+        assert_ne!(response.status(), StatusCode::OK, "{name}");
+        assert_eq!(
+            kit.session_change(&response),
+            SessionChange::Cleared,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        kit.upstream().rotations(),
+        1,
+        "no refresh for an ended session"
+    );
+}
+
+/// Hostile and malformed requests get a bare 400 (405 for other methods)
+/// with `no-store`, never reflect their input, end nothing, and a body
+/// over 16 KiB is not read to its end (declared or streamed).
+#[tokio::test]
+async fn back_channel_logout_refuses_malformed_requests_without_reflecting_them() {
+    let (kit, app) = back_channel_kit();
+    let user = kit.user("ada@example.test");
+    let session = kit.session_cookie(&user);
+    assert_eq!(account_status(&app, &kit, &session).await, StatusCode::OK);
+    let valid = kit.logout_token(&user, Some(&session));
+
+    let response = send(
+        &app,
+        http::Request::get(format!("/auth/backchannel-logout?logout_token={valid}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "POST");
+
+    let probe = "<script>alert(1)</script>";
+    let streamed = futures_util::stream::iter(
+        (0..20).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'a'; 1024]))),
+    );
+    let cases: Vec<(&str, http::Request<Body>)> = vec![
+        (
+            "JSON body",
+            http::Request::post("/auth/backchannel-logout")
+                .header("content-type", "application/json")
+                .body(Body::from(format!(r#"{{"logout_token":"{valid}"}}"#)))
+                .unwrap(),
+        ),
+        ("no token", logout_post("other=1")),
+        ("empty token", logout_post("logout_token=")),
+        (
+            "two tokens",
+            logout_post(format!("logout_token={valid}&logout_token={valid}")),
+        ),
+        ("forged token", logout_post(format!("logout_token={probe}"))),
+        (
+            "declared over 16 KiB",
+            http::Request::post("/auth/backchannel-logout")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("content-length", "17000")
+                .body(Body::from(format!("logout_token={valid}")))
+                .unwrap(),
+        ),
+        (
+            "streamed over 16 KiB",
+            logout_post(Body::from_stream(streamed)),
+        ),
+    ];
+    for (name, request) in cases {
+        let response = send(&app, request).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{name}");
+        assert_eq!(response.headers()["cache-control"], "no-store", "{name}");
+        let text = body(response).await;
+        assert_eq!(text, r#"{"error":"invalid_request"}"#, "{name}");
+    }
+    assert_eq!(
+        account_status(&app, &kit, &session).await,
+        StatusCode::OK,
+        "nothing was ended"
+    );
+    // The valid token was never spent by the refused requests.
+    assert_eq!(
+        post_logout_token(&app, &valid).await.status(),
+        StatusCode::OK
+    );
+    assert_ne!(account_status(&app, &kit, &session).await, StatusCode::OK);
+}
+
+/// Without an upstream that verifies logout tokens the path is the app's.
+#[tokio::test]
+async fn without_back_channel_support_the_path_goes_to_the_app() {
+    let kit = TestKit::with_config(config());
+    let app = app(&kit);
+    let response = send(&app, logout_post("logout_token=x")).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}

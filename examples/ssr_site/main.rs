@@ -9,6 +9,7 @@
 //! cargo run --release --example ssr_site --features dev-upstream,axum-extra
 //! AUTHGATE_UPSTREAM=webcom cargo run --release --example ssr_site --features dev-upstream,axum-extra,webcom
 //! AUTHGATE_UPSTREAM=slashid cargo run --release --example ssr_site --features dev-upstream,axum-extra,slashid
+//! scripts/ssr-site-oidc.sh   # AUTHGATE_UPSTREAM=oidc on a local OpenID Provider
 //! ```
 
 mod site;
@@ -146,6 +147,44 @@ async fn run() -> Result<(), Box<dyn Error>> {
             let app = site::slashid_app(config, client, SiteOptions::default())
                 .map_err(|err| format!("SLASHID_URL / SLASHID_ORG_ID: {err}"))?;
             (app, None, note)
+        }
+        #[cfg(feature = "oidc")]
+        UpstreamSetting::Oidc {
+            issuer,
+            client_id,
+            client_secret,
+            scopes,
+            groups_claim,
+        } => {
+            let after_sign_out = format!("{public_url}/?notice=signed-out");
+            let mut client = authgate::oidc::Client::builder(issuer, client_id)
+                .with_post_logout_redirect(&after_sign_out);
+            if let Some(secret) = client_secret {
+                client = client.with_client_secret(secret);
+            }
+            if let Some(scopes) = scopes {
+                let scopes: Vec<&str> = scopes.split_whitespace().collect();
+                client = client.with_scopes(&scopes);
+            }
+            if let Some(claim) = groups_claim {
+                client = client.with_groups_claim(claim.trim());
+            }
+            let note = format!(
+                "OpenID Provider {issuer}, client {client_id}; register the redirect URI {}, \
+                 the post-logout redirect URI {after_sign_out} and the back-channel logout URI \
+                 {public_url}/auth/backchannel-logout",
+                config.callback_url()
+            );
+            let app = site::oidc_app(config, client, SiteOptions::default())
+                .await
+                .map_err(|err| format!("OIDC_ISSUER / OIDC_CLIENT_ID: {err}"))?;
+            (app, None, note)
+        }
+        #[cfg(not(feature = "oidc"))]
+        UpstreamSetting::Oidc { .. } => {
+            return Err("AUTHGATE_UPSTREAM=oidc needs the oidc feature: \
+                 cargo run --release --example ssr_site --features dev-upstream,axum-extra,oidc"
+                .into());
         }
         #[cfg(not(feature = "slashid"))]
         UpstreamSetting::SlashIdDev | UpstreamSetting::SlashId { .. } => {

@@ -22,9 +22,9 @@
 //!   is called unknown ([`JwtError::Invalid`]) only after a successful fetch
 //!   that does not have it.
 
-// Used by SlashID (and later OpenID Connect); `jwt` alone, or through
-// `webcom` (which only signs), compiles it unused.
-#![cfg_attr(not(feature = "slashid"), allow(dead_code))]
+// Used by SlashID and OpenID Connect; `jwt` alone, or through `webcom`
+// (which only signs), compiles it unused.
+#![cfg_attr(not(any(feature = "slashid", feature = "oidc")), allow(dead_code))]
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,7 +36,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::error::Error;
-use crate::upstream::wire::{is_json_media_type, strict_json};
+use crate::upstream::wire::{Answer, send, strict_json};
 
 /// The most bytes read from a key set.
 const JWKS_BODY_LIMIT: usize = 256 * 1024;
@@ -117,6 +117,12 @@ pub(crate) struct Expect<'a> {
     pub(crate) issuer: Option<&'a str>,
     /// `aud` must hold one of these (RFC 7519 §4.1.3); `None`: not checked.
     pub(crate) audience: Option<&'a [&'a str]>,
+    /// Whether `exp` is required and checked: `false` only for a token
+    /// that was verified in full before and comes back from the app's own
+    /// sealed cookie (an OpenID Connect ID token, whose `exp` bounds its
+    /// acceptance at sign-in, not the session), or whose `exp` is optional
+    /// (a back-channel logout token; the caller checks it).
+    pub(crate) expiry: bool,
     /// Clock skew allowed on `exp` and `nbf`.
     pub(crate) leeway: Duration,
     /// The time to check `exp` and `nbf` against.
@@ -220,31 +226,21 @@ impl Jwks {
     }
 
     async fn fetch(&self) -> Result<Vec<Key>, Error> {
-        let mut response = self
+        let request = self
             .http
             .get(self.url.clone())
             .timeout(self.timeout)
-            .header(http::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(Error::from_reqwest)?;
-        let status = response.status();
+            .header(http::header::ACCEPT, "application/json");
+        let Answer {
+            status,
+            json,
+            bytes,
+        } = send(request, JWKS_BODY_LIMIT).await?;
         if !status.is_success() {
             return Err(Error::from_status(status));
         }
-        let json = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| is_json_media_type(v.as_bytes()));
         if !json {
             return Err(Error::bad_answer("the key set is not JSON"));
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(Error::from_reqwest)? {
-            if bytes.len() + chunk.len() > JWKS_BODY_LIMIT {
-                return Err(Error::bad_answer("the key set is too large"));
-            }
-            bytes.extend_from_slice(&chunk);
         }
         let value = strict_json(&bytes).map_err(Error::bad_answer)?;
         let keys = parse_key_set(&value)?;
@@ -351,7 +347,11 @@ pub(crate) fn verify_with<C: DeserializeOwned>(
     // `exp`/`nbf` are checked below against the caller's clock.
     validation.validate_exp = false;
     validation.validate_nbf = false;
-    let mut required = vec!["exp"];
+    let mut required = if expect.expiry {
+        vec!["exp"]
+    } else {
+        Vec::new()
+    };
     if let Some(issuer) = expect.issuer {
         validation.set_issuer(&[issuer]);
         required.push("iss");
@@ -378,11 +378,13 @@ pub(crate) fn verify_with<C: DeserializeOwned>(
     let claims = data.claims;
     let now = unix(expect.now);
     let leeway = expect.leeway.as_secs();
-    let Some(exp) = claims.get("exp").and_then(Value::as_u64) else {
-        return Err(JwtError::Invalid("exp is not a number of seconds"));
-    };
-    if now >= exp.saturating_add(leeway) {
-        return Err(JwtError::Invalid("expired"));
+    if expect.expiry {
+        let Some(exp) = claims.get("exp").and_then(Value::as_u64) else {
+            return Err(JwtError::Invalid("exp is not a number of seconds"));
+        };
+        if now >= exp.saturating_add(leeway) {
+            return Err(JwtError::Invalid("expired"));
+        }
     }
     match claims.get("nbf") {
         None => {}

@@ -436,6 +436,10 @@ pub struct Grant {
     /// The upstream's id of the session, if it has one (OpenID Connect
     /// `sid`).
     pub session_id: Option<String>,
+    /// When to ask the upstream about the new session first (a refresh
+    /// point before the access token expires): the sign-in's cache entry
+    /// is fresh until then at most. `None`: the configured cache TTL.
+    pub recheck_at: Option<SystemTime>,
 }
 
 impl Grant {
@@ -451,6 +455,7 @@ impl Grant {
             user: None,
             method,
             session_id: None,
+            recheck_at: None,
         }
     }
 
@@ -465,6 +470,22 @@ impl Grant {
     #[must_use]
     pub fn with_expires_at(mut self, at: SystemTime) -> Self {
         self.session.expires_at = Some(at);
+        self
+    }
+
+    /// With the upstream's id of the session (OpenID Connect `sid`), which
+    /// a back-channel logout names.
+    #[must_use]
+    pub fn with_session_id(mut self, id: impl Into<String>) -> Self {
+        self.session_id = Some(id.into());
+        self
+    }
+
+    /// With the time to ask the upstream about the session first (see
+    /// [`Grant::recheck_at`]).
+    #[must_use]
+    pub fn with_recheck_at(mut self, at: SystemTime) -> Self {
+        self.recheck_at = Some(at);
         self
     }
 
@@ -503,10 +524,16 @@ pub struct Valid {
     /// core seals it once and sets it on every waiting request; the old
     /// cookie stays served for a short successor window (SECURITY.md R10).
     pub rotated: Option<Session>,
-    /// The upstream's session id (OpenID Connect `sid`).
+    /// The upstream's session id (OpenID Connect `sid`): a back-channel
+    /// logout naming it ends every cookie of this session here.
     pub session_id: Option<String>,
-    /// When the session was issued (a JWT's `iat`), for user-wide
-    /// revocations ("every session of this user issued before T").
+    /// When the session was issued (a JWT's `iat`; for a session that is
+    /// refreshed, when the user signed in, kept across refreshes), for
+    /// user-wide revocations ("every session of this user issued before
+    /// T"). An upstream that cannot end sessions itself
+    /// ([`Revocation::UntilExpiry`]) must give it, or a user-wide
+    /// revocation (a back-channel logout by `sub`) only ends the sessions
+    /// cached or in flight when it lands.
     pub issued_at: Option<SystemTime>,
 }
 

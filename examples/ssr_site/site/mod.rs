@@ -7,6 +7,8 @@ mod account;
 mod activity;
 pub(crate) mod events;
 mod flash;
+#[cfg(feature = "oidc")]
+mod oidc;
 mod password;
 mod phone;
 mod render;
@@ -49,6 +51,9 @@ pub(crate) struct Site {
     /// The SlashID client, when the site runs on SlashID.
     #[cfg(feature = "slashid")]
     pub(crate) slashid: Option<authgate::slashid::Client>,
+    /// The OpenID Connect client, when the site runs on an OpenID Provider.
+    #[cfg(feature = "oidc")]
+    pub(crate) oidc: Option<authgate::oidc::Client>,
     pub(crate) templates: render::Templates,
     /// The dev upstream's outbox page, when the dev upstream is in use.
     pub(crate) outbox_url: Option<String>,
@@ -256,6 +261,37 @@ pub(crate) fn slashid_app(
     Ok(serve(layer, slashid::routes(), site))
 }
 
+/// The site on any OpenID Provider (`AUTHGATE_UPSTREAM=oidc`): the
+/// provider's sign-in through the layer (code flow with PKCE), the user
+/// from the ID token, refresh before expiry, RP-initiated and back-channel
+/// logout, a page that wants a recent sign-in (`max_age`) and an
+/// admin-only page (`site/oidc.rs`). Reads the provider's discovery
+/// document first, so a wrong issuer fails at start-up.
+#[cfg(feature = "oidc")]
+pub(crate) async fn oidc_app(
+    config: AuthConfig,
+    client: authgate::oidc::ClientBuilder,
+    options: SiteOptions,
+) -> Result<App, Box<dyn std::error::Error>> {
+    let events = options.events.auth_events();
+    let client = client.build()?;
+    client.metadata().await?;
+    let layer = AuthLayer::new(config.with_events(events), client.clone());
+    Ok(oidc_app_with_layer(layer, client, options))
+}
+
+/// The OpenID Connect site wrapped in a layer the caller built.
+#[cfg(feature = "oidc")]
+pub(crate) fn oidc_app_with_layer(
+    layer: AuthLayer,
+    client: authgate::oidc::Client,
+    options: SiteOptions,
+) -> App {
+    let mut site = Site::new(&layer, None, options);
+    site.oidc = Some(client);
+    serve(layer, oidc::routes(), site)
+}
+
 /// Starts the embedded SlashID dev server the way the example uses it: a
 /// second organization to switch to.
 #[cfg(feature = "slashid")]
@@ -306,6 +342,10 @@ impl Site {
         if self.slashid.is_some() {
             return "slashid";
         }
+        #[cfg(feature = "oidc")]
+        if self.oidc.is_some() {
+            return "oidc";
+        }
         "altogic"
     }
 
@@ -316,6 +356,8 @@ impl Site {
             webcom: None,
             #[cfg(feature = "slashid")]
             slashid: None,
+            #[cfg(feature = "oidc")]
+            oidc: None,
             templates: render::Templates::new(),
             outbox_url: options.outbox_url,
             events: options.events,

@@ -95,6 +95,18 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/slashid_admin.html"),
     ),
     (
+        "oidc_signin.html",
+        include_str!("../templates/oidc_signin.html"),
+    ),
+    (
+        "oidc_account.html",
+        include_str!("../templates/oidc_account.html"),
+    ),
+    (
+        "oidc_security.html",
+        include_str!("../templates/oidc_security.html"),
+    ),
+    (
         "webcom_signin.html",
         include_str!("../templates/webcom_signin.html"),
     ),
@@ -261,6 +273,13 @@ impl Backend for altogic::Client {
 impl Backend for authgate::slashid::Client {
     fn of(site: &Site) -> Option<&Self> {
         site.slashid.as_ref()
+    }
+}
+
+#[cfg(feature = "oidc")]
+impl Backend for authgate::oidc::Client {
+    fn of(site: &Site) -> Option<&Self> {
+        site.oidc.as_ref()
     }
 }
 

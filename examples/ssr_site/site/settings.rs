@@ -32,6 +32,16 @@ pub(crate) enum UpstreamSetting {
         api_key: Option<String>,
         client_id: Option<String>,
     },
+    /// Any OpenID Provider (`AUTHGATE_UPSTREAM=oidc`: `OIDC_ISSUER`,
+    /// `OIDC_CLIENT_ID`, and `OIDC_CLIENT_SECRET` unless the client is
+    /// public; `OIDC_SCOPES` and `OIDC_GROUPS_CLAIM` optionally).
+    Oidc {
+        issuer: String,
+        client_id: String,
+        client_secret: Option<String>,
+        scopes: Option<String>,
+        groups_claim: Option<String>,
+    },
 }
 
 impl fmt::Debug for UpstreamSetting {
@@ -51,6 +61,23 @@ impl fmt::Debug for UpstreamSetting {
                 .field("org_id", org_id)
                 .field("api_key", &api_key.as_ref().map(|_| "<redacted>"))
                 .field("client_id", client_id)
+                .finish(),
+            Self::Oidc {
+                issuer,
+                client_id,
+                client_secret,
+                scopes,
+                groups_claim,
+            } => f
+                .debug_struct("Oidc")
+                .field("issuer", issuer)
+                .field("client_id", client_id)
+                .field(
+                    "client_secret",
+                    &client_secret.as_ref().map(|_| "<redacted>"),
+                )
+                .field("scopes", scopes)
+                .field("groups_claim", groups_claim)
                 .finish(),
             Self::Webcom { url, app_id } => f
                 .debug_struct("Webcom")
@@ -140,9 +167,25 @@ impl Settings {
                     );
                 }
             },
+            Some("oidc") => match (get("OIDC_ISSUER"), get("OIDC_CLIENT_ID")) {
+                (Some(issuer), Some(client_id)) => UpstreamSetting::Oidc {
+                    issuer: issuer.trim().to_owned(),
+                    client_id: client_id.trim().to_owned(),
+                    client_secret: get("OIDC_CLIENT_SECRET").filter(|s| !s.is_empty()),
+                    scopes: get("OIDC_SCOPES").filter(|s| !s.trim().is_empty()),
+                    groups_claim: get("OIDC_GROUPS_CLAIM").filter(|s| !s.trim().is_empty()),
+                },
+                _ => {
+                    return Err(
+                        "AUTHGATE_UPSTREAM=oidc needs OIDC_ISSUER and OIDC_CLIENT_ID (and OIDC_CLIENT_SECRET for a \
+                         confidential client); scripts/ssr-site-oidc.sh runs the site on a local OpenID Provider"
+                            .to_owned(),
+                    );
+                }
+            },
             Some(other) => {
                 return Err(format!(
-                    "AUTHGATE_UPSTREAM must be `altogic` (the default), `webcom` or `slashid`; got {other:?}"
+                    "AUTHGATE_UPSTREAM must be `altogic` (the default), `webcom`, `slashid` or `oidc`; got {other:?}"
                 ));
             }
         };
