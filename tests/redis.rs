@@ -924,3 +924,40 @@ async fn a_back_channel_logout_by_sid_on_one_instance_reaches_the_others() {
     let ttl: i64 = redis.query(&["TTL", &keys[0]]).await.unwrap();
     assert!(ttl > 300, "{ttl}");
 }
+
+/// For an upstream that cannot revoke (`Revocation::UntilExpiry`: it
+/// still calls a signed-out session valid), an instance that missed the
+/// sign-out's message (B joins after it) checks the tombstone before it
+/// trusts the upstream's "valid", and refuses the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_cannot_revoke_is_not_trusted_over_a_tombstone() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = MemoryUpstream::default()
+        .with_revocation_until_expiry()
+        .with_session_lifetime(Duration::from_secs(3600));
+    let (kit, user) = kit_and_user(&upstream);
+    let told_nothing = ToldNothing(upstream.clone());
+    let a = instance(&redis, told_nothing.clone());
+    redis.wait_subscribers(1).await;
+    let cookie = kit.session_cookie(&user);
+    let other = kit.session_cookie(&user);
+    assert_eq!(a.get(&kit, &cookie).await, StatusCode::OK);
+    let _ = a.sign_out(&kit, &cookie, "this").await;
+    let keys = redis.wait_keys("s", 1).await;
+    let ttl: i64 = redis.query(&["TTL", &keys[0]]).await.unwrap();
+    assert!(
+        (3500..=3600).contains(&ttl),
+        "{ttl}: until the session ends"
+    );
+
+    let b = instance(&redis, told_nothing.clone());
+    let refused = b.fetch(&kit, &cookie).await;
+    assert_ne!(refused.status(), StatusCode::OK, "trusted the upstream");
+    assert_eq!(
+        kit.session_change(&refused),
+        authgate::test::SessionChange::Cleared
+    );
+    assert_eq!(b.get(&kit, &other).await, StatusCode::OK);
+}
