@@ -13,6 +13,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 ADDR=${AUTHGATE_ADDR:-127.0.0.1:3000}
+if [[ $ADDR == *:0 ]]; then
+    # The provider must know the site's redirect URIs before it starts.
+    echo "ssr-site-oidc: AUTHGATE_ADDR needs a fixed port (the provider registers the site's URLs)" >&2
+    exit 2
+fi
 SITE=${AUTHGATE_PUBLIC_URL:-http://$ADDR}
 SITE=${SITE%/}
 if [[ ! -x tests/oidc/node_modules/.bin/node || ! -d tests/oidc/node_modules/oidc-provider ]]; then

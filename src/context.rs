@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::AccessError;
 
 use http::header::Entry;
 use http::header::{CACHE_CONTROL, EXPIRES, HeaderName, PRAGMA, SET_COOKIE, VARY};
@@ -417,6 +418,32 @@ thread_local! {
 
 const POOL_SIZE: usize = 64;
 
+/// `POOL.with_borrow_mut(f)`, same panics, through `LocalKey::try_with`,
+/// for `finish`. `try_with` is `#[inline]`, so rustc copies it into this
+/// module's codegen unit and LLVM can inline it; `with`/`with_borrow_mut`
+/// are not: their instances go to a codegen unit of their own, and whether
+/// that one was merged with this module's depended on the sizes of
+/// unrelated modules and on the crate's hash (its path). When it was not
+/// (9d4ec7c, built in /work/main), `finish` called the pool out of line:
+/// +21 instructions per request on the warm path. `prepare`'s call was
+/// inlined in every build measured, and switching it too reshuffled the
+/// codegen units (+12 elsewhere), so it keeps `with_borrow_mut`.
+#[inline]
+fn with_pool<R>(f: impl FnOnce(&mut Vec<Arc<RequestAuth>>) -> R) -> R {
+    match POOL.try_with(|pool| f(&mut pool.borrow_mut())) {
+        Ok(value) => value,
+        Err(err) => pool_gone(err),
+    }
+}
+
+/// The panic of `LocalKey::with` (the thread's locals are being destroyed).
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn pool_gone(err: AccessError) -> ! {
+    panic!("cannot access a Thread Local Storage value during or after destruction: {err:?}")
+}
+
 /// The per-request auth context in the request's extensions.
 #[derive(Debug)]
 pub(crate) struct RequestAuth {
@@ -584,7 +611,7 @@ impl RequestAuth {
             state.changes.set_cookies.clear();
             state.changes.session_written = false;
         }
-        POOL.with_borrow_mut(|pool| {
+        with_pool(|pool| {
             if pool.len() >= POOL_SIZE {
                 // Full, e.g. of contexts of layers that are gone (tests):
                 // the oldest goes, so no old layer is kept alive for long.
