@@ -46,6 +46,12 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// The upstream's session id, if the lookup reported one.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn session_id(&self) -> Option<&str> {
+        self.session_id.as_deref().map(|sid| &**sid)
+    }
+
     /// The session's end, if the lookup reported one.
     pub(crate) fn expires_at(&self) -> Option<SystemTime> {
         (self.expires != 0)

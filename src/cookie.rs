@@ -605,13 +605,32 @@ impl Keys {
     /// encryption): a value sealed under one use never opens under another.
     #[cfg_attr(not(feature = "axum-extra"), allow(dead_code))]
     pub(crate) fn derive(&self, label: &str) -> Key {
+        Self::derive_from(&self.current, label)
+    }
+
+    /// The keys for another use ([`derive`](Self::derive)), the previous
+    /// ones included, so values sealed before a key rotation still open.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn derived(&self, label: &str) -> Self {
+        Self {
+            current: Self::derive_from(&self.current, label),
+            previous: self
+                .previous
+                .iter()
+                .map(|key| Self::derive_from(key, label))
+                .collect(),
+        }
+    }
+
+    #[cfg_attr(not(any(feature = "axum-extra", feature = "redis")), allow(dead_code))]
+    fn derive_from(key: &Key, label: &str) -> Key {
         use hmac::{Hmac, Mac, digest::KeyInit};
         let mut master = [0u8; 64];
         for (half, part) in master.chunks_mut(32).zip(["signing", "encryption"]) {
             // HMAC takes a key of any length; the 64-byte block form keeps
             // this infallible.
             let mut block = [0u8; 64];
-            block.copy_from_slice(self.current.master());
+            block.copy_from_slice(key.master());
             let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new(&block.into());
             mac.update(label.as_bytes());
             mac.update(b"\0");

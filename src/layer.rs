@@ -83,7 +83,7 @@ impl AuthLayer {
         #[cfg(feature = "redis")]
         let (fanout, bus) = match &config.revocation_bus {
             Some(bus) => {
-                let (fanout, starter) = bus.start();
+                let (fanout, starter) = bus.start(&keys);
                 (Some(fanout), Some(starter))
             }
             None => (None, None),

@@ -21,7 +21,7 @@ use sha2::Sha256;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::cache::{Cache, MarkKind, Successor, unix_secs};
+use crate::cache::{Cache, Entry, MarkKind, Successor, unix_secs};
 use crate::config::CacheSettings;
 use crate::cookie::SessionCodec;
 use crate::events::{AuthEvent, AuthEvents, SessionHash};
@@ -158,19 +158,175 @@ struct Inner {
 pub(crate) enum RemoteRevocation {
     /// One session is signed out until `until` (Unix seconds).
     Session { hash: [u8; 32], until: u64 },
-    /// Every session of `user_id` issued before `at` (Unix seconds), but
-    /// `keep`, is signed out until `until`.
+    /// Every session of `user_id` issued before `at_ms` (milliseconds
+    /// since the Unix epoch; whole seconds on the wire), but `keep`, is
+    /// signed out until `until` (Unix seconds).
     User {
         user_id: String,
         keep: Option<[u8; 32]>,
-        at: u64,
+        at_ms: u64,
         until: u64,
     },
+    /// The session was rotated; its successor is in Redis (sealed) until
+    /// `until` (Unix seconds).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Rotated { hash: [u8; 32], until: u64 },
+    /// The upstream session `session_id` (OpenID Connect `sid`) was ended
+    /// by a back-channel logout, until `until` (Unix seconds).
+    SessionId { session_id: String, until: u64 },
 }
 
-/// Where a resolver sends its revocations (the revocation bus).
+/// Where a resolver sends its revocations (the revocation bus), and the
+/// Redis keys it reads on cold paths (tombstones, rotation successors, the
+/// optional shared cache). Every read is bounded by the bus's read timeout
+/// and answers `None` when Redis cannot say: the caller then does what it
+/// did without the bus.
 pub(crate) trait Fanout: Send + Sync + 'static {
+    /// Shares a revocation: a tombstone key and a message.
     fn publish(&self, revocation: RemoteRevocation);
+
+    /// Shares a rotation: the sealed successor under the old session's
+    /// keyed hash, then a [`RemoteRevocation::Rotated`] message.
+    fn rotated(&self, _hash: [u8; 32], _successor: SharedSuccessor) {}
+
+    /// Whether resolved users are shared through Redis.
+    fn shares(&self) -> bool {
+        false
+    }
+
+    /// Writes a resolved user to the shared cache (when it is on).
+    fn share(&self, _hash: [u8; 32], _entry: SharedUser) {}
+
+    /// The tombstones Redis holds for a session and its user.
+    fn tombstones<'a>(
+        &'a self,
+        _hash: [u8; 32],
+        _user_id: &'a str,
+        _session_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Option<Tombstones>> {
+        futures_util::future::ready(None).boxed()
+    }
+
+    /// What Redis knows of a session before an upstream lookup: its
+    /// rotation successor (when `successor`), its shared cache entry
+    /// (when the shared cache is on) and the tombstones that apply.
+    fn prefetch(&self, _hash: [u8; 32], _successor: bool) -> BoxFuture<'_, Option<Prefetched>> {
+        futures_util::future::ready(None).boxed()
+    }
+}
+
+/// What the tombstones in Redis say of a stale entry.
+enum StaleCheck {
+    /// None applies (or Redis cannot say): serve it stale.
+    Serve,
+    /// The session was signed out: clear the cookie.
+    SignedOut,
+    /// A user-wide revocation may cover it: do not serve it, keep the
+    /// cookie.
+    Refuse,
+}
+
+/// The tombstone keys Redis holds for one session and its user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Tombstones {
+    /// The session is signed out until then (Unix seconds).
+    pub(crate) session: Option<u64>,
+    /// The user's sessions issued (or resolved) before `at` are signed
+    /// out, but `keep`.
+    pub(crate) user: Option<UserTombstone>,
+    /// The upstream session (its `sid`) was ended by a back-channel
+    /// logout.
+    pub(crate) session_id: bool,
+}
+
+/// A user-wide revocation as its Redis key keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UserTombstone {
+    /// When it was made, in milliseconds since the Unix epoch.
+    pub(crate) at_ms: u64,
+    /// The session it spared, by keyed hash.
+    pub(crate) keep: Option<[u8; 32]>,
+}
+
+impl UserTombstone {
+    /// Whether it forbids a session (keyed hash `hash`) of its user that was
+    /// issued at `issued_at` (when known) or resolved at `resolved_ms`.
+    pub(crate) fn forbids(
+        &self,
+        hash: &[u8; 32],
+        issued_at: Option<SystemTime>,
+        resolved_ms: u64,
+    ) -> bool {
+        if self.keep.as_ref() == Some(hash) {
+            return false;
+        }
+        match issued_at {
+            // Whole seconds, as for local marks.
+            Some(issued) => unix_secs(issued) < self.at_ms / 1000,
+            None => resolved_ms <= self.at_ms,
+        }
+    }
+}
+
+/// A user another instance resolved, as the shared cache holds it.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedUser {
+    pub(crate) user: Arc<User>,
+    /// Until when it is fresh.
+    pub(crate) fresh_until: SystemTime,
+    /// The session's end, if known.
+    pub(crate) expires_at: Option<SystemTime>,
+    /// When the lookup that produced it started, in ms since the epoch.
+    pub(crate) resolved_ms: u64,
+    /// When the session was issued, if the upstream said.
+    pub(crate) issued_at: Option<SystemTime>,
+    /// The upstream's session id, if it has one.
+    pub(crate) session_id: Option<String>,
+}
+
+/// A rotation another instance made: the old session's successor. `Debug`
+/// is redacted (the wire value is a cookie).
+#[derive(Clone)]
+pub(crate) struct SharedSuccessor {
+    /// The new cookie value.
+    pub(crate) wire: String,
+    /// When the new cookie expires.
+    pub(crate) cookie_until: SystemTime,
+    /// The user.
+    pub(crate) user: Arc<User>,
+    /// When to ask the upstream again about the new session.
+    pub(crate) recheck_at: Option<SystemTime>,
+    /// The new session's end.
+    pub(crate) expires_at: Option<SystemTime>,
+    /// When the rotation happened, in ms since the epoch.
+    pub(crate) at_ms: u64,
+    /// The end of the successor window.
+    pub(crate) until: SystemTime,
+    /// The upstream's session id, if it has one.
+    pub(crate) session_id: Option<String>,
+}
+
+impl fmt::Debug for SharedSuccessor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedSuccessor")
+            .field("wire", &"<redacted>")
+            .field("user", &self.user.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Fanout::prefetch`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Prefetched {
+    pub(crate) successor: Option<SharedSuccessor>,
+    pub(crate) user: Option<SharedUser>,
+    pub(crate) tombstones: Tombstones,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The bus's state in a resolver: the outlet, the sessions cached here by
@@ -186,6 +342,21 @@ struct Remote {
 struct RemoteState {
     cached: HashMap<[u8; 32], Box<[u8]>>,
     revoked: HashMap<[u8; 32], SystemTime>,
+    /// Sessions another instance rotated: their successor is in Redis.
+    rotated: HashMap<[u8; 32], SystemTime>,
+}
+
+/// Inserts into one of the bounded hash → deadline maps: expired entries
+/// go first, then everything (the documented worst case).
+fn insert_bounded(map: &mut HashMap<[u8; 32], SystemTime>, hash: [u8; 32], until: SystemTime) {
+    if map.len() >= REMOTE_MAX {
+        let now = SystemTime::now();
+        map.retain(|_, until| *until > now);
+        if map.len() >= REMOTE_MAX {
+            map.clear();
+        }
+    }
+    map.insert(hash, until);
 }
 
 /// How many entries each of the two maps above keeps before it starts over
@@ -233,6 +404,29 @@ fn instant_at(at: SystemTime, now: Instant) -> Instant {
     const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
     at.duration_since(SystemTime::now())
         .map_or(now, |left| now + left.min(YEAR))
+}
+
+/// The wall-clock time of a tokio instant.
+fn wall_of(at: Instant) -> SystemTime {
+    let now = Instant::now();
+    if at <= now {
+        SystemTime::now()
+            .checked_sub(now - at)
+            .unwrap_or(std::time::UNIX_EPOCH)
+    } else {
+        SystemTime::now() + (at - now)
+    }
+}
+
+/// The tokio instant of a wall-clock time in ms since the epoch; `None`
+/// when it is too far back to express.
+fn instant_of(ms: u64) -> Option<Instant> {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    let now = Instant::now();
+    match SystemTime::now().duration_since(at) {
+        Ok(ago) => now.checked_sub(ago),
+        Err(ahead) => Some(now + ahead.duration()),
+    }
 }
 
 impl Resolver {
@@ -332,9 +526,14 @@ impl Resolver {
             },
             Fetched::Invalid => Resolution::invalid(),
             Fetched::Failed => match cached {
-                // Revocations override stale serving (SECURITY.md R2.5).
+                // Revocations override stale serving (SECURITY.md R2.5),
+                // those kept in Redis included (§5.4).
                 Some(entry) if Instant::now() < entry.stale_until && !revoked() => {
-                    Resolution::signed_in(entry.user, true)
+                    match self.inner.stale_check(key, &entry).await {
+                        StaleCheck::Serve => Resolution::signed_in(entry.user, true),
+                        StaleCheck::SignedOut => Resolution::invalid(),
+                        StaleCheck::Refuse => Resolution::unavailable(),
+                    }
                 }
                 _ => Resolution::unavailable(),
             },
@@ -385,8 +584,19 @@ impl Resolver {
         recheck_at: Option<SystemTime>,
         session_id: Option<&str>,
     ) {
-        self.inner
-            .store(key, Arc::new(user), expires_at, recheck_at, session_id);
+        let user = Arc::new(user);
+        if self
+            .inner
+            .store(key, user.clone(), expires_at, recheck_at, session_id)
+        {
+            self.inner.share(
+                key,
+                user,
+                (expires_at, recheck_at, None),
+                session_id,
+                SystemTime::now(),
+            );
+        }
     }
 
     /// Forgets the cached user of a session (the next request asks the
@@ -454,7 +664,7 @@ impl Resolver {
             remote.fanout.publish(RemoteRevocation::User {
                 user_id: user_id.to_owned(),
                 keep: keep.map(|key| inner.token_hash(key)),
-                at: unix_secs(now),
+                at_ms: unix_ms(now),
                 until: unix_secs(now + horizon),
             });
         }
@@ -467,8 +677,16 @@ impl Resolver {
     /// session may live.
     pub(crate) fn revoke_session_id(&self, session_id: &str) {
         let inner = &self.inner;
-        let until = Instant::now() + self.user_revocation_horizon();
-        inner.cache.mark_session_id(session_id, until);
+        let horizon = self.user_revocation_horizon();
+        inner
+            .cache
+            .mark_session_id(session_id, Instant::now() + horizon);
+        if let Some(remote) = &inner.remote {
+            remote.fanout.publish(RemoteRevocation::SessionId {
+                session_id: session_id.to_owned(),
+                until: unix_secs(SystemTime::now() + horizon),
+            });
+        }
     }
 
     /// How long a user-wide or session-id mark must last: until every
@@ -489,54 +707,7 @@ impl Resolver {
     /// included, and nothing is published again.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn apply_remote(&self, revocation: RemoteRevocation) {
-        let inner = &self.inner;
-        let Some(remote) = &inner.remote else {
-            return;
-        };
-        let now = Instant::now();
-        let wall_now = SystemTime::now();
-        match revocation {
-            RemoteRevocation::Session { hash, until } => {
-                let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
-                if until_wall <= wall_now {
-                    return;
-                }
-                let cached = {
-                    let mut state = remote.state.lock().unwrap_or_else(PoisonError::into_inner);
-                    if state.revoked.len() >= REMOTE_MAX {
-                        state.revoked.retain(|_, until| *until > wall_now);
-                        if state.revoked.len() >= REMOTE_MAX {
-                            state.revoked.clear();
-                        }
-                    }
-                    state.revoked.insert(hash, until_wall);
-                    state.cached.get(&hash).cloned()
-                };
-                if let Some(key) = cached {
-                    inner
-                        .cache
-                        .mark_token(&key, MarkKind::Revoked, instant_at(until_wall, now));
-                }
-            }
-            RemoteRevocation::User {
-                user_id,
-                keep,
-                at,
-                until,
-            } => {
-                let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
-                if until_wall <= wall_now {
-                    return;
-                }
-                inner.cache.mark_user_remote(
-                    &user_id,
-                    keep,
-                    std::time::UNIX_EPOCH + Duration::from_secs(at),
-                    instant_at(until_wall, now),
-                    &|token| inner.token_hash(token),
-                );
-            }
-        }
+        self.inner.apply_remote(revocation);
     }
 
     /// Forgets every cached user (tombstones stay): the revocation bus lost
@@ -563,6 +734,72 @@ impl Resolver {
 }
 
 impl Inner {
+    fn apply_remote(&self, revocation: RemoteRevocation) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        let now = Instant::now();
+        let wall_now = SystemTime::now();
+        match revocation {
+            RemoteRevocation::Session { hash, until } => {
+                let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
+                if until_wall <= wall_now {
+                    return;
+                }
+                let cached = {
+                    let mut state = remote.state.lock().unwrap_or_else(PoisonError::into_inner);
+                    insert_bounded(&mut state.revoked, hash, until_wall);
+                    state.cached.get(&hash).cloned()
+                };
+                if let Some(key) = cached {
+                    self.cache
+                        .mark_token(&key, MarkKind::Revoked, instant_at(until_wall, now));
+                }
+            }
+            RemoteRevocation::User {
+                user_id,
+                keep,
+                at_ms,
+                until,
+            } => {
+                let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
+                if until_wall <= wall_now {
+                    return;
+                }
+                self.cache.mark_user_remote(
+                    &user_id,
+                    keep,
+                    std::time::UNIX_EPOCH + Duration::from_millis(at_ms),
+                    instant_at(until_wall, now),
+                    &|token| self.token_hash(token),
+                );
+            }
+            RemoteRevocation::SessionId { session_id, until } => {
+                let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
+                if until_wall > wall_now {
+                    self.cache
+                        .mark_session_id(&session_id, instant_at(until_wall, now));
+                }
+            }
+            RemoteRevocation::Rotated { hash, until } => {
+                let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
+                if until_wall <= wall_now {
+                    return;
+                }
+                let cached = {
+                    let mut state = remote.state.lock().unwrap_or_else(PoisonError::into_inner);
+                    insert_bounded(&mut state.rotated, hash, until_wall);
+                    state.cached.get(&hash).cloned()
+                };
+                // The old session is spent: its next request here takes
+                // the cold path, which finds the successor.
+                if let Some(key) = cached {
+                    self.cache.forget_user(&key);
+                }
+            }
+        }
+    }
+
     /// The keyed hash that names a session on the revocation bus.
     fn token_hash(&self, key: &[u8]) -> [u8; 32] {
         let mut mac = self.hasher.clone();
@@ -656,6 +893,9 @@ impl Inner {
     }
 
     async fn lookup_upstream(&self, key: &[u8], session: &Session) -> Fetched {
+        if let Some(fetched) = self.ask_redis(key, session).await {
+            return fetched;
+        }
         let settings = &self.settings;
         let permit = tokio::time::timeout(settings.queue_timeout, self.permits.acquire()).await;
         let Ok(Ok(_permit)) = permit else {
@@ -699,8 +939,20 @@ impl Inner {
                     if revoked {
                         return self.invalid(key);
                     }
+                    if self
+                        .tombstoned(
+                            key,
+                            &valid.user.id,
+                            valid.session_id.as_deref(),
+                            valid.issued_at,
+                            started,
+                        )
+                        .await
+                    {
+                        return Fetched::Invalid;
+                    }
                     self.cache.clear_cooldown(key);
-                    return self.admit(key, valid);
+                    return self.admit(key, valid, started);
                 }
                 Ok(Ok(Lookup::Invalid)) => return self.invalid(key),
                 Ok(Err(err)) => {
@@ -735,13 +987,14 @@ impl Inner {
     /// Caches a valid answer. A rotated session is sealed here, once, by
     /// the lookup every waiting request shares: they all set the same new
     /// cookie, and the old one is marked with its successor.
-    fn admit(&self, key: &[u8], valid: Valid) -> Fetched {
+    fn admit(&self, key: &[u8], valid: Valid, started: Instant) -> Fetched {
         let session_id = valid.session_id.as_deref();
         if session_id.is_some_and(|sid| self.cache.session_revoked(sid)) {
             // Ended by a back-channel logout: neither served nor rotated.
             return self.invalid(key);
         }
         let user = Arc::new(valid.user);
+        let started = wall_of(started);
         let Some(next) = valid.rotated else {
             if !self.store(
                 key,
@@ -752,6 +1005,13 @@ impl Inner {
             ) {
                 return Fetched::Invalid;
             }
+            self.share(
+                key,
+                user.clone(),
+                (valid.expires_at, valid.recheck_at, valid.issued_at),
+                session_id,
+                started,
+            );
             return Fetched::Valid {
                 user,
                 rotated: None,
@@ -794,9 +1054,302 @@ impl Inner {
             MarkKind::Rotated(successor.clone()),
             Instant::now() + ROTATION_GRACE,
         );
+        if let Some(remote) = &self.remote {
+            // The other instances serve the old cookie's requests with the
+            // same successor instead of refreshing again with the spent
+            // session (SEAM.md §4.3).
+            remote.fanout.rotated(
+                self.token_hash(key),
+                SharedSuccessor {
+                    wire: successor.wire.to_string(),
+                    cookie_until: successor.cookie_until,
+                    user: user.clone(),
+                    recheck_at: valid.recheck_at,
+                    expires_at: valid.expires_at,
+                    at_ms: unix_ms(SystemTime::now()),
+                    until: SystemTime::now() + ROTATION_GRACE,
+                    session_id: session_id.map(str::to_owned),
+                },
+            );
+            self.share(
+                successor.wire.as_bytes(),
+                user.clone(),
+                (valid.expires_at, valid.recheck_at, None),
+                session_id,
+                started,
+            );
+        }
         Fetched::Valid {
             user,
             rotated: Some(successor),
         }
+    }
+
+    /// Writes a user this instance resolved to the shared cache (when it
+    /// is on): fresh as long as here, never past the session's end.
+    fn share(
+        &self,
+        key: &[u8],
+        user: Arc<User>,
+        (expires_at, recheck_at, issued_at): (
+            Option<SystemTime>,
+            Option<SystemTime>,
+            Option<SystemTime>,
+        ),
+        session_id: Option<&str>,
+        resolved: SystemTime,
+    ) {
+        let Some(remote) = self.remote.as_ref().filter(|r| r.fanout.shares()) else {
+            return;
+        };
+        let mut fresh_until =
+            recheck_at.unwrap_or_else(|| SystemTime::now() + self.settings.fresh_ttl);
+        if let Some(end) = expires_at {
+            fresh_until = fresh_until.min(end);
+        }
+        remote.fanout.share(
+            self.token_hash(key),
+            SharedUser {
+                user,
+                fresh_until,
+                expires_at,
+                resolved_ms: unix_ms(resolved),
+                issued_at,
+                session_id: session_id.map(str::to_owned),
+            },
+        );
+    }
+
+    /// Before an upstream lookup, with a bus: a session signed out
+    /// elsewhere (its tombstone), a rotation another instance made (its
+    /// successor), or a user another instance resolved (the shared cache).
+    /// `None`: ask the upstream.
+    async fn ask_redis(&self, key: &[u8], session: &Session) -> Option<Fetched> {
+        let remote = self.remote.as_ref()?;
+        let hash = self.token_hash(key);
+        let successor = session.refresh_token.is_some() || {
+            let state = remote.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state
+                .rotated
+                .get(&hash)
+                .is_some_and(|until| *until > SystemTime::now())
+        };
+        if !successor && !remote.fanout.shares() {
+            return None;
+        }
+        let found = remote.fanout.prefetch(hash, successor).await?;
+        if let Some(until) = found.tombstones.session {
+            self.apply_remote(RemoteRevocation::Session { hash, until });
+            return Some(Fetched::Invalid);
+        }
+        if let Some(next) = found.successor
+            && let Some(fetched) = self.adopt_successor(key, next)
+        {
+            return Some(fetched);
+        }
+        let shared = found.user?;
+        let forbidden = found
+            .tombstones
+            .user
+            .as_ref()
+            .is_some_and(|tomb| tomb.forbids(&hash, shared.issued_at, shared.resolved_ms));
+        let ended = found.tombstones.session_id
+            || shared
+                .session_id
+                .as_deref()
+                .is_some_and(|sid| self.cache.session_revoked(sid));
+        let started = instant_of(shared.resolved_ms)?;
+        if forbidden
+            || ended
+            || self
+                .cache
+                .user_revoked(&shared.user.id, key, started, shared.issued_at, &|token| {
+                    self.token_hash(token)
+                })
+        {
+            return None;
+        }
+        let user = shared.user;
+        if !self.store(
+            key,
+            user.clone(),
+            shared.expires_at,
+            Some(shared.fresh_until),
+            shared.session_id.as_deref(),
+        ) {
+            return Some(Fetched::Invalid);
+        }
+        Some(Fetched::Valid {
+            user,
+            rotated: None,
+        })
+    }
+
+    /// Takes over a rotation another instance made, unless its successor
+    /// was signed out since: the old cookie gets the successor's user and
+    /// cookie, as on the instance that rotated it.
+    fn adopt_successor(&self, key: &[u8], next: SharedSuccessor) -> Option<Fetched> {
+        let remote = self.remote.as_ref()?;
+        let now = Instant::now();
+        if next.until <= SystemTime::now() {
+            return None;
+        }
+        let wire = next.wire.as_bytes();
+        if matches!(
+            self.cache.mark(wire, now),
+            Some(MarkKind::Revoked | MarkKind::Invalid)
+        ) {
+            return None;
+        }
+        let wire_hash = self.token_hash(wire);
+        let revoked = {
+            let state = remote.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state
+                .revoked
+                .get(&wire_hash)
+                .is_some_and(|until| *until > SystemTime::now())
+        };
+        let started = instant_of(next.at_ms)?;
+        let ended = next
+            .session_id
+            .as_deref()
+            .is_some_and(|sid| self.cache.session_revoked(sid));
+        if revoked
+            || ended
+            || self
+                .cache
+                .user_revoked(&next.user.id, wire, started, None, &|token| {
+                    self.token_hash(token)
+                })
+        {
+            return None;
+        }
+        let user = next.user;
+        let successor = Arc::new(Successor {
+            wire: next.wire.into(),
+            cookie_until: next.cookie_until,
+            user: user.clone(),
+            session_id: next.session_id.clone().map(Into::into),
+        });
+        if !self.store(
+            successor.wire.as_bytes(),
+            user.clone(),
+            next.expires_at,
+            next.recheck_at,
+            next.session_id.as_deref(),
+        ) {
+            return None;
+        }
+        self.cache.mark_token(
+            key,
+            MarkKind::Rotated(successor.clone()),
+            instant_at(next.until, now),
+        );
+        Some(Fetched::Valid {
+            user,
+            rotated: Some(successor),
+        })
+    }
+
+    /// With a bus and an upstream that cannot revoke
+    /// ([`Revocation::UntilExpiry`]): whether Redis holds a tombstone that
+    /// signs out the session the upstream just called valid (a sign-out
+    /// whose message this instance missed). Redis unreachable: `false`.
+    async fn tombstoned(
+        &self,
+        key: &[u8],
+        user_id: &str,
+        session_id: Option<&str>,
+        issued_at: Option<SystemTime>,
+        started: Instant,
+    ) -> bool {
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        if !matches!(self.revocation, Revocation::UntilExpiry) {
+            return false;
+        }
+        let hash = self.token_hash(key);
+        let Some(tombstones) = remote.fanout.tombstones(hash, user_id, session_id).await else {
+            return false;
+        };
+        self.apply_tombstones(key, hash, &tombstones, issued_at, unix_ms(wall_of(started)))
+    }
+
+    /// Before serving a stale entry, with a bus: the tombstones Redis
+    /// holds for the session or its user (SECURITY.md §5.4). Redis
+    /// unreachable too: the entry is served within its stale window, as
+    /// without a bus (documented).
+    async fn stale_check(&self, key: &[u8], entry: &Entry) -> StaleCheck {
+        let Some(remote) = &self.remote else {
+            return StaleCheck::Serve;
+        };
+        let hash = self.token_hash(key);
+        let Some(tombstones) = remote
+            .fanout
+            .tombstones(hash, &entry.user.id, entry.session_id())
+            .await
+        else {
+            tracing::warn!(token = %self.fingerprint(key), "authgate: Redis is unreachable too; serving a stale user without checking its tombstones");
+            return StaleCheck::Serve;
+        };
+        if tombstones.session.is_some() || tombstones.session_id {
+            self.apply_tombstones(key, hash, &tombstones, None, 0);
+            return StaleCheck::SignedOut;
+        }
+        // The entry was stored no earlier than a fresh TTL before it
+        // turned stale: a lower bound, so the user's tombstone may cover
+        // a session signed in again just after it. Not served, but the
+        // cookie is kept (only a definitive answer removes it, R1).
+        let stored = entry
+            .fresh_until
+            .checked_sub(self.settings.fresh_ttl)
+            .unwrap_or(entry.fresh_until);
+        let covered = tombstones
+            .user
+            .as_ref()
+            .is_some_and(|tomb| tomb.forbids(&hash, None, unix_ms(wall_of(stored))));
+        if covered {
+            StaleCheck::Refuse
+        } else {
+            StaleCheck::Serve
+        }
+    }
+
+    /// Whether `tombstones` sign out the session `key` (resolved at
+    /// `resolved_ms`); if so it is tombstoned here too.
+    fn apply_tombstones(
+        &self,
+        key: &[u8],
+        hash: [u8; 32],
+        tombstones: &Tombstones,
+        issued_at: Option<SystemTime>,
+        resolved_ms: u64,
+    ) -> bool {
+        if let Some(until) = tombstones.session {
+            self.apply_remote(RemoteRevocation::Session { hash, until });
+            self.cache.mark_token(
+                key,
+                MarkKind::Revoked,
+                instant_at(
+                    std::time::UNIX_EPOCH + Duration::from_secs(until),
+                    Instant::now(),
+                ),
+            );
+            return true;
+        }
+        let forbidden = tombstones.session_id
+            || tombstones
+                .user
+                .as_ref()
+                .is_some_and(|tomb| tomb.forbids(&hash, issued_at, resolved_ms));
+        if forbidden {
+            self.cache.mark_token(
+                key,
+                MarkKind::Revoked,
+                Instant::now() + self.settings.fresh_ttl + self.settings.stale_window,
+            );
+        }
+        forbidden
     }
 }

@@ -178,11 +178,14 @@ struct Instance {
     events: tokio::sync::mpsc::Receiver<AuthEvent>,
 }
 
-fn config(redis: &RedisServer, events: AuthEvents) -> AuthConfig {
-    let bus = RedisBus::new(&redis.url())
+fn bus(redis: &RedisServer) -> RedisBus {
+    RedisBus::new(&redis.url())
         .unwrap()
         .with_channel(CHANNEL)
-        .with_ping_interval(Duration::from_millis(200));
+        .with_ping_interval(Duration::from_millis(200))
+}
+
+fn config(bus: RedisBus, events: AuthEvents) -> AuthConfig {
     AuthConfig::new(ORIGIN)
         .unwrap()
         .with_key([5u8; 64])
@@ -192,8 +195,21 @@ fn config(redis: &RedisServer, events: AuthEvents) -> AuthConfig {
 }
 
 fn instance(redis: &RedisServer, upstream: impl Upstream) -> Instance {
+    instance_with(bus(redis), upstream, |config| config)
+}
+
+/// An instance whose cache shares users through Redis.
+fn sharing(redis: &RedisServer, upstream: impl Upstream) -> Instance {
+    instance_with(bus(redis).with_shared_cache(true), upstream, |c| c)
+}
+
+fn instance_with(
+    bus: RedisBus,
+    upstream: impl Upstream,
+    tune: impl FnOnce(AuthConfig) -> AuthConfig,
+) -> Instance {
     let (events, received) = AuthEvents::channel(256);
-    let layer = AuthLayer::new(config(redis, events), upstream);
+    let layer = AuthLayer::new(tune(config(bus, events)), upstream);
     let router = Router::new().route(
         "/account",
         get(|user: CurrentUser| async move { user.id.clone() }),
@@ -207,8 +223,16 @@ fn instance(redis: &RedisServer, upstream: impl Upstream) -> Instance {
 
 impl Instance {
     async fn get(&self, kit: &TestKit, cookie: &str) -> StatusCode {
+        self.fetch(kit, cookie).await.status()
+    }
+
+    async fn fetch(&self, kit: &TestKit, cookie: &str) -> http::Response<Body> {
         let request = kit.with_session_cookie(cookie).get("/account");
-        self.app.clone().oneshot(request).await.unwrap().status()
+        self.app.clone().oneshot(request).await.unwrap()
+    }
+
+    fn lookups(&self) -> u64 {
+        self.layer.resolver().upstream_lookups()
     }
 
     async fn sign_out(&self, kit: &TestKit, cookie: &str, scope: &str) -> http::Response<Body> {
@@ -252,6 +276,28 @@ async fn refused_after(
             "still served 5 s after the sign-out"
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+impl RedisServer {
+    /// The bus's keys of one kind (`s`, `u`, `r`, `c`).
+    async fn keys(&self, kind: &str) -> Vec<String> {
+        self.query(&["KEYS", &format!("{CHANNEL}:{kind}:*")])
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Waits until a key of `kind` exists; its names.
+    async fn wait_keys(&self, kind: &str, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let keys = self.keys(kind).await;
+            if keys.len() >= n {
+                return keys;
+            }
+            assert!(Instant::now() < deadline, "{} {kind} keys", keys.len());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -481,5 +527,468 @@ async fn hostile_messages_are_ignored() {
         b.layer.resolver().upstream_lookups(),
         lookups,
         "served from the cache"
+    );
+}
+
+/// Issue 15 point 1: a sign-out is also a tombstone key in Redis, named by
+/// the session's keyed hash (never the token) and living as long as the
+/// revocation's horizon. An instance that missed the message (here B
+/// joins after it, as after a lost subscription) and holds the session in
+/// its cache does not serve it stale once the upstream is down: it reads
+/// the tombstone first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_user_is_not_served_when_redis_holds_its_tombstone() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = MemoryUpstream::default();
+    let (kit, user) = kit_and_user(&upstream);
+    let told_nothing = ToldNothing(upstream.clone());
+    let a = instance(&redis, told_nothing.clone());
+    redis.wait_subscribers(1).await;
+    let cookie = kit.session_cookie(&user);
+    let kept = kit.session_cookie(&user);
+    assert_eq!(a.get(&kit, &cookie).await, StatusCode::OK);
+    let out = a.sign_out(&kit, &cookie, "this").await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+
+    let tombstones = redis.wait_keys("s", 1).await;
+    assert_eq!(tombstones.len(), 1);
+    assert!(!tombstones[0].contains(&cookie), "no token in a key");
+    let ttl: i64 = redis.query(&["TTL", &tombstones[0]]).await.unwrap();
+    // Revocation::Upstream: the cache's fresh TTL plus its stale window.
+    assert!((300..=360).contains(&ttl), "{ttl}");
+
+    // B missed the message; the upstream (told nothing) calls it valid.
+    let b = instance_with(bus(&redis), told_nothing.clone(), |config| {
+        config.with_cache_ttl(Duration::from_millis(50))
+    });
+    redis.wait_subscribers(2).await;
+    assert_eq!(b.get(&kit, &cookie).await, StatusCode::OK);
+    assert_eq!(b.get(&kit, &kept).await, StatusCode::OK);
+
+    // The upstream goes down; both entries turn stale.
+    kit.fail(&user, Fault::Unavailable);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let stale = b.fetch(&kit, &cookie).await;
+    assert_ne!(stale.status(), StatusCode::OK, "served a signed-out user");
+    assert_eq!(
+        kit.session_change(&stale),
+        authgate::test::SessionChange::Cleared
+    );
+    assert_eq!(
+        b.get(&kit, &kept).await,
+        StatusCode::OK,
+        "another session of the user is still served stale"
+    );
+}
+
+/// Issue 15 point 1, user-wide: "sign out everywhere" is a tombstone key
+/// of the user. B's subscriber is killed and kept from subscribing again
+/// (a Redis ACL), so A's message never reaches it; B caches the session
+/// again after its flush (the told-nothing upstream says valid, as an
+/// answer that predates a sign-out would). Once the upstream is down, B
+/// does not serve it stale: it reads the user's tombstone first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_wide_tombstone_stops_stale_serving_on_an_instance_that_missed_it() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let _: Option<String> = redis
+        .query(&[
+            "ACL", "SETUSER", "bee", "on", ">secret", "~*", "&*", "+@all",
+        ])
+        .await;
+    let upstream = MemoryUpstream::default();
+    let (kit, user) = kit_and_user(&upstream);
+    let told_nothing = ToldNothing(upstream.clone());
+    let a = instance(&redis, told_nothing.clone());
+    let bee = RedisBus::new(&format!("redis://bee:secret@127.0.0.1:{}/", redis.port))
+        .unwrap()
+        .with_channel(CHANNEL)
+        .with_ping_interval(Duration::from_millis(200));
+    let mut b = instance_with(bee, told_nothing.clone(), |config| {
+        config.with_cache_ttl(Duration::from_millis(50))
+    });
+    redis.wait_subscribers(2).await;
+    let other = kit.session_cookie(&user);
+    assert_eq!(b.get(&kit, &other).await, StatusCode::OK);
+
+    // B may no longer subscribe: Redis drops its subscriber at once.
+    let _: Option<String> = redis
+        .query(&["ACL", "SETUSER", "bee", "resetchannels"])
+        .await;
+    assert!(b.saw_bus_failure(true, Duration::from_secs(5)).await);
+    assert_eq!(b.get(&kit, &other).await, StatusCode::OK, "cached again");
+
+    let cookie = kit.session_cookie(&user);
+    assert_eq!(a.get(&kit, &cookie).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let out = a.sign_out(&kit, &cookie, "all").await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let users = redis.wait_keys("u", 1).await;
+    assert_eq!(users, vec![format!("{CHANNEL}:u:{}", user.user.id)]);
+
+    kit.fail(&user, Fault::Unavailable);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_ne!(
+        b.get(&kit, &other).await,
+        StatusCode::OK,
+        "served a user signed out everywhere"
+    );
+}
+
+/// Issue 15 point 1 and SEAM.md §4.3: A rotates a session (a refresh);
+/// B, given the old cookie inside the successor window, serves the
+/// successor's user and sets the same new cookie instead of refreshing
+/// again with the spent session. The upstream rotated once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_on_one_instance_is_taken_over_by_the_others() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = MemoryUpstream::default().with_rotation(Duration::from_secs(60));
+    let (kit, user) = kit_and_user(&upstream);
+    let a = instance(&redis, upstream.clone());
+    let b = instance(&redis, upstream.clone());
+    redis.wait_subscribers(2).await;
+    let old = kit.session_cookie(&user);
+
+    let on_a = a.fetch(&kit, &old).await;
+    assert_eq!(on_a.status(), StatusCode::OK);
+    let authgate::test::SessionChange::Set(new) = kit.session_change(&on_a) else {
+        panic!("A did not rotate");
+    };
+    assert_eq!(upstream.rotations(), 1);
+    let successors = redis.wait_keys("r", 1).await;
+    let sealed: String = redis.query(&["GET", &successors[0]]).await.unwrap();
+    assert!(!sealed.contains(&new) && !successors[0].contains(&old));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let on_b = b.fetch(&kit, &old).await;
+    assert_eq!(on_b.status(), StatusCode::OK);
+    assert_eq!(
+        kit.session_change(&on_b),
+        authgate::test::SessionChange::Set(new.clone()),
+        "B sets A's successor"
+    );
+    assert_eq!(upstream.rotations(), 1, "no second refresh");
+    assert_eq!(b.lookups(), 0);
+    // The new cookie is cached on B too.
+    assert_eq!(b.get(&kit, &new).await, StatusCode::OK);
+    assert_eq!(b.lookups(), 0);
+}
+
+/// The same with sealed sessions that carry a refresh token: B missed the
+/// message (it joins after the rotation) and still finds the successor,
+/// in Redis, before it would refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_rotation_message_is_found_in_redis() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = MemoryUpstream::default()
+        .with_sealed_sessions()
+        .with_rotation(Duration::from_secs(60));
+    let (kit, user) = kit_and_user(&upstream);
+    let a = instance(&redis, upstream.clone());
+    redis.wait_subscribers(1).await;
+    let old = kit.session_cookie(&user);
+    let on_a = a.fetch(&kit, &old).await;
+    let authgate::test::SessionChange::Set(new) = kit.session_change(&on_a) else {
+        panic!("A did not rotate");
+    };
+    redis.wait_keys("r", 1).await;
+
+    let b = instance(&redis, upstream.clone());
+    let on_b = b.fetch(&kit, &old).await;
+    assert_eq!(on_b.status(), StatusCode::OK);
+    assert_eq!(
+        kit.session_change(&on_b),
+        authgate::test::SessionChange::Set(new)
+    );
+    assert_eq!(upstream.rotations(), 1);
+}
+
+/// Issue 15 point 3: with the shared cache on, a cold instance serves a
+/// user another instance resolved without asking the upstream; the value
+/// in Redis is sealed and named by the keyed hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_instance_serves_a_shared_user_without_the_upstream() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = MemoryUpstream::default();
+    let (kit, user) = kit_and_user(&upstream);
+    let a = sharing(&redis, upstream.clone());
+    let b = sharing(&redis, upstream.clone());
+    let cookie = kit.session_cookie(&user);
+    assert_eq!(a.get(&kit, &cookie).await, StatusCode::OK);
+    let keys = redis.wait_keys("c", 1).await;
+    let value: String = redis.query(&["GET", &keys[0]]).await.unwrap();
+    assert!(!keys[0].contains(&cookie) && !value.contains(&cookie));
+    assert!(!value.contains("ada@example.test"), "sealed");
+    let ttl: i64 = redis.query(&["PTTL", &keys[0]]).await.unwrap();
+    assert!((50_000..=60_000).contains(&ttl), "{ttl} ms: the fresh TTL");
+
+    assert_eq!(b.get(&kit, &cookie).await, StatusCode::OK);
+    assert_eq!(b.lookups(), 0, "served from the shared cache");
+    assert_eq!(b.layer.resolver().cached_users().0, 1);
+}
+
+/// After a sign-out on A, a cold instance does not get the user from
+/// Redis: the sign-out deleted the value, and a user-wide sign-out (which
+/// cannot find the user's values) is a tombstone the values are checked
+/// against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_out_session_is_not_served_from_the_shared_cache() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = MemoryUpstream::default();
+    let (kit, user) = kit_and_user(&upstream);
+    let a = sharing(&redis, upstream.clone());
+    let one = kit.session_cookie(&user);
+    let two = kit.session_cookie(&user);
+    assert_eq!(a.get(&kit, &one).await, StatusCode::OK);
+    assert_eq!(a.get(&kit, &two).await, StatusCode::OK);
+    redis.wait_keys("c", 2).await;
+
+    let _ = a.sign_out(&kit, &one, "this").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.keys("c").await.len() != 1 {
+        assert!(Instant::now() < deadline, "the value was not deleted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let b = sharing(&redis, ToldNothing(upstream.clone()));
+    // Told nothing, the upstream would still say valid: B refuses because
+    // of the tombstone it read with the (absent) value.
+    assert_ne!(b.get(&kit, &one).await, StatusCode::OK);
+    assert_eq!(b.lookups(), 0, "refused on the tombstone");
+
+    // "Sign out everywhere" from a third session: two's value stays in
+    // Redis, but the user's tombstone keeps it from serving.
+    let three = kit.session_cookie(&user);
+    assert_eq!(a.get(&kit, &three).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let _ = a.sign_out(&kit, &three, "all").await;
+    redis.wait_keys("u", 1).await;
+    assert!(
+        !redis.keys("c").await.is_empty(),
+        "two's value is still there"
+    );
+    let c = sharing(&redis, upstream.clone());
+    assert_ne!(c.get(&kit, &two).await, StatusCode::OK);
+    assert_eq!(c.lookups(), 1, "asked the upstream, which said invalid");
+}
+
+/// A tampered value, or a value moved from another session's key, is
+/// ignored: the instance asks the upstream and flushes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_or_moved_shared_values_are_ignored() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = MemoryUpstream::default();
+    let (kit, user) = kit_and_user(&upstream);
+    let eve = kit.user("eve@example.test");
+    let a = sharing(&redis, upstream.clone());
+    let cookie = kit.session_cookie(&user);
+    let eves = kit.session_cookie(&eve);
+    assert_eq!(a.get(&kit, &cookie).await, StatusCode::OK);
+    let ada_key = redis.wait_keys("c", 1).await.remove(0);
+    assert_eq!(a.get(&kit, &eves).await, StatusCode::OK);
+    let keys = redis.wait_keys("c", 2).await;
+    let eve_key = keys.into_iter().find(|k| *k != ada_key).unwrap();
+
+    let b = sharing(&redis, upstream.clone());
+    let other = kit.session_cookie(&user);
+    assert_eq!(b.get(&kit, &other).await, StatusCode::OK);
+    let lookups = b.lookups();
+
+    // Eve's sealed value moved under Ada's key: it must not make Ada's
+    // cookie resolve to Eve.
+    let eve_value: String = redis.query(&["GET", &eve_key]).await.unwrap();
+    let _: Option<String> = redis.query(&["SET", &ada_key, &eve_value]).await;
+    let response = b.fetch(&kit, &cookie).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], user.user.id.as_bytes(), "Ada, not Eve");
+    assert_eq!(b.lookups(), lookups + 1, "asked the upstream");
+
+    // A flipped byte, then plain garbage, under Eve's key: each read by a
+    // cold instance that has another user cached.
+    let tampered_source = eve_value.clone();
+    let mut tampered = eve_value.into_bytes();
+    let at = tampered.len() - 10;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    // Eve's sealed value under Eve's key, but named as another user's (so
+    // the read would skip Eve's tombstone): refused too.
+    let renamed = format!(
+        "someone-else\0{}",
+        tampered_source.split('\0').nth(1).unwrap()
+    );
+    for value in [tampered.as_str(), renamed.as_str(), "garbage", ""] {
+        let d = sharing(&redis, upstream.clone());
+        assert_eq!(
+            d.get(&kit, &kit.session_cookie(&user)).await,
+            StatusCode::OK
+        );
+        let _: Option<String> = redis.query(&["SET", &eve_key, value]).await;
+        assert_eq!(d.get(&kit, &eves).await, StatusCode::OK);
+        assert_eq!(d.lookups(), 2, "{value:?}: asked the upstream");
+        assert_eq!(d.layer.resolver().cached_users().0, 2, "nothing flushed");
+    }
+}
+
+/// Redis down: a cold instance with the shared cache on asks the upstream
+/// (no long wait), and writes are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_the_shared_cache_falls_back_to_the_upstream() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = MemoryUpstream::default();
+    let (kit, user) = kit_and_user(&upstream);
+    let mut a = sharing(&redis, upstream.clone());
+    redis.wait_subscribers(1).await;
+    redis.stop().await;
+    assert!(a.saw_bus_failure(true, Duration::from_secs(5)).await);
+    let cookie = kit.session_cookie(&user);
+    let start = Instant::now();
+    assert_eq!(a.get(&kit, &cookie).await, StatusCode::OK);
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(a.lookups(), 1);
+    let b = sharing(&redis, upstream.clone());
+    let start = Instant::now();
+    assert_eq!(b.get(&kit, &cookie).await, StatusCode::OK);
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(b.lookups(), 1);
+    let out = a.sign_out(&kit, &cookie, "this").await;
+    assert_eq!(
+        kit.session_change(&out),
+        authgate::test::SessionChange::Cleared
+    );
+    assert!(a.saw_bus_failure(false, Duration::from_secs(5)).await);
+}
+
+/// OpenID Connect back-channel logout (`sid`) on A reaches B: the
+/// provider session's cookies cached on B are refused within 100 ms, the
+/// user's other sessions stay, and the `sid` is a tombstone key too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_back_channel_logout_by_sid_on_one_instance_reaches_the_others() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = MemoryUpstream::default().with_back_channel_logout();
+    let (kit, user) = kit_and_user(&upstream);
+    let a = instance(&redis, upstream.clone());
+    let b = instance(&redis, upstream.clone());
+    redis.wait_subscribers(2).await;
+    let laptop = kit.session_cookie(&user);
+    let phone = kit.session_cookie(&user);
+    for cookie in [&laptop, &phone] {
+        assert_eq!(a.get(&kit, cookie).await, StatusCode::OK);
+        assert_eq!(b.get(&kit, cookie).await, StatusCode::OK);
+    }
+
+    let token = kit.logout_token(&user, Some(&laptop));
+    let start = Instant::now();
+    let request = http::Request::post("/auth/backchannel-logout")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(format!("logout_token={token}")))
+        .unwrap();
+    let response = a.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let delay = refused_after(&b, &kit, &laptop, start).await;
+    assert!(delay < Duration::from_millis(100), "{delay:?}");
+    assert_eq!(
+        b.get(&kit, &phone).await,
+        StatusCode::OK,
+        "the other session"
+    );
+    let keys = redis.wait_keys("i", 1).await;
+    assert_eq!(keys.len(), 1);
+    let ttl: i64 = redis.query(&["TTL", &keys[0]]).await.unwrap();
+    assert!(ttl > 300, "{ttl}");
+}
+
+/// For an upstream that cannot revoke (`Revocation::UntilExpiry`: it
+/// still calls a signed-out session valid), an instance that missed the
+/// sign-out's message (B joins after it) checks the tombstone before it
+/// trusts the upstream's "valid", and refuses the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_cannot_revoke_is_not_trusted_over_a_tombstone() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = MemoryUpstream::default()
+        .with_revocation_until_expiry()
+        .with_session_lifetime(Duration::from_secs(3600));
+    let (kit, user) = kit_and_user(&upstream);
+    let told_nothing = ToldNothing(upstream.clone());
+    let a = instance(&redis, told_nothing.clone());
+    redis.wait_subscribers(1).await;
+    let cookie = kit.session_cookie(&user);
+    let other = kit.session_cookie(&user);
+    assert_eq!(a.get(&kit, &cookie).await, StatusCode::OK);
+    let _ = a.sign_out(&kit, &cookie, "this").await;
+    let keys = redis.wait_keys("s", 1).await;
+    let ttl: i64 = redis.query(&["TTL", &keys[0]]).await.unwrap();
+    assert!(
+        (3500..=3602).contains(&ttl),
+        "{ttl}: until the session ends"
+    );
+
+    let b = instance(&redis, told_nothing.clone());
+    let refused = b.fetch(&kit, &cookie).await;
+    assert_ne!(refused.status(), StatusCode::OK, "trusted the upstream");
+    assert_eq!(
+        kit.session_change(&refused),
+        authgate::test::SessionChange::Cleared
+    );
+    assert_eq!(b.get(&kit, &other).await, StatusCode::OK);
+}
+
+/// Redis and the upstream both down: the tombstone check cannot answer,
+/// so a stale user is served within its stale window as without a bus
+/// (the documented fallback), without waiting long for Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_too_a_stale_user_is_served_as_without_the_bus() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = MemoryUpstream::default();
+    let (kit, user) = kit_and_user(&upstream);
+    let mut b = instance_with(bus(&redis), upstream.clone(), |config| {
+        config.with_cache_ttl(Duration::from_millis(50))
+    });
+    redis.wait_subscribers(1).await;
+    let cookie = kit.session_cookie(&user);
+    assert_eq!(b.get(&kit, &cookie).await, StatusCode::OK);
+    redis.stop().await;
+    assert!(b.saw_bus_failure(true, Duration::from_secs(5)).await);
+    // The flush forgot the user: cache it again, then let it turn stale.
+    assert_eq!(b.get(&kit, &cookie).await, StatusCode::OK);
+    kit.fail(&user, Fault::Unavailable);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let start = Instant::now();
+    assert_eq!(b.get(&kit, &cookie).await, StatusCode::OK, "served stale");
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
     );
 }
