@@ -64,12 +64,9 @@ struct SessionRow {
 /// (303 to sign in for a page, 401 for an API call); during an outage with
 /// no usable cached user, the site's own 503 page.
 pub(crate) async fn page(view: View, user: Result<CurrentUser, CurrentUserRejection>) -> Response {
-    match user {
+    match view.signed_in(user) {
         Ok(user) => render(view, user),
-        Err(CurrentUserRejection::UpstreamUnavailable(rejection)) => {
-            unavailable(&view, rejection.retry_after())
-        }
-        Err(rejection) => rejection.into_response(),
+        Err(page) => *page,
     }
 }
 

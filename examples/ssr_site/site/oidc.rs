@@ -22,7 +22,6 @@ use minijinja::{Value, context};
 use serde::Deserialize;
 
 use super::Site;
-use super::render::unavailable;
 
 type View = super::View<authgate::oidc::Client>;
 
@@ -110,12 +109,9 @@ fn signed_in_at(auth_time: Option<u64>) -> Option<String> {
 /// to the provider while the cache is warm), the access token's end (the
 /// layer refreshes it before then), and the recent auth events.
 async fn account(mut view: View, user: Result<CurrentUser, CurrentUserRejection>) -> Response {
-    let user = match user {
+    let user = match view.signed_in(user) {
         Ok(user) => user,
-        Err(CurrentUserRejection::UpstreamUnavailable(rejection)) => {
-            return unavailable(&view, rejection.retry_after());
-        }
-        Err(rejection) => return rejection.into_response(),
+        Err(page) => return *page,
     };
     let account = Arc::clone(&user.0);
     let session = view.auth.session().await;
@@ -144,12 +140,9 @@ async fn account(mut view: View, user: Result<CurrentUser, CurrentUserRejection>
 /// minutes (`auth_time`, OpenID Connect Core §2). An older one goes
 /// through the provider again with `prompt=login&max_age=300`, back here.
 async fn security(view: View, user: Result<CurrentUser, CurrentUserRejection>) -> Response {
-    let user = match user {
+    let user = match view.signed_in(user) {
         Ok(user) => user,
-        Err(CurrentUserRejection::UpstreamUnavailable(rejection)) => {
-            return unavailable(&view, rejection.retry_after());
-        }
-        Err(rejection) => return rejection.into_response(),
+        Err(page) => return *page,
     };
     if !user.authenticated_within(STEP_UP_MAX_AGE) {
         return Redirect::to(

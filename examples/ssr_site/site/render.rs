@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use authgate::pages::{PageContext, default_page};
-use authgate::{Auth, ErrorKind, User, altogic};
+use authgate::rejection::CurrentUserRejection;
+use authgate::{Auth, CurrentUser, ErrorKind, User, altogic};
 use axum::extract::FromRequestParts;
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use axum::http::request::Parts;
@@ -366,6 +367,22 @@ impl<C: Backend> FromRequestParts<Arc<Site>> for View<C> {
 }
 
 impl<C> View<C> {
+    /// The signed-in user, or the page for a missing one: the site's 503
+    /// page when the auth service is down and no cached user could serve,
+    /// else the layer's own answer (a redirect to sign-in, a 401).
+    pub(crate) fn signed_in(
+        &self,
+        user: Result<CurrentUser, CurrentUserRejection>,
+    ) -> Result<CurrentUser, Box<Response>> {
+        match user {
+            Ok(user) => Ok(user),
+            Err(CurrentUserRejection::UpstreamUnavailable(rejection)) => {
+                Err(Box::new(unavailable(self, rejection.retry_after())))
+            }
+            Err(rejection) => Err(Box::new(rejection.into_response())),
+        }
+    }
+
     /// For a signed-in user on a sign-in or sign-up page: "You are signed
     /// in as …" with "Continue" (to `return_to`) and "Sign in as someone
     /// else" (signs out, then back to `again`). `None` when nobody is

@@ -125,12 +125,9 @@ fn signs_in_with(user: &User) -> String {
 /// `GET /account`: the layer's user — verified from the JWT, no upstream
 /// call — with its groups and organization, and the recent auth events.
 async fn account(mut view: View, user: Result<CurrentUser, CurrentUserRejection>) -> Response {
-    let user = match user {
+    let user = match view.signed_in(user) {
         Ok(user) => user,
-        Err(CurrentUserRejection::UpstreamUnavailable(rejection)) => {
-            return unavailable(&view, rejection.retry_after());
-        }
-        Err(rejection) => return rejection.into_response(),
+        Err(page) => return *page,
     };
     let account = Arc::clone(&user.0);
     let events = view.site.events.recent_for(&account.id);
@@ -238,12 +235,9 @@ const STEP_UP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5 * 
 /// A token issued more than five minutes ago sends the browser through
 /// SlashID's hosted login again (`prompt=login`), back to this page.
 async fn security(view: View, user: Result<CurrentUser, CurrentUserRejection>) -> Response {
-    let user = match user {
+    let user = match view.signed_in(user) {
         Ok(user) => user,
-        Err(CurrentUserRejection::UpstreamUnavailable(rejection)) => {
-            return unavailable(&view, rejection.retry_after());
-        }
-        Err(rejection) => return rejection.into_response(),
+        Err(page) => return *page,
     };
     let Ok(claims) = slashid::UserClaims::of(&user) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

@@ -26,7 +26,6 @@ use minijinja::{Value, context};
 use serde::{Deserialize, Serialize};
 
 use super::flash::Flash;
-use super::render::unavailable;
 use super::{Problem, Site, filled, phone};
 
 type View = super::View<webcom::Client>;
@@ -474,12 +473,9 @@ fn signs_in_with(user: &User) -> String {
 /// cache is warm), a password change for e-mail accounts, the recent auth
 /// events and the way to delete the account.
 async fn account(mut view: View, user: Result<CurrentUser, CurrentUserRejection>) -> Response {
-    let user = match user {
+    let user = match view.signed_in(user) {
         Ok(user) => user,
-        Err(CurrentUserRejection::UpstreamUnavailable(rejection)) => {
-            return unavailable(&view, rejection.retry_after());
-        }
-        Err(rejection) => return rejection.into_response(),
+        Err(page) => return *page,
     };
     let account = Arc::clone(&user.0);
     let events = view.site.events.recent_for(&account.id);
