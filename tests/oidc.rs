@@ -904,6 +904,45 @@ fn op_auth(site: &Site) -> String {
     format!("{}/auth?", site.op.issuer)
 }
 
+/// Point 2: two sign-ins started in one browser (two tabs) each keep their
+/// own sealed flow (`state`, `nonce`, PKCE verifier in its own cookie), so
+/// finishing the second first and then the first lands each on its own
+/// `return_to`.
+#[tokio::test]
+async fn two_tabs_sign_in_at_once_each_to_its_own_page() {
+    let Some(mut site) = site(Setup::default()).await else {
+        return;
+    };
+    let first = site.start("?return_to=%2Ffirst").await;
+    let second = site.start("?return_to=%2Fsecond").await;
+    for name in ["state", "nonce", "code_challenge"] {
+        assert_ne!(query(&first, name), query(&second, name), "{name}");
+    }
+    let flows = |site: &Site| {
+        site.browser
+            .cookies
+            .keys()
+            .filter(|k| k.contains("-flow"))
+            .count()
+    };
+    assert_eq!(flows(&site), 2, "one flow cookie per tab");
+
+    let landing = site.at_provider(&second, "tabs").await;
+    let landed = site.land(&landing).await;
+    assert_eq!(landed.status(), 303);
+    assert_eq!(location(&landed, &landing), site.url("/second"));
+    assert_eq!(flows(&site), 1, "the finished flow's cookie is removed");
+
+    // The provider's session exists now: the first tab goes straight back.
+    let landing = site.at_provider(&first, "tabs").await;
+    let landed = site.land(&landing).await;
+    assert_eq!(landed.status(), 303);
+    assert_eq!(location(&landed, &landing), site.url("/first"));
+    assert_eq!(flows(&site), 0);
+    let (status, body) = site.account().await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// T-C4: a token set over the cookie budget is chunked; one over the
 /// ceiling fails the sign-in with the fixed page, and no cookie.
 #[tokio::test]
