@@ -177,7 +177,7 @@ impl RedisBus {
 
     /// The pub/sub channel (default [`DEFAULT_CHANNEL`]): one per app, the
     /// same on every instance. It also prefixes the bus's Redis keys
-    /// (`<channel>:s:…`, `:u:`, `:r:`, `:c:`).
+    /// (`<channel>:s:…`, `:u:`, `:i:`, `:r:`, `:c:`).
     #[must_use]
     pub fn with_channel(mut self, channel: &str) -> Self {
         self.channel = channel.to_owned();

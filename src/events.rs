@@ -228,8 +228,9 @@ impl fmt::Display for AuthEvent {
             } => {
                 write!(
                     f,
-                    "signed out: user {} scope {scope:?} (session {session})",
-                    user(user_id)
+                    "signed out: user {} scope {} (session {session})",
+                    user(user_id),
+                    scope.as_str()
                 )
             }
             Self::SessionInvalidated { session } => {

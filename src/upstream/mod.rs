@@ -608,6 +608,15 @@ impl SignOutScope {
             _ => None,
         }
     }
+
+    /// The query value: `this`, `all` or `others`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::This => "this",
+            Self::All => "all",
+            Self::Others => "others",
+        }
+    }
 }
 
 /// The query of a callback request, parsed once, with duplicate names kept

@@ -185,6 +185,7 @@ fn describe(event: &AuthEvent) -> String {
 fn provider_name(provider: &str) -> String {
     match provider {
         "github" => "GitHub".to_owned(),
+        "oidc" => "your OpenID Provider".to_owned(),
         other => {
             let mut chars = other.chars();
             chars.next().map_or_else(String::new, |first| {
