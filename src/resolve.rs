@@ -176,6 +176,18 @@ pub(crate) enum RemoteRevocation {
     SessionId { session_id: String, until: u64 },
 }
 
+impl RemoteRevocation {
+    /// When the revocation ends, in Unix seconds.
+    fn until(&self) -> u64 {
+        match self {
+            Self::Session { until, .. }
+            | Self::User { until, .. }
+            | Self::Rotated { until, .. }
+            | Self::SessionId { until, .. } => *until,
+        }
+    }
+}
+
 /// Where a resolver sends its revocations (the revocation bus), and the
 /// Redis keys it reads on cold paths (tombstones, rotation successors, the
 /// optional shared cache). Every read is bounded by the bus's read timeout
@@ -738,54 +750,42 @@ impl Inner {
         let Some(remote) = &self.remote else {
             return;
         };
-        let now = Instant::now();
-        let wall_now = SystemTime::now();
+        // Every revocation carries its end in Unix seconds; one already
+        // over changes nothing.
+        let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(revocation.until());
+        if until_wall <= SystemTime::now() {
+            return;
+        }
+        let until = instant_at(until_wall, Instant::now());
         match revocation {
-            RemoteRevocation::Session { hash, until } => {
-                let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
-                if until_wall <= wall_now {
-                    return;
-                }
+            RemoteRevocation::Session { hash, .. } => {
                 let cached = {
                     let mut state = remote.state.lock().unwrap_or_else(PoisonError::into_inner);
                     insert_bounded(&mut state.revoked, hash, until_wall);
                     state.cached.get(&hash).cloned()
                 };
                 if let Some(key) = cached {
-                    self.cache
-                        .mark_token(&key, MarkKind::Revoked, instant_at(until_wall, now));
+                    self.cache.mark_token(&key, MarkKind::Revoked, until);
                 }
             }
             RemoteRevocation::User {
                 user_id,
                 keep,
                 at_ms,
-                until,
+                ..
             } => {
-                let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
-                if until_wall <= wall_now {
-                    return;
-                }
                 self.cache.mark_user_remote(
                     &user_id,
                     keep,
                     std::time::UNIX_EPOCH + Duration::from_millis(at_ms),
-                    instant_at(until_wall, now),
+                    until,
                     &|token| self.token_hash(token),
                 );
             }
-            RemoteRevocation::SessionId { session_id, until } => {
-                let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
-                if until_wall > wall_now {
-                    self.cache
-                        .mark_session_id(&session_id, instant_at(until_wall, now));
-                }
+            RemoteRevocation::SessionId { session_id, .. } => {
+                self.cache.mark_session_id(&session_id, until);
             }
-            RemoteRevocation::Rotated { hash, until } => {
-                let until_wall = std::time::UNIX_EPOCH + Duration::from_secs(until);
-                if until_wall <= wall_now {
-                    return;
-                }
+            RemoteRevocation::Rotated { hash, .. } => {
                 let cached = {
                     let mut state = remote.state.lock().unwrap_or_else(PoisonError::into_inner);
                     insert_bounded(&mut state.rotated, hash, until_wall);
